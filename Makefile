@@ -1,0 +1,53 @@
+# encoder-clf: `make train` sets everything up and trains on SST-2; `make test` runs the tests.
+PYTHON ?= python3
+VENV ?= .venv
+TORCH ?= torch==2.13.0
+DATA ?= ../shared/datasets/sst2
+OUT ?=
+CONFIG ?=
+SET ?=
+MODEL ?= $(shell ls -td runs/*/model 2>/dev/null | head -n 1)
+SPLIT ?= test
+TEXT ?= a gripping , beautifully acted film .
+PYTEST_ARGS ?=
+
+BIN := $(VENV)/bin
+PY := $(BIN)/python
+CLI := $(BIN)/encoder-clf
+SETS := $(foreach s,$(SET),--set $(s))
+
+.PHONY: setup train evaluate predict test lint bench clean
+
+setup: $(VENV)/.installed
+
+# torch is installed first and pinned (TORCH=...): the package's own range would otherwise
+# let pip pick a multi-GB CUDA build.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q "$(TORCH)"
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $@
+
+train: setup
+	$(CLI) train --data "$(DATA)" $(if $(OUT),--out "$(OUT)") $(if $(CONFIG),--config "$(CONFIG)") $(SETS)
+
+evaluate: setup
+	@test -n "$(MODEL)" || { echo "no trained model found under runs/; run 'make train' or pass MODEL=DIR"; exit 2; }
+	$(CLI) evaluate --model "$(MODEL)" --data "$(DATA)" --split $(SPLIT)
+
+predict: setup
+	@test -n "$(MODEL)" || { echo "no trained model found under runs/; run 'make train' or pass MODEL=DIR"; exit 2; }
+	$(CLI) predict --model "$(MODEL)" "$(TEXT)"
+
+test: setup
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+lint: setup
+	$(BIN)/ruff check encoder_clf tests benchmarks
+
+bench: setup
+	$(PY) benchmarks/sst2_preset.py
+
+clean:
+	rm -rf runs build dist *.egg-info .pytest_cache .ruff_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

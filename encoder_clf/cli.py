@@ -1,0 +1,119 @@
+"""``encoder-clf``: a thin command line over :mod:`training` and :mod:`inference`.
+
+Each subcommand parses its flags and calls one workflow function. A
+:class:`UsageError` becomes one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from .config import load_json, with_overrides
+from .errors import UsageError
+from .inference import PRECISIONS, evaluate, predict
+from .metrics import format_report
+from .training import RunConfig, train
+
+
+def _train(args: argparse.Namespace) -> None:
+    config = load_json(RunConfig, args.config) if args.config else RunConfig()
+    assignments = list(args.set)
+    if args.data:
+        assignments.append(f"data.path={args.data}")
+    config = with_overrides(config, assignments)
+    if not config.data.path:
+        raise UsageError("no data given; pass --data PATH (a directory of splits, a file, or a Hub dataset name)")
+    out = Path(args.out) if args.out else Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+    metrics = train(config, out, overwrite=args.overwrite, progress=not args.quiet)
+    for split in ("validation", "test"):
+        if split in metrics:
+            print(format_report(metrics[split], split))
+            print()
+    print(f"model and metrics written to {out}")
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    metrics = evaluate(args.model, args.data, args.split, args.batch_size, args.precision,
+                       args.text_column, args.label_column)
+    print(json.dumps(metrics, indent=2) if args.json else format_report(metrics, args.split))
+
+
+def _read_texts(args: argparse.Namespace) -> list[str]:
+    texts = list(args.text)
+    if args.file:
+        path = Path(args.file)
+        if not path.is_file():
+            raise UsageError(f"--file {path} not found; pass a text file with one text per line")
+        try:
+            texts += [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        except UnicodeDecodeError as err:
+            raise UsageError(f"--file {path} is not UTF-8 (byte {err.start}); re-encode it as UTF-8") from None
+    if not texts and not args.file and not sys.stdin.isatty():
+        texts = [line for line in sys.stdin.read().splitlines() if line.strip()]
+    return texts
+
+
+def _predict(args: argparse.Namespace) -> None:
+    texts = _read_texts(args)
+    labels, probabilities, names = predict(args.model, texts, args.batch_size, args.precision)
+    for text, label, probs in zip(texts, labels, probabilities):
+        scores = {name: round(float(p), 6) for name, p in zip(names, probs)}
+        if args.json:
+            print(json.dumps({"text": text, "label": label, "probabilities": scores}, ensure_ascii=False))
+        else:
+            shown = "  ".join(f"{name}={p:.3f}" for name, p in scores.items())
+            print(f"{label}\t{shown}\t{text}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="encoder-clf", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    p = commands.add_parser("train", help="train a classifier and write a run directory")
+    p.add_argument("--data", help="directory of train/validation/test files, one file, or a Hub dataset name")
+    p.add_argument("--out", help="run directory (default: runs/<timestamp>)")
+    p.add_argument("--config", help="JSON file with sections model, tokenizer, data, train")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one setting, e.g. --set model.attention=additive (repeatable)")
+    p.add_argument("--overwrite", action="store_true", help="reuse a non-empty run directory")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=_train)
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--model", required=True, help="model directory (a run's model/ folder)")
+    common.add_argument("--batch-size", type=int, default=256)
+    common.add_argument("--precision", choices=PRECISIONS, default="auto")
+    common.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = commands.add_parser("evaluate", parents=[common], help="score a saved model on a labelled split")
+    p.add_argument("--data", required=True)
+    p.add_argument("--split", default="test")
+    p.add_argument("--text-column")
+    p.add_argument("--label-column")
+    p.set_defaults(run=_evaluate)
+
+    p = commands.add_parser("predict", parents=[common], help="classify texts (arguments, --file, or stdin)")
+    p.add_argument("text", nargs="*", help="texts to classify")
+    p.add_argument("--file", help="a UTF-8 file with one text per line")
+    p.set_defaults(run=_predict)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="encoder-clf: %(message)s", stream=sys.stderr)
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except UsageError as err:
+        print(f"encoder-clf: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

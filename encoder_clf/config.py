@@ -1,0 +1,182 @@
+"""The model's config, and the machinery every config dataclass shares.
+
+Each concern keeps its own dataclass beside its code (``TokenizerConfig`` in
+``tokenization.py``, ``DataConfig`` in ``data.py``, ``TrainConfig`` and the
+``RunConfig`` that nests them in ``training.py``). Settings flow defaults →
+config file → ``--set section.key=value``; every value is type-checked and an
+unknown key is refused with the list of known ones, so a typo never silently
+trains the wrong model. The defaults are the SST-2 preset measured in
+``docs/BENCHMARKS.md``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .attention import SCORE_RULES
+from .encoder import NORM_PLACEMENTS, POSITION_ENCODINGS
+from .errors import UsageError
+from .pooling import POOLINGS
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise UsageError(message)
+
+
+def _require_choice(where: str, value: str, choices) -> None:
+    _require(value in choices, f"{where} must be one of {', '.join(sorted(choices))}; got {value!r}")
+
+
+@dataclass
+class ModelConfig:
+    """Architecture of the encoder and its classification head.
+
+    ``vocab_size`` and ``labels`` are filled in from the tokenizer and the
+    training data when they are left at their empty defaults.
+    """
+
+    d_model: int = 256
+    n_heads: int = 4
+    n_layers: int = 2
+    d_ff: int = 1024
+    attention: str = "dot"
+    norm: str = "pre"
+    positions: str = "learned"
+    pooling: str = "mean"
+    max_positions: int = 512
+    dropout: float = 0.1
+    attention_dropout: float = 0.1
+    layer_norm_eps: float = 1e-5
+    type_vocab_size: int = 0
+    vocab_size: int = 0
+    pad_token_id: int = 0
+    labels: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        for name in ("d_model", "n_heads", "n_layers", "d_ff", "max_positions"):
+            _require(getattr(self, name) > 0, f"model.{name} must be positive; got {getattr(self, name)}")
+        _require(
+            self.d_model % self.n_heads == 0,
+            f"model.d_model ({self.d_model}) must be divisible by model.n_heads ({self.n_heads}); "
+            "pick e.g. n_heads=4 or 8",
+        )
+        _require_choice("model.attention", self.attention, SCORE_RULES)
+        _require_choice("model.norm", self.norm, NORM_PLACEMENTS)
+        _require_choice("model.positions", self.positions, POSITION_ENCODINGS)
+        _require_choice("model.pooling", self.pooling, POOLINGS)
+        for name in ("dropout", "attention_dropout"):
+            value = getattr(self, name)
+            _require(0.0 <= value < 1.0, f"model.{name} must be in [0, 1); got {value}")
+        _require(self.vocab_size >= 0, f"model.vocab_size must be >= 0; got {self.vocab_size}")
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.labels)
+
+
+def from_dict(cls: type, raw: Any, where: str):
+    """Build a config dataclass (nested ones included) from a dict, refusing unknown keys and wrong types."""
+    _require(isinstance(raw, dict), f"{where} must be a JSON object; got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    unknown = sorted(set(raw) - set(hints))
+    if unknown:
+        raise UsageError(f"{where}: unknown key {unknown[0]!r}; known keys: {', '.join(hints)}")
+    values = {}
+    for name, value in raw.items():
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            values[name] = from_dict(tp, value, f"{where}.{name}")
+        else:
+            values[name] = check_type(tp, value, f"{where}.{name}")
+    return cls(**values)
+
+
+def load_json(cls: type, path: str | Path):
+    """Read a config dataclass from a JSON file."""
+    path = Path(path)
+    _require(path.is_file(), f"config file {path} not found; pass an existing JSON file")
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UsageError(f"config file {path} is not valid JSON: {err}") from None
+    return from_dict(cls, raw, where=str(path))
+
+
+def with_overrides(config, assignments: list[str]):
+    """Return a copy of ``config`` with ``a.b=value`` assignments applied, each parsed to its field's type."""
+    raw = dataclasses.asdict(config)
+    for assignment in assignments:
+        key, sep, text = assignment.partition("=")
+        path = key.strip().split(".")
+        _require(bool(sep) and all(path), f"--set {assignment!r}: expected key=value, e.g. model.d_model=256")
+        target, cls = raw, type(config)
+        for depth, name in enumerate(path):
+            hints = typing.get_type_hints(cls)
+            prefix = ".".join(path[:depth])
+            _require(name in hints, f"--set {assignment!r}: unknown key {'.'.join(path[:depth + 1])!r}; "
+                                    f"known keys{' of ' + prefix if prefix else ''}: {', '.join(hints)}")
+            if depth == len(path) - 1:
+                _require(not dataclasses.is_dataclass(hints[name]),
+                         f"--set {assignment!r}: {name!r} is a section; set one of its keys, e.g. {name}.KEY=VALUE")
+                target[name] = parse_value(hints[name], text.strip(), ".".join(path))
+            else:
+                _require(dataclasses.is_dataclass(hints[name]),
+                         f"--set {assignment!r}: {name!r} is not a section")
+                target, cls = target[name], hints[name]
+    return from_dict(type(config), raw, where="--set")
+
+
+def _optional_inner(tp) -> tuple[Any, bool]:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return args[0], True
+    return tp, False
+
+
+def check_type(tp, value: Any, where: str) -> Any:
+    """Return ``value`` if it fits the annotation ``tp`` (ints are accepted for floats)."""
+    inner, optional = _optional_inner(tp)
+    if value is None:
+        _require(optional, f"{where} may not be null")
+        return None
+    if typing.get_origin(inner) is list:
+        ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+        _require(ok, f"{where} must be a list of strings; got {value!r}")
+        return list(value)
+    if inner is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    ok = isinstance(value, inner) and not (inner is int and isinstance(value, bool))
+    _require(ok, f"{where} must be of type {inner.__name__}; got {value!r}")
+    return value
+
+
+def parse_value(tp, text: str, where: str) -> Any:
+    """Parse a ``--set`` value from text into the annotation ``tp``."""
+    inner, optional = _optional_inner(tp)
+    if optional and text.lower() in ("none", "null", ""):
+        return None
+    if typing.get_origin(inner) is list:
+        if text.startswith("["):
+            try:
+                return check_type(tp, json.loads(text), where)
+            except json.JSONDecodeError:
+                raise UsageError(f"--set {where}: {text!r} is not a JSON list of strings") from None
+        return [part.strip() for part in text.split(",") if part.strip()]
+    if inner is bool:
+        lowered = text.lower()
+        _require(lowered in ("true", "false", "1", "0", "yes", "no"),
+                 f"--set {where}: expected true or false; got {text!r}")
+        return lowered in ("true", "1", "yes")
+    if inner in (int, float):
+        try:
+            return inner(text)
+        except ValueError:
+            raise UsageError(f"--set {where}: expected {inner.__name__}; got {text!r}") from None
+    return text

@@ -1,0 +1,299 @@
+"""Reading labelled text into splits, and cutting token ids into padded batches.
+
+A data path is a directory of split files (``train``, ``validation``/``dev``,
+``test``), a single file (validation carved out by a seeded stratified split),
+or a Hugging Face Hub dataset name (``name`` or ``name:config``). Files are
+read with ``datasets``; ``.csv``, ``.tsv``, ``.jsonl``/``.json`` and
+``.parquet`` are understood. Labels may be strings or integers and become
+named classes in a fixed order.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import UsageError
+
+log = logging.getLogger(__name__)
+
+READERS = {  # suffix -> (datasets builder, builder options)
+    ".csv": ("csv", {}),
+    ".tsv": ("csv", {"delimiter": "\t", "quoting": 3}),  # quoting=3: csv.QUOTE_NONE, quotes are text
+    ".json": ("json", {}),
+    ".jsonl": ("json", {}),
+    ".parquet": ("parquet", {}),
+}
+SPLIT_NAMES = {"train": ("train",), "validation": ("validation", "valid", "val", "dev"), "test": ("test",)}
+TEXT_COLUMNS = ("text", "sentence", "content", "review", "document", "body")
+LABEL_COLUMNS = ("label", "labels", "target", "class", "category", "y")
+
+
+@dataclass
+class DataConfig:
+    """Where the data is and which columns hold text and labels.
+
+    ``labels`` fixes the class order; for integer labels 0..K-1 it may instead
+    give the K class names (e.g. ``World,Sports,Business,Sci/Tech``).
+    """
+
+    path: str = ""
+    text_column: str | None = None
+    label_column: str | None = None
+    labels: list[str] | None = None
+    validation_fraction: float = 0.1
+    class_weights: str | None = None
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.validation_fraction < 1.0:
+            raise UsageError(f"data.validation_fraction must be in (0, 1); got {self.validation_fraction}")
+        if self.class_weights not in (None, "balanced"):
+            raise UsageError(f"data.class_weights must be balanced or null; got {self.class_weights!r}")
+
+
+@dataclass
+class Split:
+    """One split's texts and integer class ids (indices into the label names)."""
+
+    texts: list[str]
+    labels: np.ndarray
+    source: str
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
+@dataclass
+class Splits:
+    train: Split
+    validation: Split
+    test: Split | None
+    label_names: list[str]
+
+
+def load_splits(config: DataConfig, seed: int = 0) -> Splits:
+    """Read train/validation(/test), detect columns and fix the class order."""
+    if not config.path:
+        raise UsageError("no data path given; pass --data PATH (a directory of splits, a file or a Hub name)")
+    raw = _read_raw_splits(config.path)
+    if "train" not in raw:
+        found = ", ".join(raw) or "none"
+        raise UsageError(f"{config.path}: no train split found (splits found: {found}); "
+                         "name the file train.csv/.tsv/.jsonl/.parquet or pass a single file")
+    train_texts, train_values, source, label_column = _columns(raw["train"], config)
+    feature = raw["train"].table.features.get(label_column)
+    label_names, value_to_id = _classes(train_values, config.labels, getattr(feature, "names", None), source)
+    train = Split(train_texts, _to_ids(train_values, value_to_id, source), source)
+    if "validation" in raw:
+        validation = _split_from(raw["validation"], config, value_to_id)
+    else:
+        train, validation = _carve_validation(train, config.validation_fraction, seed)
+    test = _split_from(raw["test"], config, value_to_id) if "test" in raw else None
+    for split in (train, validation, test):
+        if split is not None and len(split) == 0:
+            raise UsageError(f"{split.source}: the split is empty; add labelled rows")
+    return Splits(train, validation, test, label_names)
+
+
+def read_split(path: str, split: str, label_names: list[str], text_column: str | None = None,
+               label_column: str | None = None) -> Split:
+    """Read one named split for evaluation against a trained model's classes."""
+    raw = _read_raw_splits(path)
+    if split not in raw:
+        raise UsageError(f"{path}: no {split!r} split (splits found: {', '.join(raw)}); pick one with --split")
+    config = DataConfig(path=path, text_column=text_column, label_column=label_column)
+    result = _split_from(raw[split], config, {name: i for i, name in enumerate(label_names)})
+    if len(result) == 0:
+        raise UsageError(f"{result.source}: the split is empty; add labelled rows")
+    return result
+
+
+@dataclass
+class _RawSplit:
+    table: object  # a datasets.Dataset
+    source: str  # file path or hub name, for messages
+
+
+def _read_raw_splits(path: str) -> dict[str, _RawSplit]:
+    local = Path(path).expanduser()
+    if local.is_dir():
+        files = {}
+        for split, names in SPLIT_NAMES.items():
+            matches = [f for f in sorted(local.iterdir()) if f.stem.lower() in names and f.suffix.lower() in READERS]
+            if matches:
+                files[split] = matches[0]
+        if not files:
+            raise UsageError(f"{local}: no split files found; expected train/validation/test files ending in "
+                             f"{', '.join(READERS)}")
+        return {split: _RawSplit(_read_file(f), str(f)) for split, f in files.items()}
+    if local.is_file():
+        return {"train": _RawSplit(_read_file(local), str(local))}
+    if _looks_local(path):
+        raise UsageError(f"data path {path} does not exist; pass an existing file, directory or Hub dataset name")
+    return _read_hub(path)
+
+
+def _looks_local(path: str) -> bool:
+    """A missing path that cannot be a Hub name (``name``, ``owner/name``, optional ``:config``)."""
+    name = path.split(":", 1)[0]
+    return (name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep in name.replace("/", "")
+            or Path(name).suffix.lower() in READERS or Path(name).suffix.lower() == ".txt")
+
+
+def _read_file(file: Path):
+    import datasets
+
+    suffix = file.suffix.lower()
+    if suffix not in READERS:
+        raise UsageError(f"{file}: unsupported file type {suffix or '(none)'!r}; use one of {', '.join(READERS)}")
+    builder, options = READERS[suffix]
+    datasets.disable_progress_bars()
+    try:
+        return datasets.load_dataset(builder, data_files=str(file), split="train", **options)
+    except Exception as err:  # datasets wraps parser errors in its own types
+        cause = err.__cause__ or err
+        raise UsageError(f"{file}: could not be read as {suffix[1:]} ({type(cause).__name__}: "
+                         f"{str(cause).splitlines()[0] if str(cause) else ''}); check the file's format") from None
+
+
+def _read_hub(name: str) -> dict[str, _RawSplit]:
+    import datasets
+
+    repo, _, subset = name.partition(":")
+    try:
+        loaded = datasets.load_dataset(repo, subset or None)
+    except Exception as err:
+        raise UsageError(f"{name!r} is not a local path and could not be loaded from the Hugging Face Hub "
+                         f"({type(err).__name__}); check the name or pass a local directory") from None
+    raw = {}
+    for split, names in SPLIT_NAMES.items():
+        for candidate in names:
+            if candidate in loaded:
+                raw[split] = _RawSplit(loaded[candidate], f"{name}[{candidate}]")
+                break
+    return raw
+
+
+def _pick_column(raw: _RawSplit, requested: str | None, candidates: tuple[str, ...], kind: str) -> str:
+    columns = list(raw.table.column_names)
+    if requested is not None:
+        if requested not in columns:
+            raise UsageError(f"{raw.source}: no {kind} column {requested!r}; columns found: {', '.join(columns)}; "
+                             f"pass --set data.{kind}_column=NAME")
+        return requested
+    for name in candidates:
+        if name in columns:
+            return name
+    raise UsageError(f"{raw.source}: no {kind} column found among {', '.join(columns)}; "
+                     f"pass --set data.{kind}_column=NAME")
+
+
+def _columns(raw: _RawSplit, config: DataConfig) -> tuple[list[str], list, str, str]:
+    """Texts and raw label values (rows with empty text dropped, with a warning), source, label column."""
+    text_column = _pick_column(raw, config.text_column, TEXT_COLUMNS, "text")
+    label_column = _pick_column(raw, config.label_column, LABEL_COLUMNS, "label")
+    texts, values = raw.table[text_column], raw.table[label_column]
+    keep = []
+    for row, (text, value) in enumerate(zip(texts, values)):
+        if value is None or (isinstance(value, float) and np.isnan(value)):
+            raise UsageError(f"{raw.source}: row {row + 1} has no value in label column {label_column!r}; "
+                             "fill it in or remove the row")
+        if isinstance(text, str) and text.strip():
+            keep.append(row)
+    dropped = len(texts) - len(keep)
+    if dropped:
+        log.warning("%s: dropped %d row(s) with empty text in column %r", raw.source, dropped, text_column)
+    return [texts[i] for i in keep], [values[i] for i in keep], raw.source, label_column
+
+
+def _classes(values: list, requested: list[str] | None, names_from_feature: list[str] | None,
+             source: str) -> tuple[list[str], dict]:
+    """Class names in order, and a map from each raw label value to its class id."""
+    seen = sorted(set(values), key=lambda v: (isinstance(v, str), v))
+    integer = all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in seen)
+    if requested is None:
+        if integer and names_from_feature:
+            return list(names_from_feature), {i: i for i in range(len(names_from_feature))}
+        names = [str(v) for v in seen]
+        return names, {v: i for i, v in enumerate(seen)}
+    if len(set(requested)) != len(requested):
+        raise UsageError(f"data.labels has a repeated name: {requested}")
+    as_text = {str(v): v for v in seen}
+    if integer and not set(requested) >= set(as_text) and min(seen) >= 0 and max(seen) < len(requested):
+        return list(requested), {i: i for i in range(len(requested))}  # names for ids 0..K-1
+    missing = [v for v in as_text if v not in requested]
+    if missing:
+        raise UsageError(f"{source}: label {missing[0]!r} is not in data.labels ({', '.join(requested)}); "
+                         "add it to data.labels")
+    return list(requested), {value: requested.index(text) for text, value in as_text.items()}
+
+
+def _to_ids(values: list, value_to_id: dict, source: str) -> np.ndarray:
+    lookup = {**value_to_id, **{str(k): v for k, v in value_to_id.items()}}
+    ids = np.empty(len(values), dtype=np.int64)
+    for row, value in enumerate(values):
+        key = value if value in lookup else str(value)
+        if key not in lookup:
+            known = ", ".join(str(k) for k in value_to_id)
+            raise UsageError(f"{source}: label {value!r} (row {row + 1}) never occurs in training "
+                             f"(known labels: {known}); fix the label or add training rows for it")
+        ids[row] = lookup[key]
+    return ids
+
+
+def _split_from(raw: _RawSplit, config: DataConfig, value_to_id: dict) -> Split:
+    texts, values, source, _ = _columns(raw, config)
+    return Split(texts, _to_ids(values, value_to_id, source), source)
+
+
+def _carve_validation(train: Split, fraction: float, seed: int) -> tuple[Split, Split]:
+    from sklearn.model_selection import train_test_split
+
+    counts = Counter(train.labels.tolist())
+    stratify = train.labels if min(counts.values()) >= 2 else None
+    index = np.arange(len(train))
+    try:
+        train_idx, val_idx = train_test_split(index, test_size=fraction, random_state=seed, stratify=stratify)
+    except ValueError as err:
+        raise UsageError(f"{train.source}: cannot carve out a validation split ({err}); "
+                         "add rows or provide a validation file") from None
+    pick = lambda idx, tag: Split([train.texts[i] for i in idx], train.labels[idx], f"{train.source} ({tag})")  # noqa: E731
+    return pick(np.sort(train_idx), "train part"), pick(np.sort(val_idx), "validation part")
+
+
+def bucket_batches(lengths: np.ndarray, batch_size: int, shuffle: bool, seed: int = 0,
+                   bucket_batches: int = 50) -> list[np.ndarray]:
+    """Index batches of similar length, so padding stays small.
+
+    Training order: shuffle, sort within pools of ``bucket_batches`` batches by
+    length, cut into batches, shuffle the batches. Evaluation order: sorted by
+    length (callers restore the input order from the indices).
+    """
+    if not shuffle:
+        order = np.argsort(lengths, kind="stable")
+        return [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(lengths))
+    pool = batch_size * bucket_batches
+    batches = []
+    for start in range(0, len(order), pool):
+        chunk = order[start: start + pool]
+        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+        batches.extend(chunk[i: i + batch_size] for i in range(0, len(chunk), batch_size))
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def collate(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad to the longest sequence: ids ``(batch, seq)`` and the padding mask (``True`` at padding)."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        ids[row, : len(seq)] = torch.as_tensor(seq, dtype=torch.long)
+    lengths = torch.as_tensor([len(s) for s in sequences])
+    return ids, torch.arange(width)[None, :] >= lengths[:, None]

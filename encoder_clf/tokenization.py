@@ -1,0 +1,111 @@
+"""Tokenizers built from Hugging Face ``tokenizers`` parts, trained on the training split.
+
+A tokenizer is normaliser → pre-tokeniser → model (WordPiece, BPE or Unigram)
+→ ``[CLS] $A [SEP]`` post-processor, saved as one ``tokenizer.json`` that any
+``tokenizers`` user can load. Padding is left to the batcher (dynamic, per
+batch); truncation to ``max_length`` is set on the tokenizer and counted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+from .errors import UsageError
+
+PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
+SPECIAL_TOKENS = [PAD, UNK, CLS, SEP, MASK]  # PAD first, so its id is 0
+
+
+def _wordpiece(config: TokenizerConfig):
+    model = models.WordPiece(unk_token=UNK, max_input_chars_per_word=100)
+    trainer = trainers.WordPieceTrainer(vocab_size=config.vocab_size, min_frequency=config.min_frequency,
+                                        special_tokens=SPECIAL_TOKENS, show_progress=False)
+    return model, trainer, pre_tokenizers.BertPreTokenizer(), decoders.WordPiece()
+
+
+def _bpe(config: TokenizerConfig):
+    model = models.BPE(unk_token=UNK)
+    trainer = trainers.BpeTrainer(vocab_size=config.vocab_size, min_frequency=config.min_frequency,
+                                  special_tokens=SPECIAL_TOKENS, show_progress=False)
+    return model, trainer, pre_tokenizers.Metaspace(), decoders.Metaspace()
+
+
+def _unigram(config: TokenizerConfig):
+    trainer = trainers.UnigramTrainer(vocab_size=config.vocab_size, special_tokens=SPECIAL_TOKENS,
+                                      unk_token=UNK, show_progress=False)
+    return models.Unigram(), trainer, pre_tokenizers.Metaspace(), decoders.Metaspace()
+
+
+TOKENIZER_MODELS = {"wordpiece": _wordpiece, "bpe": _bpe, "unigram": _unigram}
+
+
+@dataclass
+class TokenizerConfig:
+    """How the tokenizer is trained on the training split, or which ``tokenizer.json`` to load instead."""
+
+    model: str = "wordpiece"
+    vocab_size: int = 16000
+    min_frequency: int = 2
+    lowercase: bool = True
+    max_length: int = 128
+    path: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.model not in TOKENIZER_MODELS:
+            raise UsageError(f"tokenizer.model must be one of {', '.join(TOKENIZER_MODELS)}; got {self.model!r}")
+        if self.vocab_size < 100:
+            raise UsageError(f"tokenizer.vocab_size must be >= 100; got {self.vocab_size}")
+        if self.min_frequency < 1:
+            raise UsageError(f"tokenizer.min_frequency must be >= 1; got {self.min_frequency}")
+        if self.max_length < 4:
+            raise UsageError(f"tokenizer.max_length must be >= 4; got {self.max_length}")
+
+
+def train_tokenizer(texts: Iterable[str], config: TokenizerConfig) -> Tokenizer:
+    """Train the configured tokenizer model on ``texts`` and set truncation to ``config.max_length``."""
+    model, trainer, pre_tokenizer, decoder = TOKENIZER_MODELS[config.model](config)
+    tokenizer = Tokenizer(model)
+    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=config.lowercase, strip_accents=None)
+    tokenizer.pre_tokenizer = pre_tokenizer
+    tokenizer.decoder = decoder
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    cls_id, sep_id = tokenizer.token_to_id(CLS), tokenizer.token_to_id(SEP)
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{CLS} $A {SEP}", pair=f"{CLS} $A {SEP} $B:1 {SEP}:1",
+        special_tokens=[(CLS, cls_id), (SEP, sep_id)],
+    )
+    tokenizer.enable_truncation(config.max_length)
+    return tokenizer
+
+
+def load_tokenizer(path: str | Path, max_length: int | None = None) -> Tokenizer:
+    """Load a ``tokenizer.json`` (or a directory holding one); padding off, truncation kept or set."""
+    path = Path(path)
+    file = path / "tokenizer.json" if path.is_dir() else path
+    if not file.is_file():
+        raise UsageError(f"tokenizer file {file} not found; pass a tokenizer.json or a directory holding one")
+    try:
+        tokenizer = Tokenizer.from_file(str(file))
+    except Exception as err:  # tokenizers raises a bare Exception for malformed files
+        raise UsageError(f"tokenizer file {file} could not be read ({err}); re-save it with tokenizers") from None
+    tokenizer.no_padding()
+    if max_length is not None:
+        tokenizer.enable_truncation(max_length)
+    return tokenizer
+
+
+def pad_id(tokenizer: Tokenizer) -> int:
+    """The id used for padding: ``[PAD]`` if the vocabulary has it, else 0."""
+    token_id = tokenizer.token_to_id(PAD)
+    return 0 if token_id is None else token_id
+
+
+def encode(tokenizer: Tokenizer, texts: Sequence[str]) -> tuple[list[list[int]], int]:
+    """Token ids for each text, and how many texts were cut at the truncation length."""
+    encodings = tokenizer.encode_batch(list(texts))
+    truncated = sum(1 for e in encodings if e.overflowing)
+    return [e.ids for e in encodings], truncated

@@ -1,0 +1,281 @@
+"""The training run: data → tokenizer → model → loop → best model, metrics and plots.
+
+The loop is plain PyTorch in :func:`fit`: AdamW, warmup then decay, gradient
+clipping, evaluation each epoch (or every N steps), early stopping on a
+validation metric, the best model kept on disk, a JSONL log of every
+evaluation. Everything that can be wrong with the input is checked before the
+run directory is created, so a bad input leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import resource
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .checkpoint import save_model
+from .config import ModelConfig
+from .data import DataConfig, Splits, bucket_batches, collate, load_splits
+from .errors import UsageError
+from .inference import PRECISIONS, autocast, default_device, forward_batches, resolve_precision
+from .metrics import compute_metrics, format_report, plot_confusion_matrix
+from .model import TextClassifier
+from .tokenization import TokenizerConfig, encode, load_tokenizer, pad_id, train_tokenizer
+
+log = logging.getLogger(__name__)
+
+SCHEDULES = {
+    "linear": lambda progress: max(0.0, 1.0 - progress),
+    "cosine": lambda progress: 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress))),
+    "constant": lambda progress: 1.0,
+}
+METRICS = ("accuracy", "macro_f1")
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation, evaluation and stopping."""
+
+    epochs: int = 3
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.06
+    schedule: str = "linear"
+    grad_clip: float = 1.0
+    label_smoothing: float = 0.0
+    eval_every: int = 0  # optimizer steps between evaluations; 0 = once per epoch
+    metric: str = "accuracy"
+    patience: int = 0  # evaluations without improvement before stopping; 0 = never stop early
+    precision: str = "auto"
+    seed: int = 0
+    max_minutes: float = 0.0  # wall-clock budget for the loop; 0 = none
+    eval_batch_size: int = 256
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.epochs > 0, "epochs", "a positive integer"),
+            (self.batch_size > 0, "batch_size", "a positive integer"),
+            (self.eval_batch_size > 0, "eval_batch_size", "a positive integer"),
+            (self.lr > 0, "lr", "positive"),
+            (0 <= self.warmup_ratio < 1, "warmup_ratio", "in [0, 1)"),
+            (0 <= self.label_smoothing < 1, "label_smoothing", "in [0, 1)"),
+            (self.weight_decay >= 0, "weight_decay", ">= 0"),
+            (self.grad_clip >= 0, "grad_clip", ">= 0 (0 turns clipping off)"),
+            (self.eval_every >= 0, "eval_every", ">= 0 (0 = each epoch)"),
+            (self.patience >= 0, "patience", ">= 0 (0 = no early stopping)"),
+            (self.max_minutes >= 0, "max_minutes", ">= 0 (0 = no budget)"),
+            (self.schedule in SCHEDULES, "schedule", f"one of {', '.join(SCHEDULES)}"),
+            (self.metric in METRICS, "metric", f"one of {', '.join(METRICS)}"),
+            (self.precision in PRECISIONS, "precision", f"one of {', '.join(PRECISIONS)}"),
+        ]
+        for ok, name, allowed in checks:
+            if not ok:
+                raise UsageError(f"train.{name} must be {allowed}; got {getattr(self, name)!r}")
+
+
+@dataclass
+class RunConfig:
+    """Everything one run needs; saved as ``run_config.json`` in the run directory."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def prepare_output(out_dir: Path, overwrite: bool) -> None:
+    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+        raise UsageError(f"output directory {out_dir} already exists and is not empty; "
+                         "pick another --out or pass --overwrite")
+
+
+def train(config: RunConfig, out_dir: str | Path, overwrite: bool = False, progress: bool = True) -> dict:
+    """Run the whole path and return ``metrics.json``'s content.
+
+    Writes ``out_dir/model/`` (best model), ``metrics.json``, ``report.txt``,
+    ``log.jsonl``, ``run_config.json`` and ``confusion_matrix.png``.
+    """
+    out_dir = Path(out_dir)
+    prepare_output(out_dir, overwrite)
+    torch.manual_seed(config.train.seed)
+    splits = load_splits(config.data, seed=config.train.seed)
+    if config.tokenizer.path:
+        tokenizer = load_tokenizer(config.tokenizer.path, config.tokenizer.max_length)
+    else:
+        tokenizer = train_tokenizer(splits.train.texts, config.tokenizer)
+    model_config = replace(config.model, vocab_size=tokenizer.get_vocab_size(), labels=splits.label_names,
+                           pad_token_id=pad_id(tokenizer))
+    if model_config.max_positions < config.tokenizer.max_length:
+        raise UsageError(f"tokenizer.max_length ({config.tokenizer.max_length}) exceeds model.max_positions "
+                         f"({model_config.max_positions}); lower one or raise the other")
+    encoded = {name: encode(tokenizer, split.texts) for name, split in _named_splits(splits).items()}
+    truncated = {name: count for name, (_, count) in encoded.items()}
+    for name, count in truncated.items():
+        if count:
+            log.warning("%s: %d of %d texts truncated at max_length=%d tokens", name, count,
+                        len(encoded[name][0]), config.tokenizer.max_length)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "run_config.json").write_text(
+        json.dumps(asdict(replace(config, model=model_config)), indent=2) + "\n", encoding="utf-8")
+    device = default_device()
+    model = TextClassifier(model_config).to(device)
+    precision = resolve_precision(config.train.precision, device)
+    summary = fit(model, tokenizer, splits, {k: v[0] for k, v in encoded.items()}, config, out_dir,
+                  precision, progress)
+
+    best_model, _ = _load_best(out_dir, device)
+    results = {"validation": _score(best_model, encoded["validation"][0], splits.validation.labels,
+                                    config, precision, splits.label_names, pad_id(tokenizer))}
+    if splits.test is not None:
+        results["test"] = _score(best_model, encoded["test"][0], splits.test.labels, config, precision,
+                                 splits.label_names, pad_id(tokenizer))
+    metrics = {**results, **summary, "precision": precision, "device": str(device),
+               "data": {name: {"rows": len(encoded[name][0]), "truncated": truncated[name]} for name in encoded},
+               "parameters": sum(p.numel() for p in model.parameters())}
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    report = "\n\n".join(format_report(results[name], name) for name in results)
+    (out_dir / "report.txt").write_text(report + "\n", encoding="utf-8")
+    final = "test" if "test" in results else "validation"
+    plot_confusion_matrix(results[final], out_dir / "confusion_matrix.png", f"Confusion matrix ({final})")
+    return metrics
+
+
+def _named_splits(splits: Splits) -> dict:
+    named = {"train": splits.train, "validation": splits.validation}
+    if splits.test is not None:
+        named["test"] = splits.test
+    return named
+
+
+def _load_best(out_dir: Path, device: torch.device):
+    from .checkpoint import load_model
+
+    model, tokenizer = load_model(out_dir / "model")
+    return model.to(device), tokenizer
+
+
+def _score(model, sequences, labels, config: RunConfig, precision: str, names: list[str], pad: int) -> dict:
+    logits, _ = forward_batches(model, sequences, pad, config.train.eval_batch_size, precision)
+    return compute_metrics(labels, logits.argmax(axis=1), names)
+
+
+def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW with decay on matrices only (not biases, LayerNorm gains or the 1-D score vectors)."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.98), eps=1e-6, foreach=True)
+
+
+def _schedule(optimizer, config: TrainConfig, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    warmup = max(1, int(config.warmup_ratio * total_steps))
+    decay = SCHEDULES[config.schedule]
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return decay((step - warmup) / max(1, total_steps - warmup))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _loss_fn(config: RunConfig, labels: np.ndarray, num_labels: int, device) -> nn.Module:
+    weight = None
+    if config.data.class_weights == "balanced":
+        from sklearn.utils.class_weight import compute_class_weight
+
+        present = np.unique(labels)
+        values = np.ones(num_labels, dtype=np.float32)
+        values[present] = compute_class_weight("balanced", classes=present, y=labels)
+        weight = torch.tensor(values, device=device)
+    return nn.CrossEntropyLoss(weight=weight, label_smoothing=config.train.label_smoothing)
+
+
+def fit(model: TextClassifier, tokenizer, splits: Splits, sequences: dict[str, list[list[int]]],
+        config: RunConfig, out_dir: Path, precision: str, progress: bool = True) -> dict:
+    """The training loop. Saves the best model to ``out_dir/model`` and logs to ``out_dir/log.jsonl``."""
+    cfg = config.train
+    device = next(model.parameters()).device
+    pad = pad_id(tokenizer)
+    train_seqs, train_labels = sequences["train"], torch.as_tensor(splits.train.labels)
+    lengths = np.array([len(s) for s in train_seqs])
+    steps_per_epoch = math.ceil(len(train_seqs) / cfg.batch_size)
+    total_steps = steps_per_epoch * cfg.epochs
+    optimizer = _optimizer(model, cfg)
+    scheduler = _schedule(optimizer, cfg, total_steps)
+    loss_fn = _loss_fn(config, splits.train.labels, model.config.num_labels, device)
+    eval_every = cfg.eval_every or steps_per_epoch
+    best, best_step, stale, step, seen, stop_reason = -1.0, 0, 0, 0, 0, "completed"
+    start = time.perf_counter()
+    log_file = (out_dir / "log.jsonl").open("w", encoding="utf-8")
+    bar = tqdm(total=total_steps, disable=not progress, unit="step", dynamic_ncols=True)
+    running_loss, running_n = 0.0, 0
+    try:
+        for epoch in range(cfg.epochs):
+            model.train()
+            for index in bucket_batches(lengths, cfg.batch_size, shuffle=True, seed=cfg.seed * 1000 + epoch):
+                ids, mask = collate([train_seqs[i] for i in index], pad)
+                with autocast(precision, device):
+                    logits = model(ids.to(device), mask.to(device)).logits
+                loss = loss_fn(logits.float(), train_labels[index].to(device))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.grad_clip:
+                    nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                optimizer.step()
+                scheduler.step()
+                step += 1
+                seen += len(index)
+                running_loss += loss.item() * len(index)
+                running_n += len(index)
+                elapsed = time.perf_counter() - start
+                bar.update(1)
+                bar.set_postfix(loss=f"{running_loss / running_n:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}",
+                                ex_s=f"{seen / elapsed:.0f}", refresh=False)
+                out_of_time = cfg.max_minutes and elapsed > cfg.max_minutes * 60
+                if step % eval_every == 0 or step == total_steps or out_of_time:
+                    val_logits, _ = forward_batches(model, sequences["validation"], pad, cfg.eval_batch_size,
+                                                    precision)
+                    val = compute_metrics(splits.validation.labels, val_logits.argmax(axis=1),
+                                          model.config.labels)
+                    score = val[cfg.metric]
+                    record = {"step": step, "epoch": round(step / steps_per_epoch, 3),
+                              "train_loss": running_loss / running_n, "lr": scheduler.get_last_lr()[0],
+                              "val_accuracy": val["accuracy"], "val_macro_f1": val["macro_f1"],
+                              "elapsed_s": round(elapsed, 2), "examples_per_s": round(seen / elapsed, 1)}
+                    log_file.write(json.dumps(record) + "\n")
+                    log_file.flush()
+                    running_loss, running_n = 0.0, 0
+                    if score > best:
+                        best, best_step, stale = score, step, 0
+                        save_model(out_dir / "model", model, tokenizer)
+                    else:
+                        stale += 1
+                    bar.write(f"step {step} (epoch {record['epoch']:.2f}): train loss {record['train_loss']:.4f}, "
+                              f"val accuracy {val['accuracy']:.4f}, macro-F1 {val['macro_f1']:.4f}")
+                    if cfg.patience and stale >= cfg.patience:
+                        stop_reason = f"early stopping: no improvement in {cfg.patience} evaluations"
+                    elif out_of_time:
+                        stop_reason = f"time budget of {cfg.max_minutes} minutes reached"
+                    if stop_reason != "completed":
+                        raise StopIteration
+    except StopIteration:
+        log.info(stop_reason)
+    finally:
+        bar.close()
+        log_file.close()
+    train_time = time.perf_counter() - start
+    return {"best_step": best_step, f"best_val_{cfg.metric}": best, "steps": step, "stop_reason": stop_reason,
+            "train_time_s": round(train_time, 2), "train_examples_per_s": round(seen / train_time, 1),
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
