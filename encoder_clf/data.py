@@ -157,9 +157,19 @@ def _read_file(file: Path):
     try:
         return datasets.load_dataset(builder, data_files=str(file), split="train", **options)
     except Exception as err:  # datasets wraps parser errors in its own types
+        if _is_empty(file):
+            raise UsageError(f"{file}: the split is empty; add labelled rows") from None
         cause = err.__cause__ or err
         raise UsageError(f"{file}: could not be read as {suffix[1:]} ({type(cause).__name__}: "
                          f"{str(cause).splitlines()[0] if str(cause) else ''}); check the file's format") from None
+
+
+def _is_empty(file: Path) -> bool:
+    """No rows beyond a header: datasets refuses such files with an obscure message."""
+    if file.suffix.lower() == ".parquet":
+        return False
+    with file.open("rb") as handle:
+        return sum(1 for line in handle if line.strip()) <= (0 if file.suffix.lower() in (".json", ".jsonl") else 1)
 
 
 def _read_hub(name: str) -> dict[str, _RawSplit]:

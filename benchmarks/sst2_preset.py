@@ -1,0 +1,134 @@
+"""SST-2 from scratch: the default `make train` preset, each attention rule, and TF-IDF + LR.
+
+Every job runs in its own process so that wall time and peak memory (max RSS,
+from ``wait4``) belong to it alone. Results go to ``docs/BENCHMARKS.md``
+(between markers, so other benchmark sections are kept) and
+``benchmarks/out/sst2_preset.json``.
+
+    python benchmarks/sst2_preset.py [--rules dot concat additive] [--data ../shared/datasets/sst2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "benchmarks" / "out"
+DOC = ROOT / "docs" / "BENCHMARKS.md"
+BEGIN, END = "<!-- sst2-preset:begin -->", "<!-- sst2-preset:end -->"
+
+
+def run_measured(command: list[str]) -> tuple[float, float]:
+    """Run a command; return its wall seconds and peak RSS in MiB."""
+    start = time.perf_counter()
+    process = subprocess.Popen(command, cwd=ROOT)
+    _, status, usage = os.wait4(process.pid, 0)
+    wall = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"benchmark job failed: {' '.join(command)}")
+    return wall, usage.ru_maxrss / 1024
+
+
+def tfidf_baseline(data: Path, result_file: Path) -> None:
+    """TF-IDF (word 1-2-grams, sublinear tf) + LogisticRegression, C chosen on validation."""
+    import pandas as pd
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import accuracy_score, f1_score
+
+    read = lambda name: pd.read_csv(data / f"{name}.tsv", sep="\t", quoting=3, keep_default_na=False)  # noqa: E731
+    train, validation, test = read("train"), read("validation"), read("test")
+    vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=1)
+    x_train = vectorizer.fit_transform(train.sentence)
+    best = None
+    for c in (0.5, 1.0, 2.0, 4.0, 8.0):
+        model = LogisticRegression(C=c, max_iter=2000).fit(x_train, train.label)
+        score = accuracy_score(validation.label, model.predict(vectorizer.transform(validation.sentence)))
+        if best is None or score > best[0]:
+            best = (score, c, model)
+    val_acc, c, model = best
+    predicted = model.predict(vectorizer.transform(test.sentence))
+    result = {"validation": {"accuracy": val_acc}, "test": {"accuracy": accuracy_score(test.label, predicted),
+              "macro_f1": f1_score(test.label, predicted, average="macro")}, "C": c}
+    result_file.write_text(json.dumps(result))
+
+
+def machine() -> str:
+    import torch
+
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    flags = Path("/proc/cpuinfo").read_text()
+    features = [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
+    return (f"{cpu}, {os.cpu_count()} cores ({', '.join(features) or 'no bf16 instructions'}), "
+            f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default=str(ROOT.parent / "shared" / "datasets" / "sst2"))
+    parser.add_argument("--rules", nargs="*", default=["dot", "concat", "additive"],
+                        help="attention rules to train with the preset (dot is the preset itself)")
+    parser.add_argument("--baseline-only", metavar="FILE", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    data = Path(args.data)
+    if args.baseline_only:
+        tfidf_baseline(data, Path(args.baseline_only))
+        return
+    OUT.mkdir(parents=True, exist_ok=True)
+    rows = []
+    baseline_file = OUT / "tfidf.json"
+    wall, rss = run_measured([sys.executable, __file__, "--data", str(data), "--baseline-only", str(baseline_file)])
+    baseline = json.loads(baseline_file.read_text())
+    rows.append({"name": f"TF-IDF 1-2-grams + LogisticRegression (C={baseline['C']})", **baseline,
+                 "wall_s": wall, "peak_mib": rss})
+    for rule in args.rules:
+        run_dir = OUT / f"preset-{rule}"
+        command = [sys.executable, "-m", "encoder_clf.cli", "train", "--data", str(data), "--out", str(run_dir),
+                   "--overwrite", "--quiet", "--set", f"model.attention={rule}"]
+        wall, rss = run_measured(command)
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        name = "encoder-clf preset (`make train`)" if rule == "dot" else f"preset with attention={rule}"
+        rows.append({"name": name, "validation": metrics["validation"], "test": metrics["test"], "wall_s": wall,
+                     "peak_mib": rss, "train_time_s": metrics["train_time_s"], "precision": metrics["precision"],
+                     "examples_per_s": metrics["train_examples_per_s"]})
+    (OUT / "sst2_preset.json").write_text(json.dumps(rows, indent=2))
+    write_doc(rows, " ".join(sys.argv[1:]))
+
+
+def write_doc(rows: list[dict], argv: str) -> None:
+    lines = [BEGIN, "## SST-2 from scratch: the `make train` preset vs TF-IDF + LogisticRegression", "",
+             f"Command: `make bench` (`{' '.join(['python benchmarks/sst2_preset.py', argv]).strip()}`), "
+             f"{time.strftime('%Y-%m-%d')}. Machine: {machine()}.",
+             "Train on the full SST-2 train split (67,349 rows), select on `validation.tsv` (872), report "
+             "`test.tsv` (1,821). Wall time is the whole process (data, tokenizer, training, evaluation); "
+             "peak memory is the process's max RSS.", "",
+             "| model | val acc | test acc | test macro-F1 | wall time | train loop | peak memory |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for row in rows:
+        loop = f"{row['train_time_s'] / 60:.1f} min ({row['precision']}, {row['examples_per_s']:.0f} ex/s)" \
+            if "train_time_s" in row else "-"
+        lines.append(f"| {row['name']} | {100 * row['validation']['accuracy']:.2f} | "
+                     f"{100 * row['test']['accuracy']:.2f} | {100 * row['test']['macro_f1']:.2f} | "
+                     f"{row['wall_s'] / 60:.1f} min | {loop} | {row['peak_mib']:.0f} MiB |")
+    lines.append(END)
+    section = "\n".join(lines)
+    text = DOC.read_text(encoding="utf-8") if DOC.exists() else "# Benchmarks\n\n"
+    if BEGIN in text:
+        text = text[: text.index(BEGIN)] + section + text[text.index(END) + len(END):]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    DOC.parent.mkdir(exist_ok=True)
+    DOC.write_text(text, encoding="utf-8")
+    print(section)
+
+
+if __name__ == "__main__":
+    main()

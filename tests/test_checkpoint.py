@@ -1,0 +1,93 @@
+"""Model directories: exact round-trip, and clear refusals for broken ones."""
+
+import json
+
+import pytest
+import torch
+from tokenizers import Tokenizer
+
+from encoder_clf.checkpoint import load_model, save_model
+from encoder_clf.errors import UsageError
+from encoder_clf.tokenization import TokenizerConfig, train_tokenizer
+
+CORPUS = [f"the film number {i} was {'good' if i % 2 else 'bad'} and {'fun' if i % 3 else 'slow'}" for i in range(60)]
+
+
+@pytest.fixture
+def saved(tmp_path, tiny_model):
+    tokenizer = train_tokenizer(CORPUS, TokenizerConfig(vocab_size=100, min_frequency=1, max_length=16))
+    model = tiny_model(vocab_size=tokenizer.get_vocab_size(), attention="additive", pooling="attention")
+    save_model(tmp_path / "model", model, tokenizer)
+    return tmp_path / "model", model, tokenizer
+
+
+def test_round_trip_is_bit_identical(saved):
+    directory, model, tokenizer = saved
+    assert sorted(p.name for p in directory.iterdir()) == ["config.json", "model.safetensors", "tokenizer.json"]
+    loaded, loaded_tokenizer = load_model(directory)
+    original, restored = model.state_dict(), loaded.state_dict()
+    assert original.keys() == restored.keys()
+    assert all(torch.equal(original[k], restored[k]) for k in original)
+    assert loaded.config == model.config
+    ids = torch.tensor([loaded_tokenizer.encode("the film was good").ids])
+    assert torch.equal(loaded(ids).logits, model(ids).logits)
+    assert loaded_tokenizer.encode("the film was fun").ids == tokenizer.encode("the film was fun").ids
+
+
+def test_saving_again_replaces_the_directory_whole(saved):
+    directory, model, tokenizer = saved
+    save_model(directory, model, tokenizer)
+    assert sorted(p.name for p in directory.parent.iterdir()) == ["model"]  # no staging leftovers
+
+
+def test_missing_directory(tmp_path):
+    with pytest.raises(UsageError, match="model directory .*nope not found"):
+        load_model(tmp_path / "nope")
+
+
+def test_missing_weights_file(saved):
+    directory, _, _ = saved
+    (directory / "model.safetensors").unlink()
+    with pytest.raises(UsageError, match="model.safetensors not found; the model directory is incomplete"):
+        load_model(directory)
+
+
+def test_corrupted_weights_file(saved):
+    directory, _, _ = saved
+    data = (directory / "model.safetensors").read_bytes()
+    (directory / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(UsageError, match="model.safetensors is corrupted"):
+        load_model(directory)
+
+
+def test_missing_weight_is_named(saved):
+    from safetensors.torch import load_file, save_file
+
+    directory, _, _ = saved
+    state = load_file(directory / "model.safetensors")
+    del state["head.1.weight"]
+    save_file(state, directory / "model.safetensors")
+    with pytest.raises(UsageError, match="missing head.1.weight"):
+        load_model(directory)
+
+
+def test_tokenizer_that_does_not_match_the_model(saved):
+    directory, _, _ = saved
+    other = train_tokenizer(CORPUS[:5], TokenizerConfig(vocab_size=100, min_frequency=1))
+    other.save(str(directory / "tokenizer.json"))
+    with pytest.raises(UsageError, match="tokenizer.json has .* tokens but the model expects"):
+        load_model(directory)
+
+
+def test_invalid_config_value_in_saved_model(saved):
+    directory, _, _ = saved
+    raw = json.loads((directory / "config.json").read_text())
+    raw["attention"] = "cosine"
+    (directory / "config.json").write_text(json.dumps(raw))
+    with pytest.raises(UsageError, match="model.attention must be one of additive, concat, dot; got 'cosine'"):
+        load_model(directory)
+
+
+def test_tokenizer_file_is_plain_tokenizers_json(saved):
+    directory, _, tokenizer = saved
+    assert Tokenizer.from_file(str(directory / "tokenizer.json")).get_vocab() == tokenizer.get_vocab()

@@ -1,0 +1,122 @@
+"""The command line end to end on tiny data, and one-line refusals (exit 2, nothing written)."""
+
+import json
+import random
+
+import pytest
+
+from encoder_clf.cli import main
+
+TINY = ["model.d_model=16", "model.n_heads=2", "model.n_layers=1", "model.d_ff=32", "tokenizer.vocab_size=200",
+        "tokenizer.min_frequency=1", "train.epochs=4", "train.batch_size=16", "train.lr=3e-3", "train.precision=fp32"]
+
+
+def write_tsv(path, rows):
+    path.write_text("sentence\tlabel\n" + "".join(f"{t}\t{y}\n" for t, y in rows), encoding="utf-8")
+
+
+def toy_rows(n, seed):
+    rng = random.Random(seed)
+    good, bad = ["great", "lovely", "fine", "superb"], ["awful", "dull", "poor", "bad"]
+    rows = []
+    for _ in range(n):
+        label = rng.randint(0, 1)
+        words = [rng.choice(good if label else bad)] + rng.sample(["the", "film", "was", "plot", "and", "cast"], 3)
+        rng.shuffle(words)
+        rows.append((" ".join(words), label))
+    return rows
+
+
+@pytest.fixture(scope="module")
+def toy_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("toy")
+    for name, n, seed in [("train", 400, 0), ("validation", 60, 1), ("test", 60, 2)]:
+        write_tsv(root / f"{name}.tsv", toy_rows(n, seed))
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(toy_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "run"
+    args = ["train", "--data", str(toy_data), "--out", str(out), "--quiet"]
+    assert main(args + [x for s in TINY for x in ("--set", s)]) == 0
+    return out
+
+
+def test_train_writes_a_complete_run_directory(trained):
+    names = sorted(p.name for p in trained.iterdir())
+    assert names == ["confusion_matrix.png", "log.jsonl", "metrics.json", "model", "report.txt", "run_config.json"]
+    metrics = json.loads((trained / "metrics.json").read_text())
+    assert metrics["test"]["accuracy"] > 0.9  # one keyword decides the label: the model must find it
+    assert metrics["data"]["train"] == {"rows": 400, "truncated": 0}
+    log = [json.loads(line) for line in (trained / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1.0, 2.0, 3.0, 4.0]
+    assert (trained / "confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_evaluate_matches_training_metrics(trained, toy_data, capsys):
+    capsys.readouterr()
+    assert main(["evaluate", "--model", str(trained / "model"), "--data", str(toy_data), "--json",
+                 "--precision", "fp32"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["accuracy"] == json.loads((trained / "metrics.json").read_text())["test"]["accuracy"]
+
+
+def test_predict_arguments_and_json(trained, capsys):
+    capsys.readouterr()
+    assert main(["predict", "--model", str(trained / "model"), "--json", "great film", "dull plot"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line["label"] for line in lines] == ["1", "0"]
+    assert all(abs(sum(line["probabilities"].values()) - 1) < 1e-5 for line in lines)
+
+
+def test_predict_reads_a_file(trained, tmp_path, capsys):
+    (tmp_path / "texts.txt").write_text("superb cast\n\nawful plot\n", encoding="utf-8")
+    capsys.readouterr()
+    assert main(["predict", "--model", str(trained / "model"), "--file", str(tmp_path / "texts.txt")]) == 0
+    assert [line.split("\t")[0] for line in capsys.readouterr().out.splitlines()] == ["1", "0"]
+
+
+def bad_inputs(root):
+    (root / "notes.xml").write_text("<a/>")
+    write_tsv(root / "empty.tsv", [])
+    (root / "nolabel.csv").write_text("text,stars\nhello,1\n")
+    return {
+        "missing path": (["--data", str(root / "missing" / "train.tsv")], "does not exist"),
+        "unknown file type": (["--data", str(root / "notes.xml")], "unsupported file type '.xml'"),
+        "missing label column": (["--data", str(root / "nolabel.csv")], "no label column found among text, stars"),
+        "empty split": (["--data", str(root / "empty.tsv")], "the split is empty"),
+        "heads": (["--set", "model.n_heads=3"], "model.d_model (256) must be divisible by model.n_heads (3)"),
+        "attention rule": (["--set", "model.attention=cosine"], "must be one of additive, concat, dot"),
+        "unknown key": (["--set", "train.epoch=2"], "unknown key 'train.epoch'"),
+    }
+
+
+@pytest.mark.parametrize("case", [
+    "missing path", "unknown file type", "missing label column", "empty split", "heads", "attention rule",
+    "unknown key"])
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, tmp_path, toy_data, capsys):
+    args, message = bad_inputs(tmp_path)[case]
+    if "--data" not in args:
+        args = ["--data", str(toy_data), *args]
+    out = tmp_path / "out"
+    assert main(["train", "--out", str(out), "--quiet", *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("encoder-clf: error: ") and message in err[0], err
+    assert not out.exists()
+
+
+def test_existing_run_directory_is_not_overwritten(trained, toy_data, capsys):
+    assert main(["train", "--data", str(toy_data), "--out", str(trained)]) == 2
+    assert "already exists and is not empty; pick another --out or pass --overwrite" in capsys.readouterr().err
+
+
+def test_predict_without_text(trained, tmp_path, capsys):
+    (tmp_path / "empty.txt").write_text("\n")
+    assert main(["predict", "--model", str(trained / "model"), "--file", str(tmp_path / "empty.txt")]) == 2
+    assert "no text to classify" in capsys.readouterr().err
+
+
+def test_evaluate_missing_model(toy_data, tmp_path, capsys):
+    assert main(["evaluate", "--model", str(tmp_path / "none"), "--data", str(toy_data)]) == 2
+    assert "model directory" in capsys.readouterr().err

@@ -1,0 +1,69 @@
+"""The whole classifier: masking invariance, attention maps, gradients, every variant."""
+
+import pytest
+import torch
+
+from encoder_clf.attention import SCORE_RULES
+from encoder_clf.encoder import NORM_PLACEMENTS, POSITION_ENCODINGS
+from encoder_clf.pooling import POOLINGS
+
+VARIANTS = [{"attention": r} for r in SCORE_RULES] + [{"pooling": p} for p in POOLINGS] + \
+    [{"norm": n} for n in NORM_PLACEMENTS] + [{"positions": p} for p in POSITION_ENCODINGS] + [{"type_vocab_size": 2}]
+IDS = [next(iter(v.values())) if not isinstance(next(iter(v.values())), int) else "token_types" for v in VARIANTS]
+
+
+def batch_with_padding(pad_to: int):
+    ids = torch.tensor([[2, 7, 8, 9, 3], [2, 11, 3, 0, 0]])
+    lengths = torch.tensor([5, 3])
+    padded = torch.zeros(2, pad_to, dtype=torch.long)
+    padded[:, :5] = ids
+    mask = torch.arange(pad_to)[None, :] >= lengths[:, None]
+    return padded, mask
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=IDS)
+def test_logits_do_not_change_when_padding_is_appended(tiny_model, variant):
+    model = tiny_model(**variant)
+    short_ids, short_mask = batch_with_padding(5)
+    long_ids, long_mask = batch_with_padding(12)
+    long_ids[long_mask] = 17  # whatever sits in padded slots must not matter
+    short, long = model(short_ids, short_mask), model(long_ids, long_mask)
+    torch.testing.assert_close(long.logits, short.logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(long.pooled, short.pooled, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("rule", sorted(SCORE_RULES))
+def test_attention_maps_per_layer(tiny_model, rule):
+    model = tiny_model(attention=rule, n_layers=3)
+    ids, mask = batch_with_padding(7)
+    out = model(ids, mask, need_weights=True)
+    assert len(out.attentions) == 3
+    for weights in out.attentions:
+        assert weights.shape == (2, 4, 7, 7)
+        torch.testing.assert_close(weights.sum(-1), torch.ones(2, 4, 7))
+        assert torch.all(weights.masked_select(mask[:, None, None, :]) == 0)
+    assert model(ids, mask).attentions == []
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=IDS)
+def test_gradients_reach_every_parameter(tiny_model, variant):
+    model = tiny_model(**variant).train()
+    ids, mask = batch_with_padding(6)
+    model(ids, mask).logits.logsumexp(-1).sum().backward()
+    no_grad = [n for n, p in model.named_parameters()
+               if p.grad is None or (p.grad.abs().sum() == 0 and "tokens" not in n)]
+    assert no_grad == []
+
+
+def test_sequence_longer_than_positions_is_refused(tiny_model):
+    model = tiny_model(max_positions=8)
+    with pytest.raises(ValueError, match="sequence length 9 exceeds max_positions 8"):
+        model(torch.ones(1, 9, dtype=torch.long))
+
+
+def test_model_needs_vocabulary_and_labels():
+    from encoder_clf.config import ModelConfig
+    from encoder_clf.model import TextClassifier
+
+    with pytest.raises(ValueError, match="vocab_size > 0 and at least 2 labels"):
+        TextClassifier(ModelConfig(vocab_size=0, labels=["a", "b"]))

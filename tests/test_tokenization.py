@@ -1,0 +1,155 @@
+"""Tokenizers: each model trains, wraps in [CLS]/[SEP], pads with id 0, truncates, saves and loads."""
+
+import random
+
+import pytest
+from tokenizers import Tokenizer, models
+
+from encoder_clf.errors import UsageError
+from encoder_clf.tokenization import (
+    CLS,
+    PAD,
+    SEP,
+    SPECIAL_TOKENS,
+    TOKENIZER_MODELS,
+    TokenizerConfig,
+    encode,
+    load_tokenizer,
+    pad_id,
+    train_tokenizer,
+)
+
+MAX_LENGTH = 12
+SUBJECTS = ["the movie", "this film", "the plot", "her performance", "the soundtrack", "every scene", "the ending"]
+VERBS = ["was", "felt", "seemed", "is", "remains", "became"]
+ADJECTIVES = ["wonderful", "boring", "surprisingly funny", "painfully slow", "bright", "dark and moody", "touching"]
+TAILS = ["", "overall", "for me", "in the second half", "despite the cast", "honestly"]
+
+
+@pytest.fixture(scope="module")
+def corpus() -> list[str]:
+    rng = random.Random(0)
+    sentences = []
+    for i in range(200):
+        words = [rng.choice(SUBJECTS), rng.choice(VERBS), rng.choice(ADJECTIVES), rng.choice(TAILS)]
+        sentence = " ".join(w for w in words if w) + rng.choice([".", "!", "?", "..."])
+        sentences.append(sentence.capitalize() if i % 3 else sentence.upper())
+    return sentences
+
+
+@pytest.fixture(scope="module", params=list(TOKENIZER_MODELS))
+def tokenizer(request, corpus) -> Tokenizer:
+    config = TokenizerConfig(model=request.param, vocab_size=300, min_frequency=1, max_length=MAX_LENGTH)
+    return train_tokenizer(corpus, config)
+
+
+def long_text(corpus: list[str]) -> str:
+    return " ".join(corpus[:10])
+
+
+def test_special_tokens_are_in_the_vocabulary_and_pad_is_zero(tokenizer):
+    assert tokenizer.token_to_id(PAD) == 0
+    assert pad_id(tokenizer) == 0
+    ids = [tokenizer.token_to_id(token) for token in SPECIAL_TOKENS]
+    assert None not in ids and len(set(ids)) == len(SPECIAL_TOKENS)
+    assert tokenizer.get_vocab_size() <= 300
+
+
+def test_every_encoding_is_wrapped_in_cls_and_sep(tokenizer, corpus):
+    cls_id, sep_id = tokenizer.token_to_id(CLS), tokenizer.token_to_id(SEP)
+    for encoding in tokenizer.encode_batch(corpus[:20] + ["", "unseen xyzzy words"]):
+        assert encoding.ids[0] == cls_id and encoding.ids[-1] == sep_id
+        assert encoding.ids.count(cls_id) == 1 and encoding.ids.count(sep_id) == 1
+        assert 0 not in encoding.ids  # padding is left to the batcher
+
+
+def test_known_words_are_not_unknown(tokenizer, corpus):
+    unk_id = tokenizer.token_to_id("[UNK]")
+    assert all(unk_id not in ids for ids in encode(tokenizer, corpus)[0])
+
+
+def test_truncation_is_applied_and_counted(tokenizer, corpus):
+    texts = ["the movie", long_text(corpus), "boring", long_text(corpus[5:])]
+    ids, truncated = encode(tokenizer, texts)
+    assert truncated == 2
+    assert all(len(row) <= MAX_LENGTH for row in ids)
+    for row in (ids[1], ids[3]):
+        assert len(row) == MAX_LENGTH
+        assert row[0] == tokenizer.token_to_id(CLS) and row[-1] == tokenizer.token_to_id(SEP)
+    untruncated, none_cut = encode(tokenizer, ["the plot", "dark"])
+    assert none_cut == 0 and all(len(row) < MAX_LENGTH for row in untruncated)
+
+
+@pytest.mark.parametrize("target", ["file", "directory"])
+def test_save_and_load_round_trip(tokenizer, corpus, tmp_path, target):
+    tokenizer.save(str(tmp_path / "tokenizer.json"))
+    loaded = load_tokenizer(tmp_path / "tokenizer.json" if target == "file" else tmp_path)
+    texts = corpus + [long_text(corpus), "unseen xyzzy words"]
+    assert encode(loaded, texts) == encode(tokenizer, texts)
+    assert loaded.padding is None
+    assert loaded.truncation["max_length"] == MAX_LENGTH
+
+
+def test_load_with_max_length_sets_truncation(tokenizer, corpus, tmp_path):
+    tokenizer.save(str(tmp_path / "tokenizer.json"))
+    loaded = load_tokenizer(tmp_path, max_length=6)
+    ids, truncated = encode(loaded, [long_text(corpus)])
+    assert truncated == 1 and len(ids[0]) == 6
+
+
+@pytest.mark.parametrize("lowercase", [True, False])
+def test_lowercase_setting(corpus, lowercase):
+    config = TokenizerConfig(vocab_size=300, min_frequency=1, lowercase=lowercase)
+    tok = train_tokenizer(corpus, config)
+    same = tok.encode("THE MOVIE WAS BORING").ids == tok.encode("the movie was boring").ids
+    assert same is lowercase
+
+
+def test_pad_id_falls_back_to_zero_without_a_pad_token():
+    tok = Tokenizer(models.WordLevel({"[UNK]": 5, "hello": 6}, unk_token="[UNK]"))
+    assert pad_id(tok) == 0
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "fragments"),
+    [
+        ("absent.json", None, ["absent.json", "not found"]),
+        ("", None, ["tokenizer.json", "not found"]),  # a directory without a tokenizer.json
+        ("tokenizer.json", "{not json", ["tokenizer.json", "could not be read", "re-save it"]),
+        ("t.json", '{"model": {"type": "Nope"}}', ["t.json", "could not be read"]),
+    ],
+    ids=["missing-file", "empty-directory", "not-json", "not-a-tokenizer"],
+)
+def test_load_tokenizer_refuses_bad_paths(tmp_path, name, content, fragments):
+    path = tmp_path / name
+    if content is not None:
+        path.write_text(content, encoding="utf-8")
+    with pytest.raises(UsageError) as err:
+        load_tokenizer(path)
+    message = str(err.value)
+    assert "\n" not in message
+    for fragment in fragments:
+        assert fragment in message
+
+
+@pytest.mark.parametrize(
+    ("config", "fragments"),
+    [
+        ({"model": "sentencepiece"}, ["tokenizer.model must be one of", ", ".join(TOKENIZER_MODELS),
+                                      "'sentencepiece'"]),
+        ({"vocab_size": 99}, ["tokenizer.vocab_size must be >= 100", "99"]),
+        ({"min_frequency": 0}, ["tokenizer.min_frequency must be >= 1", "0"]),
+        ({"max_length": 3}, ["tokenizer.max_length must be >= 4", "3"]),
+    ],
+    ids=["model", "vocab_size", "min_frequency", "max_length"],
+)
+def test_invalid_config_is_refused(config, fragments):
+    with pytest.raises(UsageError) as err:
+        TokenizerConfig(**config)
+    for fragment in fragments:
+        assert fragment in str(err.value)
+
+
+@pytest.mark.parametrize("model", list(TOKENIZER_MODELS))
+def test_every_model_is_a_valid_config(model):
+    assert TokenizerConfig(model=model).model == model

@@ -1,0 +1,43 @@
+"""Training on real data: a 2,000-row SST-2 sample must learn well above chance."""
+
+import json
+
+import numpy as np
+import pytest
+
+from encoder_clf.config import with_overrides
+from encoder_clf.training import RunConfig, train
+
+
+@pytest.fixture(scope="module")
+def sst2_sample(sst2_dir, tmp_path_factory):
+    """2,000 random training rows (seeded) and the full validation split, written as TSV."""
+    root = tmp_path_factory.mktemp("sst2_sample")
+    lines = (sst2_dir / "train.tsv").read_text(encoding="utf-8").splitlines()
+    rows = np.random.default_rng(0).choice(np.arange(1, len(lines)), size=2000, replace=False)
+    (root / "train.tsv").write_text("\n".join([lines[0]] + [lines[i] for i in rows]) + "\n", encoding="utf-8")
+    (root / "validation.tsv").write_text((sst2_dir / "validation.tsv").read_text(encoding="utf-8"), encoding="utf-8")
+    return root
+
+
+@pytest.mark.slow
+def test_short_run_on_sst2_sample_beats_70_percent(sst2_sample, tmp_path):
+    config = with_overrides(RunConfig(), [
+        f"data.path={sst2_sample}", "tokenizer.vocab_size=4000", "model.d_model=128", "model.d_ff=256",
+        "model.n_layers=1", "model.dropout=0.2", "train.epochs=8", "train.batch_size=32", "train.lr=2e-3",
+    ])
+    metrics = train(config, tmp_path / "run", progress=False)
+    assert metrics["validation"]["accuracy"] > 0.70, metrics["validation"]["accuracy"]
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert log[-1]["train_loss"] < log[0]["train_loss"]
+
+
+@pytest.mark.slow
+def test_same_seed_gives_identical_metrics(sst2_sample, tmp_path):
+    config = with_overrides(RunConfig(), [
+        f"data.path={sst2_sample}", "tokenizer.vocab_size=2000", "model.d_model=32", "model.d_ff=64",
+        "model.n_layers=1", "train.epochs=1", "train.precision=fp32",
+    ])
+    first = train(config, tmp_path / "a", progress=False)
+    second = train(config, tmp_path / "b", progress=False)
+    assert first["validation"] == second["validation"]
