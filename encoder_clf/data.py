@@ -86,16 +86,17 @@ def load_splits(config: DataConfig, seed: int = 0) -> Splits:
         found = ", ".join(raw) or "none"
         raise UsageError(f"{config.path}: no train split found (splits found: {found}); "
                          "name the file train.csv/.tsv/.jsonl/.parquet or pass a single file")
-    train_texts, train_values, source, label_column = _columns(raw["train"], config)
-    feature = raw["train"].table.features.get(label_column)
-    label_names, value_to_id = _classes(train_values, config.labels, getattr(feature, "names", None), source)
+    train_texts, train_values, source, names_from_feature = _columns(raw["train"], config)
+    if not train_texts:
+        raise UsageError(f"{source}: the split is empty; add labelled rows")
+    label_names, value_to_id = _classes(train_values, config.labels or names_from_feature, source)
     train = Split(train_texts, _to_ids(train_values, value_to_id, source), source)
     if "validation" in raw:
         validation = _split_from(raw["validation"], config, value_to_id)
     else:
         train, validation = _carve_validation(train, config.validation_fraction, seed)
     test = _split_from(raw["test"], config, value_to_id) if "test" in raw else None
-    for split in (train, validation, test):
+    for split in (validation, test):
         if split is not None and len(split) == 0:
             raise UsageError(f"{split.source}: the split is empty; add labelled rows")
     return Splits(train, validation, test, label_names)
@@ -108,10 +109,12 @@ def read_split(path: str, split: str, label_names: list[str], text_column: str |
     if split not in raw:
         raise UsageError(f"{path}: no {split!r} split (splits found: {', '.join(raw)}); pick one with --split")
     config = DataConfig(path=path, text_column=text_column, label_column=label_column)
-    result = _split_from(raw[split], config, {name: i for i, name in enumerate(label_names)})
-    if len(result) == 0:
-        raise UsageError(f"{result.source}: the split is empty; add labelled rows")
-    return result
+    texts, values, source, _ = _columns(raw[split], config)
+    if not texts:
+        raise UsageError(f"{source}: the split is empty; add labelled rows")
+    by_id = _integers_name_ids(sorted(set(values), key=lambda v: (isinstance(v, str), v)), label_names)
+    value_to_id = {i: i for i in range(len(label_names))} if by_id else {n: i for i, n in enumerate(label_names)}
+    return Split(texts, _to_ids(values, value_to_id, source), source)
 
 
 @dataclass
@@ -154,6 +157,7 @@ def _read_file(file: Path):
         raise UsageError(f"{file}: unsupported file type {suffix or '(none)'!r}; use one of {', '.join(READERS)}")
     builder, options = READERS[suffix]
     datasets.disable_progress_bars()
+    datasets.config.HF_UPDATE_DOWNLOAD_COUNTS = False  # a local file: no usage ping (it stalls offline)
     try:
         return datasets.load_dataset(builder, data_files=str(file), split="train", **options)
     except Exception as err:  # datasets wraps parser errors in its own types
@@ -165,11 +169,20 @@ def _read_file(file: Path):
 
 
 def _is_empty(file: Path) -> bool:
-    """No rows beyond a header: datasets refuses such files with an obscure message."""
-    if file.suffix.lower() == ".parquet":
-        return False
+    """No rows (beyond a header): datasets refuses such files with an obscure message."""
+    suffix = file.suffix.lower()
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            return pq.ParquetFile(file).metadata.num_rows == 0
+        except Exception:  # not parquet at all: the reader's own message says more
+            return False
     with file.open("rb") as handle:
-        return sum(1 for line in handle if line.strip()) <= (0 if file.suffix.lower() in (".json", ".jsonl") else 1)
+        lines = [line.strip() for line in handle if line.strip()]
+    if suffix == ".json":
+        return b"".join(lines) in (b"", b"[]", b"{}")
+    return len(lines) <= (0 if suffix == ".jsonl" else 1)
 
 
 def _read_hub(name: str) -> dict[str, _RawSplit]:
@@ -204,11 +217,18 @@ def _pick_column(raw: _RawSplit, requested: str | None, candidates: tuple[str, .
                      f"pass --set data.{kind}_column=NAME")
 
 
-def _columns(raw: _RawSplit, config: DataConfig) -> tuple[list[str], list, str, str]:
-    """Texts and raw label values (rows with empty text dropped, with a warning), source, label column."""
+def _columns(raw: _RawSplit, config: DataConfig) -> tuple[list[str], list, str, list[str] | None]:
+    """Texts and label values, with rows of empty text dropped (and counted in a warning).
+
+    Integer labels of a ``ClassLabel`` column become their names; those names
+    (in the dataset's order) are returned too, else ``None``.
+    """
     text_column = _pick_column(raw, config.text_column, TEXT_COLUMNS, "text")
     label_column = _pick_column(raw, config.label_column, LABEL_COLUMNS, "label")
     texts, values = raw.table[text_column], raw.table[label_column]
+    class_names = getattr(raw.table.features.get(label_column), "names", None)
+    if class_names:
+        values = [class_names[v] if v is not None and 0 <= v < len(class_names) else None for v in values]
     keep = []
     for row, (text, value) in enumerate(zip(texts, values)):
         if value is None or (isinstance(value, float) and np.isnan(value)):
@@ -219,24 +239,26 @@ def _columns(raw: _RawSplit, config: DataConfig) -> tuple[list[str], list, str, 
     dropped = len(texts) - len(keep)
     if dropped:
         log.warning("%s: dropped %d row(s) with empty text in column %r", raw.source, dropped, text_column)
-    return [texts[i] for i in keep], [values[i] for i in keep], raw.source, label_column
+    return [texts[i] for i in keep], [values[i] for i in keep], raw.source, class_names
 
 
-def _classes(values: list, requested: list[str] | None, names_from_feature: list[str] | None,
-             source: str) -> tuple[list[str], dict]:
+def _integers_name_ids(seen: list, names: list[str]) -> bool:
+    """Whether integer labels 0..K-1 are ids into ``names`` rather than values listed in it."""
+    integer = all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in seen)
+    return (integer and bool(seen) and not {str(v) for v in seen} <= set(names)
+            and min(seen) >= 0 and max(seen) < len(names))
+
+
+def _classes(values: list, requested: list[str] | None, source: str) -> tuple[list[str], dict]:
     """Class names in order, and a map from each raw label value to its class id."""
     seen = sorted(set(values), key=lambda v: (isinstance(v, str), v))
-    integer = all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in seen)
     if requested is None:
-        if integer and names_from_feature:
-            return list(names_from_feature), {i: i for i in range(len(names_from_feature))}
-        names = [str(v) for v in seen]
-        return names, {v: i for i, v in enumerate(seen)}
+        return [str(v) for v in seen], {v: i for i, v in enumerate(seen)}
     if len(set(requested)) != len(requested):
         raise UsageError(f"data.labels has a repeated name: {requested}")
+    if _integers_name_ids(seen, requested):
+        return list(requested), {i: i for i in range(len(requested))}
     as_text = {str(v): v for v in seen}
-    if integer and not set(requested) >= set(as_text) and min(seen) >= 0 and max(seen) < len(requested):
-        return list(requested), {i: i for i in range(len(requested))}  # names for ids 0..K-1
     missing = [v for v in as_text if v not in requested]
     if missing:
         raise UsageError(f"{source}: label {missing[0]!r} is not in data.labels ({', '.join(requested)}); "
