@@ -29,7 +29,7 @@ from .errors import UsageError
 from .inference import PRECISIONS, autocast, default_device, forward_batches, resolve_precision
 from .metrics import compute_metrics, format_report, plot_confusion_matrix
 from .model import TextClassifier
-from .tokenization import TokenizerConfig, encode, load_tokenizer, pad_id, train_tokenizer
+from .tokenization import UNK, TokenizerConfig, encode, load_tokenizer, pad_id, train_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,7 @@ class TrainConfig:
     schedule: str = "linear"
     grad_clip: float = 1.0
     label_smoothing: float = 0.0
+    token_dropout: float = 0.0  # chance that a word piece is replaced by [UNK] during training
     eval_every: int = 0  # optimizer steps between evaluations; 0 = once per epoch
     metric: str = "accuracy"
     patience: int = 0  # evaluations without improvement before stopping; 0 = never stop early
@@ -69,6 +70,7 @@ class TrainConfig:
             (self.lr > 0, "lr", "positive"),
             (0 <= self.warmup_ratio < 1, "warmup_ratio", "in [0, 1)"),
             (0 <= self.label_smoothing < 1, "label_smoothing", "in [0, 1)"),
+            (0 <= self.token_dropout < 1, "token_dropout", "in [0, 1)"),
             (self.weight_decay >= 0, "weight_decay", ">= 0"),
             (self.grad_clip >= 0, "grad_clip", ">= 0 (0 turns clipping off)"),
             (self.eval_every >= 0, "eval_every", ">= 0 (0 = each epoch)"),
@@ -202,6 +204,19 @@ def _loss_fn(config: RunConfig, labels: np.ndarray, num_labels: int, device) -> 
     return nn.CrossEntropyLoss(weight=weight, label_smoothing=config.train.label_smoothing)
 
 
+def _drop_tokens(ids: torch.Tensor, mask: torch.Tensor, p: float, unk: int, rng: torch.Generator) -> torch.Tensor:
+    """Replace a random fraction ``p`` of the real tokens (not the first and last, ``[CLS]``/``[SEP]``) by ``unk``.
+
+    Word dropout (Iyyer et al., 2015): the model cannot lean on any single word,
+    which regularises small-data text classifiers more than weight dropout.
+    """
+    lengths = (~mask).sum(dim=1, keepdim=True)
+    position = torch.arange(ids.shape[1])[None, :]
+    inner = (position > 0) & (position < lengths - 1)
+    drop = (torch.rand(ids.shape, generator=rng) < p) & inner
+    return ids.masked_fill(drop, unk)
+
+
 def fit(model: TextClassifier, tokenizer, splits: Splits, sequences: dict[str, list[list[int]]],
         config: RunConfig, out_dir: Path, precision: str, progress: bool = True) -> dict:
     """The training loop. Saves the best model to ``out_dir/model`` and logs to ``out_dir/log.jsonl``."""
@@ -216,6 +231,8 @@ def fit(model: TextClassifier, tokenizer, splits: Splits, sequences: dict[str, l
     scheduler = _schedule(optimizer, cfg, total_steps)
     loss_fn = _loss_fn(config, splits.train.labels, model.config.num_labels, device)
     eval_every = cfg.eval_every or steps_per_epoch
+    unk = tokenizer.token_to_id(UNK) if tokenizer.token_to_id(UNK) is not None else pad
+    dropout_rng = torch.Generator().manual_seed(cfg.seed)
     best, best_step, stale, step, seen, stop_reason = -1.0, 0, 0, 0, 0, "completed"
     start = time.perf_counter()
     log_file = (out_dir / "log.jsonl").open("w", encoding="utf-8")
@@ -226,6 +243,8 @@ def fit(model: TextClassifier, tokenizer, splits: Splits, sequences: dict[str, l
             model.train()
             for index in bucket_batches(lengths, cfg.batch_size, shuffle=True, seed=cfg.seed * 1000 + epoch):
                 ids, mask = collate([train_seqs[i] for i in index], pad)
+                if cfg.token_dropout:
+                    ids = _drop_tokens(ids, mask, cfg.token_dropout, unk, dropout_rng)
                 with autocast(precision, device):
                     logits = model(ids.to(device), mask.to(device)).logits
                 loss = loss_fn(logits.float(), train_labels[index].to(device))

@@ -41,3 +41,15 @@ def test_same_seed_gives_identical_metrics(sst2_sample, tmp_path):
     first = train(config, tmp_path / "a", progress=False)
     second = train(config, tmp_path / "b", progress=False)
     assert first["validation"] == second["validation"]
+
+
+def test_token_dropout_spares_special_tokens_and_padding():
+    import torch
+
+    from encoder_clf.training import _drop_tokens
+
+    ids = torch.tensor([[2, 10, 11, 12, 13, 3], [2, 20, 21, 3, 0, 0]])
+    mask = ids == 0
+    dropped = _drop_tokens(ids, mask, p=0.999, unk=1, rng=torch.Generator().manual_seed(0))
+    assert dropped.tolist() == [[2, 1, 1, 1, 1, 3], [2, 1, 1, 3, 0, 0]]
+    assert torch.equal(_drop_tokens(ids, mask, p=0.0, unk=1, rng=torch.Generator()), ids)
