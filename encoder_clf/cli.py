@@ -25,6 +25,8 @@ def _train(args: argparse.Namespace) -> None:
     assignments = list(args.set)
     if args.data:
         assignments.append(f"data.path={args.data}")
+    if args.precision:
+        assignments.append(f"train.precision={args.precision}")
     config = with_overrides(config, assignments)
     if not config.data.path:
         raise UsageError("no data given; pass --data PATH (a directory of splits, a file, or a Hub dataset name)")
@@ -80,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="JSON file with sections model, tokenizer, data, train")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override one setting, e.g. --set model.attention=additive (repeatable)")
+    p.add_argument("--precision", choices=PRECISIONS, help="same as --set train.precision=... (default auto)")
     p.add_argument("--overwrite", action="store_true", help="reuse a non-empty run directory")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=_train)

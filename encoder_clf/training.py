@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .checkpoint import save_model
+from .checkpoint import load_model, save_model
 from .config import ModelConfig
 from .data import DataConfig, Splits, bucket_batches, collate, load_splits
 from .errors import UsageError
@@ -109,6 +109,9 @@ def train(config: RunConfig, out_dir: str | Path, overwrite: bool = False, progr
     """
     out_dir = Path(out_dir)
     prepare_output(out_dir, overwrite)
+    if config.model.max_positions < config.tokenizer.max_length:
+        raise UsageError(f"tokenizer.max_length ({config.tokenizer.max_length}) exceeds model.max_positions "
+                         f"({config.model.max_positions}); lower one or raise the other")
     torch.manual_seed(config.train.seed)
     splits = load_splits(config.data, seed=config.train.seed)
     if config.tokenizer.path:
@@ -117,9 +120,6 @@ def train(config: RunConfig, out_dir: str | Path, overwrite: bool = False, progr
         tokenizer = train_tokenizer(splits.train.texts, config.tokenizer)
     model_config = replace(config.model, vocab_size=tokenizer.get_vocab_size(), labels=splits.label_names,
                            pad_token_id=pad_id(tokenizer))
-    if model_config.max_positions < config.tokenizer.max_length:
-        raise UsageError(f"tokenizer.max_length ({config.tokenizer.max_length}) exceeds model.max_positions "
-                         f"({model_config.max_positions}); lower one or raise the other")
     encoded = {name: encode(tokenizer, split.texts) for name, split in _named_splits(splits).items()}
     truncated = {name: count for name, (_, count) in encoded.items()}
     for name, count in truncated.items():
@@ -136,7 +136,7 @@ def train(config: RunConfig, out_dir: str | Path, overwrite: bool = False, progr
     summary = fit(model, tokenizer, splits, {k: v[0] for k, v in encoded.items()}, config, out_dir,
                   precision, progress)
 
-    best_model, _ = _load_best(out_dir, device)
+    best_model = load_model(out_dir / "model")[0].to(device)
     results = {"validation": _score(best_model, encoded["validation"][0], splits.validation.labels,
                                     config, precision, splits.label_names, pad_id(tokenizer))}
     if splits.test is not None:
@@ -158,13 +158,6 @@ def _named_splits(splits: Splits) -> dict:
     if splits.test is not None:
         named["test"] = splits.test
     return named
-
-
-def _load_best(out_dir: Path, device: torch.device):
-    from .checkpoint import load_model
-
-    model, tokenizer = load_model(out_dir / "model")
-    return model.to(device), tokenizer
 
 
 def _score(model, sequences, labels, config: RunConfig, precision: str, names: list[str], pad: int) -> dict:

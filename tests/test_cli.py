@@ -8,7 +8,7 @@ import pytest
 from encoder_clf.cli import main
 
 TINY = ["model.d_model=16", "model.n_heads=2", "model.n_layers=1", "model.d_ff=32", "tokenizer.vocab_size=200",
-        "tokenizer.min_frequency=1", "train.epochs=4", "train.batch_size=16", "train.lr=3e-3", "train.precision=fp32"]
+        "tokenizer.min_frequency=1", "train.epochs=4", "train.batch_size=16", "train.lr=3e-3"]
 
 
 def write_tsv(path, rows):
@@ -38,7 +38,7 @@ def toy_data(tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained(toy_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "run"
-    args = ["train", "--data", str(toy_data), "--out", str(out), "--quiet"]
+    args = ["train", "--data", str(toy_data), "--out", str(out), "--quiet", "--precision", "fp32"]
     assert main(args + [x for s in TINY for x in ("--set", s)]) == 0
     return out
 
