@@ -281,9 +281,10 @@ def fit(model: TextClassifier, tokenizer, splits: Splits, sequences: dict[str, l
                     elif out_of_time:
                         stop_reason = f"time budget of {cfg.max_minutes} minutes reached"
                     if stop_reason != "completed":
-                        raise StopIteration
-    except StopIteration:
-        log.info(stop_reason)
+                        log.info(stop_reason)
+                        break
+            if stop_reason != "completed":
+                break
     finally:
         bar.close()
         log_file.close()

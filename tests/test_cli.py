@@ -120,3 +120,15 @@ def test_predict_without_text(trained, tmp_path, capsys):
 def test_evaluate_missing_model(toy_data, tmp_path, capsys):
     assert main(["evaluate", "--model", str(tmp_path / "none"), "--data", str(toy_data)]) == 2
     assert "model directory" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra, reason", [
+    (["train.eval_every=1", "train.patience=1", "train.lr=1e-9"], "early stopping: no improvement in 1 evaluations"),
+    (["train.max_minutes=0.00001"], "time budget of 1e-05 minutes reached"),
+])
+def test_training_stops_early(toy_data, tmp_path, extra, reason):
+    args = ["train", "--data", str(toy_data), "--out", str(tmp_path / "run"), "--quiet", "--precision", "fp32"]
+    assert main(args + [x for s in TINY + extra for x in ("--set", s)]) == 0
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["stop_reason"] == reason
+    assert metrics["steps"] < 4 * 25
