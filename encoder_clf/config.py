@@ -49,9 +49,9 @@ class ModelConfig:
     attention: str = "dot"
     norm: str = "pre"
     positions: str = "learned"
-    pooling: str = "mean"
+    pooling: str = "max"
     max_positions: int = 512
-    dropout: float = 0.1
+    dropout: float = 0.3
     attention_dropout: float = 0.1
     layer_norm_eps: float = 1e-5
     type_vocab_size: int = 0

@@ -48,7 +48,7 @@ class TrainConfig:
     epochs: int = 3
     batch_size: int = 64
     lr: float = 1e-3
-    weight_decay: float = 0.01
+    weight_decay: float = 0.1
     warmup_ratio: float = 0.06
     schedule: str = "linear"
     grad_clip: float = 1.0
