@@ -8,6 +8,7 @@ batch); truncation to ``max_length`` is set on the tokenizer and counted.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,6 +74,7 @@ def train_tokenizer(texts: Iterable[str], config: TokenizerConfig) -> Tokenizer:
     tokenizer.pre_tokenizer = pre_tokenizer
     tokenizer.decoder = decoder
     tokenizer.train_from_iterator(texts, trainer=trainer)
+    tokenizer = _canonical_ids(tokenizer)
     cls_id, sep_id = tokenizer.token_to_id(CLS), tokenizer.token_to_id(SEP)
     tokenizer.post_processor = processors.TemplateProcessing(
         single=f"{CLS} $A {SEP}", pair=f"{CLS} $A {SEP} $B:1 {SEP}:1",
@@ -80,6 +82,29 @@ def train_tokenizer(texts: Iterable[str], config: TokenizerConfig) -> Tokenizer:
     )
     tokenizer.enable_truncation(config.max_length)
     return tokenizer
+
+
+def _canonical_ids(tokenizer: Tokenizer) -> Tokenizer:
+    """Renumber the learned vocabulary in a fixed order, special tokens first.
+
+    The trainers learn the same tokens on every run but number them in an order
+    that varies between runs (hash-map iteration), which would make two runs with
+    the same seed train different models.
+    """
+    data = json.loads(tokenizer.to_str())
+    vocab = data["model"]["vocab"]
+    specials = list(SPECIAL_TOKENS)
+    if isinstance(vocab, dict):  # WordPiece, BPE: token -> id
+        rest = sorted(t for t in vocab if t not in SPECIAL_TOKENS)
+        data["model"]["vocab"] = {token: i for i, token in enumerate(specials + rest)}
+    else:  # Unigram: [piece, log-probability] pairs; most probable first, ties by text
+        scores = dict(map(tuple, vocab))
+        rest = sorted((p for p in scores if p not in SPECIAL_TOKENS), key=lambda p: (-scores[p], p))
+        data["model"]["vocab"] = [[p, scores[p]] for p in specials + rest]
+        data["model"]["unk_id"] = specials.index(UNK)
+    for added in data.get("added_tokens", []):
+        added["id"] = specials.index(added["content"])
+    return Tokenizer.from_str(json.dumps(data))
 
 
 def load_tokenizer(path: str | Path, max_length: int | None = None) -> Tokenizer:

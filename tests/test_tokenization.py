@@ -1,5 +1,6 @@
 """Tokenizers: each model trains, wraps in [CLS]/[SEP], pads with id 0, truncates, saves and loads."""
 
+import json
 import random
 
 import pytest
@@ -13,6 +14,7 @@ from encoder_clf.tokenization import (
     SPECIAL_TOKENS,
     TOKENIZER_MODELS,
     TokenizerConfig,
+    _canonical_ids,
     encode,
     load_tokenizer,
     pad_id,
@@ -153,3 +155,18 @@ def test_invalid_config_is_refused(config, fragments):
 @pytest.mark.parametrize("model", list(TOKENIZER_MODELS))
 def test_every_model_is_a_valid_config(model):
     assert TokenizerConfig(model=model).model == model
+
+
+def test_learned_tokens_are_numbered_in_a_fixed_order(tokenizer, corpus):
+    """The trainers number the same tokens differently from run to run; ids are renumbered canonically."""
+    data = json.loads(tokenizer.to_str())
+    vocab = data["model"]["vocab"]
+    if isinstance(vocab, dict):  # scramble the learned tokens' ids, as another training run might
+        learned = [t for t in vocab if vocab[t] >= 5]
+        data["model"]["vocab"] = {**{t: vocab[t] for t in vocab if vocab[t] < 5},
+                                  **{t: 5 + i for i, t in enumerate(reversed(learned))}}
+    else:
+        data["model"]["vocab"] = vocab[:5] + list(reversed(vocab[5:]))
+    scrambled = _canonical_ids(Tokenizer.from_str(json.dumps(data)))
+    assert scrambled.get_vocab() == tokenizer.get_vocab()
+    assert [tokenizer.token_to_id(t) for t in ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")] == [0, 1, 2, 3, 4]
