@@ -75,12 +75,17 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return shifted / shifted.sum(axis=1, keepdims=True)
 
 
+def score_sequences(model: TextClassifier, sequences: list[list[int]], labels: np.ndarray, pad: int,
+                    batch_size: int = 256, precision: str = "fp32") -> dict:
+    """Metrics of the model on already-encoded labelled sequences."""
+    logits, _ = forward_batches(model, sequences, pad, batch_size, precision)
+    return compute_metrics(labels, logits.argmax(axis=1), model.config.labels)
+
+
 def evaluate_texts(model: TextClassifier, tokenizer: Tokenizer, texts: list[str], labels: np.ndarray,
                    batch_size: int = 256, precision: str = "fp32") -> dict:
     """Metrics of the model on labelled texts (see :func:`encoder_clf.metrics.compute_metrics`)."""
-    sequences, _ = encode(tokenizer, texts)
-    logits, _ = forward_batches(model, sequences, pad_id(tokenizer), batch_size, precision)
-    return compute_metrics(labels, logits.argmax(axis=1), model.config.labels)
+    return score_sequences(model, encode(tokenizer, texts)[0], labels, pad_id(tokenizer), batch_size, precision)
 
 
 def evaluate(model_dir: str | Path, data: str, split: str = "test", batch_size: int = 256,

@@ -26,8 +26,8 @@ from .checkpoint import load_model, save_model
 from .config import ModelConfig
 from .data import DataConfig, Splits, bucket_batches, collate, load_splits
 from .errors import UsageError
-from .inference import PRECISIONS, autocast, default_device, forward_batches, resolve_precision
-from .metrics import compute_metrics, format_report, plot_confusion_matrix
+from .inference import PRECISIONS, autocast, default_device, resolve_precision, score_sequences
+from .metrics import format_report, plot_confusion_matrix
 from .model import TextClassifier
 from .tokenization import UNK, TokenizerConfig, encode, load_tokenizer, pad_id, train_tokenizer
 
@@ -137,11 +137,9 @@ def train(config: RunConfig, out_dir: str | Path, overwrite: bool = False, progr
                   precision, progress)
 
     best_model = load_model(out_dir / "model")[0].to(device)
-    results = {"validation": _score(best_model, encoded["validation"][0], splits.validation.labels,
-                                    config, precision, splits.label_names, pad_id(tokenizer))}
-    if splits.test is not None:
-        results["test"] = _score(best_model, encoded["test"][0], splits.test.labels, config, precision,
-                                 splits.label_names, pad_id(tokenizer))
+    results = {name: score_sequences(best_model, encoded[name][0], split.labels, pad_id(tokenizer),
+                                     config.train.eval_batch_size, precision)
+               for name, split in _named_splits(splits).items() if name != "train"}
     metrics = {**results, **summary, "precision": precision, "device": str(device),
                "data": {name: {"rows": len(encoded[name][0]), "truncated": truncated[name]} for name in encoded},
                "parameters": sum(p.numel() for p in model.parameters())}
@@ -158,11 +156,6 @@ def _named_splits(splits: Splits) -> dict:
     if splits.test is not None:
         named["test"] = splits.test
     return named
-
-
-def _score(model, sequences, labels, config: RunConfig, precision: str, names: list[str], pad: int) -> dict:
-    logits, _ = forward_batches(model, sequences, pad, config.train.eval_batch_size, precision)
-    return compute_metrics(labels, logits.argmax(axis=1), names)
 
 
 def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
@@ -257,10 +250,8 @@ def fit(model: TextClassifier, tokenizer, splits: Splits, sequences: dict[str, l
                                 ex_s=f"{seen / elapsed:.0f}", refresh=False)
                 out_of_time = cfg.max_minutes and elapsed > cfg.max_minutes * 60
                 if step % eval_every == 0 or step == total_steps or out_of_time:
-                    val_logits, _ = forward_batches(model, sequences["validation"], pad, cfg.eval_batch_size,
-                                                    precision)
-                    val = compute_metrics(splits.validation.labels, val_logits.argmax(axis=1),
-                                          model.config.labels)
+                    val = score_sequences(model, sequences["validation"], splits.validation.labels, pad,
+                                          cfg.eval_batch_size, precision)
                     score = val[cfg.metric]
                     record = {"step": step, "epoch": round(step / steps_per_epoch, 3),
                               "train_loss": running_loss / running_n, "lr": scheduler.get_last_lr()[0],
