@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer
 
 from .config import ModelConfig, from_dict
+from .encoder import Encoder
 from .errors import UsageError
 from .model import TextClassifier
 from .tokenization import load_tokenizer
@@ -64,29 +65,39 @@ def load_config(directory: str | Path) -> ModelConfig:
     return from_dict(ModelConfig, raw, where=str(file))
 
 
+def _tokenizer_for(directory: Path, config: ModelConfig) -> Tokenizer:
+    tokenizer = load_tokenizer(directory / TOKENIZER)
+    if tokenizer.get_vocab_size() != config.vocab_size:
+        raise UsageError(f"{directory}: tokenizer.json has {tokenizer.get_vocab_size()} tokens but the model "
+                         f"expects {config.vocab_size}; save the tokenizer the model was trained with")
+    return tokenizer
+
+
 def load_model(directory: str | Path) -> tuple[TextClassifier, Tokenizer]:
     """Rebuild the model and its tokenizer from a model directory, in eval mode."""
     directory = Path(directory)
     if not directory.is_dir():
         raise UsageError(f"model directory {directory} not found; pass the model/ folder of a training run")
     config = load_config(directory)
-    tokenizer = load_tokenizer(directory / TOKENIZER)
-    if tokenizer.get_vocab_size() != config.vocab_size:
-        raise UsageError(f"{directory}: tokenizer.json has {tokenizer.get_vocab_size()} tokens but the model "
-                         f"expects {config.vocab_size}; save the tokenizer the model was trained with")
+    tokenizer = _tokenizer_for(directory, config)
     model = TextClassifier(config)
     load_weights(model, directory / WEIGHTS)
     return model.eval(), tokenizer
 
 
-def load_weights(model: torch.nn.Module, file: Path) -> None:
-    """Load safetensors weights strictly, naming any missing, unexpected or mis-shaped tensor."""
+def read_weights(file: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file, or a one-line error naming the file."""
     if not file.is_file():
         raise UsageError(f"{file} not found; the model directory is incomplete, re-save or re-train the model")
     try:
-        state = load_file(str(file))
+        return load_file(str(file))
     except (SafetensorError, OSError, ValueError) as err:
         raise UsageError(f"{file} is corrupted ({err}); re-save or re-train the model") from None
+
+
+def load_weights(model: torch.nn.Module, file: Path, state: dict[str, torch.Tensor] | None = None) -> None:
+    """Load safetensors weights strictly, naming any missing, unexpected or mis-shaped tensor."""
+    state = read_weights(file) if state is None else state
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -100,3 +111,20 @@ def load_weights(model: torch.nn.Module, file: Path) -> None:
             raise UsageError(f"{file}: weight {name} has shape {tuple(tensor.shape)}, the config expects "
                              f"{tuple(expected[name].shape)}; check that config.json belongs to these weights")
     model.load_state_dict(state, strict=True)
+
+
+def load_encoder(directory: str | Path) -> tuple[Encoder, ModelConfig, Tokenizer]:
+    """Only the encoder of a saved model (a classifier or a pretrained encoder), in eval mode.
+
+    The ``encoder.*`` weights are loaded strictly; heads (classification,
+    masked-LM) are ignored, so any of our model directories can seed a new model.
+    """
+    directory = Path(directory)
+    config = load_config(directory)
+    tokenizer = _tokenizer_for(directory, config)
+    prefix = "encoder."
+    state = {name[len(prefix):]: tensor for name, tensor in read_weights(directory / WEIGHTS).items()
+             if name.startswith(prefix)}
+    encoder = Encoder(config)
+    load_weights(encoder, directory / WEIGHTS, state)
+    return encoder.eval(), config, tokenizer

@@ -14,20 +14,28 @@ import time
 from pathlib import Path
 
 from .config import load_json, with_overrides
+from .data import read_texts
 from .errors import UsageError
+from .features import FEATURE_POOLINGS, OUTPUT_FORMATS, encode, write_features
 from .inference import PRECISIONS, evaluate, predict
 from .metrics import format_report
-from .training import RunConfig, train
+from .pretraining import PretrainRunConfig, pretrain
+from .training import FINETUNE_PRESET, RunConfig, train
+
+
+def _layered(cls: type, args: argparse.Namespace, preset: list[str], flags: list[str]):
+    """Settings in order: defaults → preset → ``--config`` file → flags → ``--set``."""
+    config = with_overrides(cls(), preset)
+    if args.config:
+        config = load_json(cls, args.config, base=config)
+    return with_overrides(config, flags + list(args.set))
 
 
 def _train(args: argparse.Namespace) -> None:
-    config = load_json(RunConfig, args.config) if args.config else RunConfig()
-    assignments = list(args.set)
-    if args.data:
-        assignments.append(f"data.path={args.data}")
-    if args.precision:
-        assignments.append(f"train.precision={args.precision}")
-    config = with_overrides(config, assignments)
+    flags = [f"data.path={args.data}"] if args.data else []
+    flags += [f"train.precision={args.precision}"] if args.precision else []
+    flags += [f"train.init={args.init}"] if args.init else []
+    config = _layered(RunConfig, args, FINETUNE_PRESET if args.init else [], flags)
     if not config.data.path:
         raise UsageError("no data given; pass --data PATH (a directory of splits, a file, or a Hub dataset name)")
     out = Path(args.out) if args.out else Path("runs") / time.strftime("%Y%m%d-%H%M%S")
@@ -43,6 +51,30 @@ def _evaluate(args: argparse.Namespace) -> None:
     metrics = evaluate(args.model, args.data, args.split, args.batch_size, args.precision,
                        args.text_column, args.label_column)
     print(json.dumps(metrics, indent=2) if args.json else format_report(metrics, args.split))
+
+
+def _pretrain(args: argparse.Namespace) -> None:
+    flags = [f"data.path={args.data}"] if args.data else []
+    flags += [f"pretrain.precision={args.precision}"] if args.precision else []
+    config = _layered(PretrainRunConfig, args, [], flags)
+    out = Path(args.out) if args.out else Path("runs") / f"pretrain-{time.strftime('%Y%m%d-%H%M%S')}"
+    metrics = pretrain(config, out, overwrite=args.overwrite, progress=not args.quiet)
+    print(f"held-out masked-token loss {metrics['heldout_loss_initial']:.3f} -> {metrics['heldout_loss_final']:.3f}")
+    print(f"encoder written to {out / 'model'}; fine-tune it with: encoder-clf train --init {out / 'model'} --data ...")
+
+
+def _embed(args: argparse.Namespace) -> None:
+    output = Path(args.out)
+    if output.suffix.lower() not in OUTPUT_FORMATS:  # before the slow part
+        raise UsageError(f"--out {output}: unsupported output type {output.suffix or '(none)'!r}; "
+                         f"use {' or '.join(OUTPUT_FORMATS)}")
+    texts = read_texts(args.data, args.split, args.text_column)
+    if not texts:
+        raise UsageError(f"{args.data}: no texts to embed in split {args.split!r}")
+    vectors = encode(args.model, texts, args.pooling, args.normalize, args.batch_size, args.precision,
+                     progress=not args.quiet)
+    write_features(vectors, output, texts if output.suffix.lower() == ".parquet" else None)
+    print(f"{vectors.shape[0]} vectors of dimension {vectors.shape[1]} written to {output}")
 
 
 def _read_texts(args: argparse.Namespace) -> list[str]:
@@ -83,9 +115,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override one setting, e.g. --set model.attention=additive (repeatable)")
     p.add_argument("--precision", choices=PRECISIONS, help="same as --set train.precision=... (default auto)")
+    p.add_argument("--init", metavar="DIR_OR_NAME",
+                   help="fine-tune a pretrained encoder (our model dir, a BERT-family dir or a Hub id); "
+                        "starts from the fine-tuning preset")
     p.add_argument("--overwrite", action="store_true", help="reuse a non-empty run directory")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=_train)
+
+    p = commands.add_parser("pretrain", help="masked-language-model pretraining on unlabelled text")
+    p.add_argument("--data", help="a .txt file (one text per line), a data file or a directory of splits")
+    p.add_argument("--out", help="run directory (default: runs/pretrain-<timestamp>)")
+    p.add_argument("--config", help="JSON file with sections model, tokenizer, data, pretrain")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one setting, e.g. --set pretrain.epochs=5 (repeatable)")
+    p.add_argument("--precision", choices=PRECISIONS, help="same as --set pretrain.precision=...")
+    p.add_argument("--overwrite", action="store_true", help="reuse a non-empty run directory")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=_pretrain)
+
+    p = commands.add_parser("embed", help="sentence vectors of a dataset's texts, as .npy or .parquet")
+    p.add_argument("--model", required=True,
+                   help="our model directory, a BERT-family checkpoint directory or a Hub model id")
+    p.add_argument("--data", required=True, help="a data file, a directory of splits, or a .txt file")
+    p.add_argument("--out", required=True, help="FILE.npy (the matrix) or FILE.parquet (text + embedding)")
+    p.add_argument("--split", default="train", help="which split of a directory (default train)")
+    p.add_argument("--text-column")
+    p.add_argument("--pooling", choices=FEATURE_POOLINGS,
+                   help="default: the model's own (a classifier's pooling; the checkpoint's recommended one)")
+    p.add_argument("--normalize", action="store_true", help="scale each vector to unit L2 norm")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--precision", choices=PRECISIONS, default="auto")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=_embed)
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--model", required=True, help="model directory (a run's model/ folder)")

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .attention import SCORE_RULES
-from .encoder import NORM_PLACEMENTS, POSITION_ENCODINGS
+from .encoder import ACTIVATIONS, NORM_PLACEMENTS, POSITION_ENCODINGS
 from .errors import UsageError
 from .pooling import POOLINGS
 
@@ -53,8 +53,10 @@ class ModelConfig:
     max_positions: int = 512
     dropout: float = 0.3
     attention_dropout: float = 0.1
+    activation: str = "gelu"
     layer_norm_eps: float = 1e-5
     type_vocab_size: int = 0
+    bigram_buckets: int = 0  # rows for hashed token-pair embeddings (fastText-style); 0 = off
     vocab_size: int = 0
     pad_token_id: int = 0
     labels: list[str] = field(default_factory=list)
@@ -71,9 +73,11 @@ class ModelConfig:
         _require_choice("model.norm", self.norm, NORM_PLACEMENTS)
         _require_choice("model.positions", self.positions, POSITION_ENCODINGS)
         _require_choice("model.pooling", self.pooling, POOLINGS)
+        _require_choice("model.activation", self.activation, ACTIVATIONS)
         for name in ("dropout", "attention_dropout"):
             value = getattr(self, name)
             _require(0.0 <= value < 1.0, f"model.{name} must be in [0, 1); got {value}")
+        _require(self.bigram_buckets >= 0, f"model.bigram_buckets must be >= 0; got {self.bigram_buckets}")
         _require(self.vocab_size >= 0, f"model.vocab_size must be >= 0; got {self.vocab_size}")
 
     @property
@@ -81,8 +85,11 @@ class ModelConfig:
         return len(self.labels)
 
 
-def from_dict(cls: type, raw: Any, where: str):
-    """Build a config dataclass (nested ones included) from a dict, refusing unknown keys and wrong types."""
+def from_dict(cls: type, raw: Any, where: str, base=None):
+    """Build a config dataclass (nested ones included) from a dict, refusing unknown keys and wrong types.
+
+    Keys the dict leaves out keep their value in ``base`` (a ``cls`` instance), else the defaults.
+    """
     _require(isinstance(raw, dict), f"{where} must be a JSON object; got {raw!r}")
     hints = typing.get_type_hints(cls)
     unknown = sorted(set(raw) - set(hints))
@@ -92,21 +99,21 @@ def from_dict(cls: type, raw: Any, where: str):
     for name, value in raw.items():
         tp = hints[name]
         if dataclasses.is_dataclass(tp):
-            values[name] = from_dict(tp, value, f"{where}.{name}")
+            values[name] = from_dict(tp, value, f"{where}.{name}", getattr(base, name, None))
         else:
             values[name] = check_type(tp, value, f"{where}.{name}")
-    return cls(**values)
+    return dataclasses.replace(base, **values) if base is not None else cls(**values)
 
 
-def load_json(cls: type, path: str | Path):
-    """Read a config dataclass from a JSON file."""
+def load_json(cls: type, path: str | Path, base=None):
+    """Read a config dataclass from a JSON file (on top of ``base``, if given)."""
     path = Path(path)
     _require(path.is_file(), f"config file {path} not found; pass an existing JSON file")
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise UsageError(f"config file {path} is not valid JSON: {err}") from None
-    return from_dict(cls, raw, where=str(path))
+    return from_dict(cls, raw, where=str(path), base=base)
 
 
 def with_overrides(config, assignments: list[str]):

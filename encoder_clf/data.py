@@ -117,6 +117,24 @@ def read_split(path: str, split: str, label_names: list[str], text_column: str |
     return Split(texts, _to_ids(values, value_to_id, source), source)
 
 
+def read_texts(path: str, split: str = "train", text_column: str | None = None) -> list[str]:
+    """Every text of one split, in file order (empty ones as ``""``): for features and pretraining.
+
+    Besides the labelled formats, a plain ``.txt`` file gives one text per line.
+    """
+    file = Path(path).expanduser()
+    if file.is_file() and file.suffix.lower() == ".txt":
+        try:
+            return file.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError as err:
+            raise UsageError(f"{file} is not UTF-8 (byte {err.start}); re-encode it as UTF-8") from None
+    raw = _read_raw_splits(path)
+    if split not in raw:
+        raise UsageError(f"{path}: no {split!r} split (splits found: {', '.join(raw)}); pick one with --split")
+    column = _pick_column(raw[split], text_column, TEXT_COLUMNS, "text")
+    return [text if isinstance(text, str) else "" for text in raw[split].table[column]]
+
+
 @dataclass
 class _RawSplit:
     table: object  # a datasets.Dataset

@@ -8,12 +8,17 @@ scratch at high learning rates.
 
 from __future__ import annotations
 
+import functools
 import math
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from .attention import MultiHeadAttention
+
+if TYPE_CHECKING:
+    from .config import ModelConfig
 
 
 class LearnedPositions(nn.Module):
@@ -50,19 +55,48 @@ POSITION_ENCODINGS: dict[str, type[nn.Module]] = {
 
 NORM_PLACEMENTS = ("pre", "post")
 
+# Feed-forward non-linearities by the names checkpoints use for them (``hidden_act`` in BERT configs).
+ACTIVATIONS: dict[str, type[nn.Module] | functools.partial] = {
+    "gelu": nn.GELU,
+    "gelu_tanh": functools.partial(nn.GELU, approximate="tanh"),
+    "relu": nn.ReLU,
+}
+
+
+class BigramEmbeddings(nn.Module):
+    """Hashed embeddings of (previous token, token) pairs, as fastText adds word bigrams.
+
+    Each position also gets a vector for the pair it closes, looked up in
+    ``buckets`` shared rows by a multiplicative hash: local word order enters the
+    first layer directly, which helps small-data classifiers trained from scratch.
+    """
+
+    PRIME = 1_000_003
+
+    def __init__(self, buckets: int, d_model: int, pad_token_id: int) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(buckets, d_model)
+        self.pad_token_id = pad_token_id
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        previous = nn.functional.pad(input_ids[:, :-1], (1, 0), value=self.pad_token_id)
+        return self.embedding((previous * self.PRIME + input_ids) % self.embedding.num_embeddings)
+
 
 class Embeddings(nn.Module):
-    """Token (+ token type) + position embeddings, then LayerNorm and dropout."""
+    """Token (+ hashed bigram) (+ token type) + position embeddings, then LayerNorm and dropout."""
 
-    def __init__(self, vocab_size: int, d_model: int, max_positions: int, positions: str,
-                 type_vocab_size: int, pad_token_id: int, dropout: float, eps: float) -> None:
+    def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        self.tokens = nn.Embedding(vocab_size, d_model, padding_idx=pad_token_id)
-        self.positions = POSITION_ENCODINGS[positions](max_positions, d_model)
-        self.token_types = nn.Embedding(type_vocab_size, d_model) if type_vocab_size else None
-        self.norm = nn.LayerNorm(d_model, eps=eps)
-        self.dropout = nn.Dropout(dropout)
-        self.max_positions = max_positions
+        d = config.d_model
+        self.tokens = nn.Embedding(config.vocab_size, d, padding_idx=config.pad_token_id)
+        self.bigrams = BigramEmbeddings(config.bigram_buckets, d, config.pad_token_id) if config.bigram_buckets \
+            else None
+        self.positions = POSITION_ENCODINGS[config.positions](config.max_positions, d)
+        self.token_types = nn.Embedding(config.type_vocab_size, d) if config.type_vocab_size else None
+        self.norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.dropout)
+        self.max_positions = config.max_positions
 
     def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
         length = input_ids.shape[1]
@@ -70,6 +104,8 @@ class Embeddings(nn.Module):
             raise ValueError(f"sequence length {length} exceeds max_positions {self.max_positions}; "
                              "truncate the input (tokenizer max_length) or raise model.max_positions")
         x = self.tokens(input_ids) + self.positions(length)[None]
+        if self.bigrams is not None:
+            x = x + self.bigrams(input_ids)
         if self.token_types is not None:
             types = torch.zeros_like(input_ids) if token_type_ids is None else token_type_ids
             x = x + self.token_types(types)
@@ -77,10 +113,11 @@ class Embeddings(nn.Module):
 
 
 class FeedForward(nn.Sequential):
-    """Position-wise ``Linear → GELU → Dropout → Linear``."""
+    """Position-wise ``Linear → activation → Dropout → Linear``."""
 
-    def __init__(self, d_model: int, d_ff: int, dropout: float) -> None:
-        super().__init__(nn.Linear(d_model, d_ff), nn.GELU(), nn.Dropout(dropout), nn.Linear(d_ff, d_model))
+    def __init__(self, d_model: int, d_ff: int, dropout: float, activation: str = "gelu") -> None:
+        super().__init__(nn.Linear(d_model, d_ff), ACTIVATIONS[activation](), nn.Dropout(dropout),
+                         nn.Linear(d_ff, d_model))
 
 
 class Block(nn.Module):
@@ -90,15 +127,15 @@ class Block(nn.Module):
     ``norm="post"`` normalises after the residual sum (BERT's layout).
     """
 
-    def __init__(self, d_model: int, n_heads: int, d_ff: int, rule: str, norm: str,
-                 dropout: float, attention_dropout: float, eps: float) -> None:
+    def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        self.attention = MultiHeadAttention(d_model, n_heads, rule, attention_dropout)
-        self.feed_forward = FeedForward(d_model, d_ff, dropout)
-        self.attention_norm = nn.LayerNorm(d_model, eps=eps)
-        self.feed_forward_norm = nn.LayerNorm(d_model, eps=eps)
-        self.dropout = nn.Dropout(dropout)
-        self.pre_norm = norm == "pre"
+        d, eps = config.d_model, config.layer_norm_eps
+        self.attention = MultiHeadAttention(d, config.n_heads, config.attention, config.attention_dropout)
+        self.feed_forward = FeedForward(d, config.d_ff, config.dropout, config.activation)
+        self.attention_norm = nn.LayerNorm(d, eps=eps)
+        self.feed_forward_norm = nn.LayerNorm(d, eps=eps)
+        self.dropout = nn.Dropout(config.dropout)
+        self.pre_norm = config.norm == "pre"
 
     def forward(self, x: torch.Tensor, padding_mask: torch.Tensor | None,
                 need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -116,17 +153,12 @@ class Block(nn.Module):
 class Encoder(nn.Module):
     """Embeddings and ``n_layers`` blocks: token ids ``(batch, seq)`` → states ``(batch, seq, d_model)``."""
 
-    def __init__(self, vocab_size: int, d_model: int, n_heads: int, n_layers: int, d_ff: int,
-                 rule: str = "dot", norm: str = "pre", positions: str = "learned", max_positions: int = 512,
-                 dropout: float = 0.1, attention_dropout: float = 0.1, eps: float = 1e-5,
-                 type_vocab_size: int = 0, pad_token_id: int = 0) -> None:
+    def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        self.embeddings = Embeddings(vocab_size, d_model, max_positions, positions, type_vocab_size,
-                                     pad_token_id, dropout, eps)
-        self.blocks = nn.ModuleList(
-            Block(d_model, n_heads, d_ff, rule, norm, dropout, attention_dropout, eps) for _ in range(n_layers)
-        )
-        self.final_norm = nn.LayerNorm(d_model, eps=eps) if norm == "pre" else nn.Identity()
+        self.embeddings = Embeddings(config)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
+        self.final_norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps) if config.norm == "pre" \
+            else nn.Identity()
 
     def forward(self, input_ids: torch.Tensor, padding_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None,

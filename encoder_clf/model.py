@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from .config import ModelConfig
-from .encoder import Encoder
+from .encoder import ACTIVATIONS, Encoder
 from .pooling import POOLINGS
 
 
@@ -35,13 +35,7 @@ class TextClassifier(nn.Module):
                 f"labels={config.labels}"
             )
         self.config = config
-        self.encoder = Encoder(
-            vocab_size=config.vocab_size, d_model=config.d_model, n_heads=config.n_heads,
-            n_layers=config.n_layers, d_ff=config.d_ff, rule=config.attention, norm=config.norm,
-            positions=config.positions, max_positions=config.max_positions, dropout=config.dropout,
-            attention_dropout=config.attention_dropout, eps=config.layer_norm_eps,
-            type_vocab_size=config.type_vocab_size, pad_token_id=config.pad_token_id,
-        )
+        self.encoder = Encoder(config)
         self.pooling = POOLINGS[config.pooling](config.d_model, config.n_heads)
         self.head = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(config.d_model, config.num_labels))
         self.apply(_init_weights)
@@ -52,6 +46,38 @@ class TextClassifier(nn.Module):
         states, attentions = self.encoder(input_ids, padding_mask, token_type_ids, need_weights)
         pooled = self.pooling(states, padding_mask)
         return ClassifierOutput(self.head(pooled), pooled, attentions)
+
+
+class MaskedLanguageModel(nn.Module):
+    """Encoder + BERT's masked-LM head (dense → activation → LayerNorm → vocabulary), for pretraining.
+
+    The output projection shares the token embedding matrix, as in BERT: the
+    head adds only ``d_model² + vocab`` parameters, and what it learns stays in
+    the embeddings a classifier later starts from.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        if config.vocab_size <= 0:
+            raise ValueError(f"model config needs vocab_size > 0; got {config.vocab_size}")
+        self.config = config
+        self.encoder = Encoder(config)
+        self.transform = nn.Sequential(nn.Linear(config.d_model, config.d_model), ACTIVATIONS[config.activation](),
+                                       nn.LayerNorm(config.d_model, eps=config.layer_norm_eps))
+        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+        self.apply(_init_weights)
+
+    def forward(self, input_ids: torch.Tensor, padding_mask: torch.Tensor | None = None,
+                positions: torch.Tensor | None = None) -> torch.Tensor:
+        """Vocabulary logits ``(n, vocab)`` at the masked ``positions`` (a boolean ``(batch, seq)``), else everywhere.
+
+        Scoring only the ~15% masked tokens skips most of the largest matrix product.
+        """
+        states, _ = self.encoder(input_ids, padding_mask)
+        if positions is not None:
+            states = states[positions]
+        hidden = self.transform(states)
+        return hidden @ self.encoder.embeddings.tokens.weight.t().to(hidden.dtype) + self.bias.to(hidden.dtype)
 
 
 def _init_weights(module: nn.Module) -> None:

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from .checkpoint import load_model, save_model
@@ -29,6 +30,7 @@ from .errors import UsageError
 from .inference import PRECISIONS, autocast, default_device, resolve_precision, score_sequences
 from .metrics import format_report, plot_confusion_matrix
 from .model import TextClassifier
+from .pretrained import load_encoder
 from .tokenization import UNK, TokenizerConfig, encode, load_tokenizer, pad_id, train_tokenizer
 
 log = logging.getLogger(__name__)
@@ -39,21 +41,33 @@ SCHEDULES = {
     "constant": lambda progress: 1.0,
 }
 METRICS = ("accuracy", "macro_f1")
+# What `train --init` starts from, before any config file or --set: the usual recipe for fine-tuning
+# a pretrained BERT-family encoder (small learning rate with warmup, a faster head, little dropout).
+FINETUNE_PRESET = [
+    "model.pooling=mean", "model.dropout=0.1", "model.attention_dropout=0.1",
+    "train.epochs=2", "train.batch_size=32", "train.lr=1e-4", "train.head_lr=1e-3", "train.weight_decay=0.01",
+    "train.warmup_ratio=0.1",
+]
 
 
 @dataclass
 class TrainConfig:
     """Optimisation, evaluation and stopping."""
 
+    init: str = ""  # start from this encoder (our model dir, a BERT-family dir or a Hub id); "" = from scratch
     epochs: int = 3
     batch_size: int = 64
     lr: float = 1e-3
+    head_lr: float = 0.0  # learning rate of the pooling and classification head; 0 = same as lr
+    layer_lr_decay: float = 1.0  # each block below the top learns at this factor times the one above
+    freeze_layers: int = 0  # keep the embeddings and the first k blocks fixed (fine-tuning)
     weight_decay: float = 0.1
     warmup_ratio: float = 0.06
     schedule: str = "linear"
     grad_clip: float = 1.0
     label_smoothing: float = 0.0
     token_dropout: float = 0.0  # chance that a word piece is replaced by [UNK] during training
+    ema_decay: float = 0.0  # evaluate and keep an exponential moving average of the weights; 0 = off
     eval_every: int = 0  # optimizer steps between evaluations; 0 = once per epoch
     metric: str = "accuracy"
     patience: int = 0  # evaluations without improvement before stopping; 0 = never stop early
@@ -68,9 +82,13 @@ class TrainConfig:
             (self.batch_size > 0, "batch_size", "a positive integer"),
             (self.eval_batch_size > 0, "eval_batch_size", "a positive integer"),
             (self.lr > 0, "lr", "positive"),
+            (self.head_lr >= 0, "head_lr", ">= 0 (0 = same as lr)"),
+            (0 < self.layer_lr_decay <= 1, "layer_lr_decay", "in (0, 1] (1 = no decay)"),
+            (self.freeze_layers >= 0, "freeze_layers", ">= 0"),
             (0 <= self.warmup_ratio < 1, "warmup_ratio", "in [0, 1)"),
             (0 <= self.label_smoothing < 1, "label_smoothing", "in [0, 1)"),
             (0 <= self.token_dropout < 1, "token_dropout", "in [0, 1)"),
+            (0 <= self.ema_decay < 1, "ema_decay", "in [0, 1) (0 turns averaging off)"),
             (self.weight_decay >= 0, "weight_decay", ">= 0"),
             (self.grad_clip >= 0, "grad_clip", ">= 0 (0 turns clipping off)"),
             (self.eval_every >= 0, "eval_every", ">= 0 (0 = each epoch)"),
@@ -109,17 +127,40 @@ def train(config: RunConfig, out_dir: str | Path, overwrite: bool = False, progr
     """
     out_dir = Path(out_dir)
     prepare_output(out_dir, overwrite)
+    _check_lengths(config)
+    return train_on_splits(config, load_splits(config.data, seed=config.train.seed), out_dir, progress)
+
+
+def _check_lengths(config: RunConfig) -> None:
     if config.model.max_positions < config.tokenizer.max_length:
         raise UsageError(f"tokenizer.max_length ({config.tokenizer.max_length}) exceeds model.max_positions "
                          f"({config.model.max_positions}); lower one or raise the other")
+
+
+def train_on_splits(config: RunConfig, splits: Splits, out_dir: str | Path, progress: bool = True) -> dict:
+    """:func:`train` on splits already in memory (``config.data`` is only recorded).
+
+    The entry point for callers that hold their data themselves, such as the
+    scikit-learn estimators.
+    """
+    out_dir = Path(out_dir)
+    _check_lengths(config)
     torch.manual_seed(config.train.seed)
-    splits = load_splits(config.data, seed=config.train.seed)
-    if config.tokenizer.path:
-        tokenizer = load_tokenizer(config.tokenizer.path, config.tokenizer.max_length)
+    start = load_encoder(config.train.init, config.tokenizer.max_length) if config.train.init else None
+    if start is not None:  # the architecture and tokenizer come with the pretrained encoder
+        tokenizer = start.tokenizer
+        model_config = replace(start.config, pooling=config.model.pooling, dropout=config.model.dropout,
+                               attention_dropout=config.model.attention_dropout, labels=splits.label_names)
     else:
-        tokenizer = train_tokenizer(splits.train.texts, config.tokenizer)
-    model_config = replace(config.model, vocab_size=tokenizer.get_vocab_size(), labels=splits.label_names,
-                           pad_token_id=pad_id(tokenizer))
+        if config.tokenizer.path:
+            tokenizer = load_tokenizer(config.tokenizer.path, config.tokenizer.max_length)
+        else:
+            tokenizer = train_tokenizer(splits.train.texts, config.tokenizer)
+        model_config = replace(config.model, vocab_size=tokenizer.get_vocab_size(), labels=splits.label_names,
+                               pad_token_id=pad_id(tokenizer))
+    if model_config.n_layers < config.train.freeze_layers:
+        raise UsageError(f"train.freeze_layers ({config.train.freeze_layers}) exceeds the model's "
+                         f"{model_config.n_layers} layers; pick at most {model_config.n_layers}")
     encoded = {name: encode(tokenizer, split.texts) for name, split in _named_splits(splits).items()}
     truncated = {name: count for name, (_, count) in encoded.items()}
     for name, count in truncated.items():
@@ -131,7 +172,10 @@ def train(config: RunConfig, out_dir: str | Path, overwrite: bool = False, progr
     (out_dir / "run_config.json").write_text(
         json.dumps(asdict(replace(config, model=model_config)), indent=2) + "\n", encoding="utf-8")
     device = default_device()
-    model = TextClassifier(model_config).to(device)
+    model = TextClassifier(model_config)
+    if start is not None:
+        model.encoder.load_state_dict(start.encoder.state_dict())
+    model.to(device)
     precision = resolve_precision(config.train.precision, device)
     summary = fit(model, tokenizer, splits, {k: v[0] for k, v in encoded.items()}, config, out_dir,
                   precision, progress)
@@ -158,11 +202,29 @@ def _named_splits(splits: Splits) -> dict:
     return named
 
 
-def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW with decay on matrices only (not biases, LayerNorm gains or the 1-D score vectors)."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
-    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+def _optimizer(model: TextClassifier, config: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW with layer-wise learning rates and decay on matrices only (not biases, norms or score vectors).
+
+    The head (pooling + classifier) learns at ``head_lr``; block ``i`` of ``L``
+    at ``lr · layer_lr_decay^(L-i)`` and the embeddings at ``lr · decay^(L+1)``:
+    lower layers of a pretrained encoder hold general features worth keeping.
+    The embeddings and the first ``freeze_layers`` blocks are not trained at all.
+    """
+    encoder = model.encoder
+    layers = [encoder.embeddings, *encoder.blocks]
+    for module in layers[: config.freeze_layers + 1 if config.freeze_layers else 0]:
+        module.requires_grad_(False)
+    depth = len(layers)
+    scaled = [(module, config.lr * config.layer_lr_decay ** (depth - i)) for i, module in enumerate(layers)]
+    scaled += [(encoder.final_norm, config.lr), (model.pooling, config.head_lr or config.lr),
+               (model.head, config.head_lr or config.lr)]
+    groups = []
+    for module, lr in scaled:
+        params = [p for p in module.parameters() if p.requires_grad]
+        for decay in (True, False):
+            chosen = [p for p in params if (p.ndim >= 2) == decay]
+            if chosen:
+                groups.append({"params": chosen, "lr": lr, "weight_decay": config.weight_decay if decay else 0.0})
     return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.98), eps=1e-6, foreach=True)
 
 
@@ -216,6 +278,9 @@ def fit(model: TextClassifier, tokenizer, splits: Splits, sequences: dict[str, l
     optimizer = _optimizer(model, cfg)
     scheduler = _schedule(optimizer, cfg, total_steps)
     loss_fn = _loss_fn(config, splits.train.labels, model.config.num_labels, device)
+    # The averaged copy is what gets evaluated and saved: it smooths the noise of the last steps.
+    averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay)) if cfg.ema_decay else None
+    evaluated = averaged.module if averaged is not None else model
     eval_every = cfg.eval_every or steps_per_epoch
     unk = tokenizer.token_to_id(UNK) if tokenizer.token_to_id(UNK) is not None else pad
     dropout_rng = torch.Generator().manual_seed(cfg.seed)
@@ -240,6 +305,8 @@ def fit(model: TextClassifier, tokenizer, splits: Splits, sequences: dict[str, l
                     nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                 optimizer.step()
                 scheduler.step()
+                if averaged is not None:
+                    averaged.update_parameters(model)
                 step += 1
                 seen += len(index)
                 running_loss += loss.item() * len(index)
@@ -250,7 +317,7 @@ def fit(model: TextClassifier, tokenizer, splits: Splits, sequences: dict[str, l
                                 ex_s=f"{seen / elapsed:.0f}", refresh=False)
                 out_of_time = cfg.max_minutes and elapsed > cfg.max_minutes * 60
                 if step % eval_every == 0 or step == total_steps or out_of_time:
-                    val = score_sequences(model, sequences["validation"], splits.validation.labels, pad,
+                    val = score_sequences(evaluated, sequences["validation"], splits.validation.labels, pad,
                                           cfg.eval_batch_size, precision)
                     score = val[cfg.metric]
                     record = {"step": step, "epoch": round(step / steps_per_epoch, 3),
@@ -262,7 +329,7 @@ def fit(model: TextClassifier, tokenizer, splits: Splits, sequences: dict[str, l
                     running_loss, running_n = 0.0, 0
                     if score > best:
                         best, best_step, stale = score, step, 0
-                        save_model(out_dir / "model", model, tokenizer)
+                        save_model(out_dir / "model", evaluated, tokenizer)
                     else:
                         stale += 1
                     bar.write(f"step {step} (epoch {record['epoch']:.2f}): train loss {record['train_loss']:.4f}, "

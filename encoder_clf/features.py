@@ -1,0 +1,137 @@
+"""Sentence features: an encoder's token states pooled into one vector per text.
+
+Works for our trained classifiers, our pretrained encoders and imported
+BERT-family checkpoints alike. Texts are batched by length (little padding)
+and the vectors put back in input order; ``.npy`` and ``.parquet`` outputs are
+written atomically.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tokenizers import Tokenizer
+from torch import nn
+from tqdm.auto import tqdm
+
+from . import pretrained
+from .checkpoint import load_config, load_model
+from .data import bucket_batches, collate
+from .encoder import Encoder
+from .errors import UsageError
+from .inference import autocast, default_device, resolve_precision
+from .pooling import POOLINGS
+from .tokenization import encode as tokenize
+from .tokenization import pad_id
+
+FEATURE_POOLINGS = ("mean", "cls", "max")
+OUTPUT_FORMATS = (".npy", ".parquet")
+
+
+@dataclass
+class FeatureEncoder:
+    """An encoder ready to embed texts, with the pooling to use when none is asked for.
+
+    ``trained_pooling`` is a classifier's own pooling module (its learned query
+    for ``attention`` pooling), so its default features are exactly the vectors
+    its head was trained on.
+    """
+
+    encoder: Encoder
+    tokenizer: Tokenizer
+    pooling: str
+    trained_pooling: nn.Module | None = None
+
+    @property
+    def dim(self) -> int:
+        return self.encoder.embeddings.tokens.embedding_dim
+
+    def pooling_module(self, name: str | None) -> nn.Module:
+        name = name or self.pooling
+        if self.trained_pooling is not None and name == self.pooling:
+            return self.trained_pooling
+        if name not in FEATURE_POOLINGS:
+            raise UsageError(f"pooling {name!r} is not available here; choose one of {', '.join(FEATURE_POOLINGS)}")
+        return POOLINGS[name](self.dim, 1)
+
+    def to(self, device: torch.device) -> FeatureEncoder:
+        self.encoder.to(device)
+        if self.trained_pooling is not None:
+            self.trained_pooling.to(device)
+        return self
+
+
+def load_encoder(source: str | Path) -> FeatureEncoder:
+    """One of our model directories, a BERT-family checkpoint directory, or a Hub model id."""
+    directory = pretrained.resolve(source)
+    if not pretrained.is_bert_checkpoint(directory) and load_config(directory).labels:
+        model, tokenizer = load_model(directory)
+        return FeatureEncoder(model.encoder, tokenizer, model.config.pooling, model.pooling)
+    checkpoint = pretrained.load_encoder(directory)
+    pooling = checkpoint.pooling if checkpoint.pooling in FEATURE_POOLINGS else "mean"
+    return FeatureEncoder(checkpoint.encoder, checkpoint.tokenizer, pooling)
+
+
+@torch.inference_mode()
+def encode(source: str | Path | FeatureEncoder, texts: list[str], pooling: str | None = None,
+           normalize: bool = False, batch_size: int = 64, precision: str = "auto",
+           progress: bool = False) -> np.ndarray:
+    """Sentence vectors ``(len(texts), dim)`` float32, in the order of ``texts``.
+
+    ``pooling`` ``None`` uses the model's own (a classifier's pooling, the
+    checkpoint's recommended one); ``normalize`` scales each vector to unit L2
+    norm, as cosine-similarity search expects.
+    """
+    if batch_size <= 0:
+        raise UsageError(f"batch size must be positive; got {batch_size}")
+    model = source if isinstance(source, FeatureEncoder) else load_encoder(source)
+    device = default_device()
+    model.to(device)
+    precision = resolve_precision(precision, device)
+    pool = model.pooling_module(pooling).to(device).eval()
+    model.encoder.eval()
+    sequences, _ = tokenize(model.tokenizer, texts)
+    pad = pad_id(model.tokenizer)
+    out = np.zeros((len(sequences), model.dim), dtype=np.float32)
+    lengths = np.array([len(s) for s in sequences])
+    batches = bucket_batches(lengths, batch_size, shuffle=False)
+    for index in tqdm(batches, disable=not progress, unit="batch", desc="embed"):
+        ids, mask = collate([sequences[i] for i in index], pad)
+        ids, mask = ids.to(device), mask.to(device)
+        with autocast(precision, device):
+            states, _ = model.encoder(ids, mask)
+            vectors = pool(states, mask).float()
+        if normalize:
+            vectors = nn.functional.normalize(vectors, dim=-1)
+        out[index] = vectors.cpu().numpy()
+    return out
+
+
+def write_features(vectors: np.ndarray, path: str | Path, texts: list[str] | None = None) -> Path:
+    """Save as ``.npy`` (the matrix) or ``.parquet`` (``text`` and a fixed-size ``embedding`` list), atomically."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in OUTPUT_FORMATS:
+        raise UsageError(f"--out {path}: unsupported output type {suffix or '(none)'!r}; "
+                         f"use {' or '.join(OUTPUT_FORMATS)}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        if suffix == ".npy":
+            with partial.open("wb") as handle:
+                np.save(handle, vectors)
+        else:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            column = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()), vectors.shape[1])
+            table = pa.table({"text": texts, "embedding": column} if texts is not None else {"embedding": column})
+            pq.write_table(table, partial)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+    return path

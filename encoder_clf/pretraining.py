@@ -1,0 +1,223 @@
+"""Masked-language-model pretraining of our own encoders on unlabelled text.
+
+BERT's recipe: 15% of the real tokens are chosen; of those, 80% become
+``[MASK]``, 10% a random token and 10% stay as they are, and the model predicts
+the originals. The tokenizer is trained on the same text. The result is a model
+directory (``config.json`` without labels, ``model.safetensors``,
+``tokenizer.json``) that ``encoder-clf train --set train.init=DIR`` starts from.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .checkpoint import save_model
+from .config import ModelConfig
+from .data import bucket_batches, collate, read_texts
+from .errors import UsageError
+from .inference import PRECISIONS, autocast, default_device, resolve_precision
+from .model import MaskedLanguageModel
+from .tokenization import CLS, MASK, PAD, SEP, TokenizerConfig, encode, pad_id, train_tokenizer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PretrainConfig:
+    """Masking and optimisation for MLM pretraining."""
+
+    mask_prob: float = 0.15
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.06
+    grad_clip: float = 1.0
+    heldout_fraction: float = 0.02  # texts kept aside to measure masked-token loss
+    max_minutes: float = 0.0  # wall-clock budget; 0 = none
+    precision: str = "auto"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        checks = [
+            (0 < self.mask_prob < 1, "mask_prob", "in (0, 1)"),
+            (self.epochs > 0, "epochs", "a positive integer"),
+            (self.batch_size > 0, "batch_size", "a positive integer"),
+            (self.lr > 0, "lr", "positive"),
+            (self.weight_decay >= 0, "weight_decay", ">= 0"),
+            (0 <= self.warmup_ratio < 1, "warmup_ratio", "in [0, 1)"),
+            (self.grad_clip >= 0, "grad_clip", ">= 0 (0 turns clipping off)"),
+            (0 < self.heldout_fraction < 0.5, "heldout_fraction", "in (0, 0.5)"),
+            (self.max_minutes >= 0, "max_minutes", ">= 0 (0 = no budget)"),
+            (self.precision in PRECISIONS, "precision", f"one of {', '.join(PRECISIONS)}"),
+        ]
+        for ok, name, allowed in checks:
+            if not ok:
+                raise UsageError(f"pretrain.{name} must be {allowed}; got {getattr(self, name)!r}")
+
+
+@dataclass
+class PretrainData:
+    """Where the text comes from: a data path (any split format, or a ``.txt`` file) and its text column."""
+
+    path: str = ""
+    split: str = "train"
+    text_column: str | None = None
+
+
+@dataclass
+class PretrainRunConfig:
+    """Everything one pretraining run needs; saved as ``run_config.json``."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    data: PretrainData = field(default_factory=PretrainData)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+
+
+def mask_tokens(ids: torch.Tensor, padding_mask: torch.Tensor, special: torch.Tensor, mask_id: int,
+                vocab_size: int, prob: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """BERT's 80/10/10 corruption: the corrupted ids and the boolean positions to predict.
+
+    Only real, non-special tokens can be chosen; ``special`` lists the ids that
+    are never chosen nor used as random replacements' targets.
+    """
+    eligible = ~padding_mask & ~torch.isin(ids, special)
+    chosen = (torch.rand(ids.shape, generator=generator) < prob) & eligible
+    roll = torch.rand(ids.shape, generator=generator)
+    corrupted = ids.masked_fill(chosen & (roll < 0.8), mask_id)
+    randomised = chosen & (roll >= 0.8) & (roll < 0.9)
+    random_ids = torch.randint(vocab_size, ids.shape, generator=generator)
+    corrupted = torch.where(randomised, random_ids, corrupted)
+    return corrupted, chosen
+
+
+def pretrain(config: PretrainRunConfig, out_dir: str | Path, overwrite: bool = False, progress: bool = True) -> dict:
+    """Train a tokenizer and an MLM on the text; write ``model/``, ``log.jsonl``, ``metrics.json``."""
+    from .training import prepare_output  # one rule for refusing to overwrite runs
+
+    out_dir = Path(out_dir)
+    prepare_output(out_dir, overwrite)
+    cfg = config.pretrain
+    if not config.data.path:
+        raise UsageError("no data given; pass --data PATH (a text file, a directory of splits, or a data file)")
+    texts = [t for t in read_texts(config.data.path, config.data.split, config.data.text_column) if t.strip()]
+    if len(texts) < 10:
+        raise UsageError(f"{config.data.path}: only {len(texts)} non-empty texts; MLM pretraining needs more text")
+    torch.manual_seed(cfg.seed)
+    order = np.random.default_rng(cfg.seed).permutation(len(texts))
+    n_heldout = max(1, int(cfg.heldout_fraction * len(texts)))
+    heldout_texts = [texts[i] for i in order[:n_heldout]]
+    train_texts = [texts[i] for i in order[n_heldout:]]
+    tokenizer = train_tokenizer(train_texts, config.tokenizer)
+    model_config = replace(config.model, vocab_size=tokenizer.get_vocab_size(), labels=[],
+                           pad_token_id=pad_id(tokenizer))
+    sequences, truncated = encode(tokenizer, train_texts)
+    heldout, _ = encode(tokenizer, heldout_texts)
+    if truncated:
+        log.warning("%d of %d texts truncated at max_length=%d tokens", truncated, len(train_texts),
+                    config.tokenizer.max_length)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "run_config.json").write_text(
+        json.dumps(asdict(replace(config, model=model_config)), indent=2) + "\n", encoding="utf-8")
+    device = default_device()
+    precision = resolve_precision(cfg.precision, device)
+    model = MaskedLanguageModel(model_config).to(device)
+    special = torch.tensor([tokenizer.token_to_id(t) for t in (PAD, CLS, SEP, MASK)
+                            if tokenizer.token_to_id(t) is not None])
+    mask_id = tokenizer.token_to_id(MASK)
+    pad = pad_id(tokenizer)
+    heldout_loss = lambda: _heldout_loss(model, heldout, pad, special, mask_id, cfg, precision)  # noqa: E731
+    initial = heldout_loss()
+
+    steps_per_epoch = math.ceil(len(sequences) / cfg.batch_size)
+    total = steps_per_epoch * cfg.epochs
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}],
+                                  lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6, foreach=True)
+    warmup = max(1, int(cfg.warmup_ratio * total))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: (step + 1) / warmup if step < warmup else max(0.0, (total - step) / (total - warmup)))
+    generator = torch.Generator().manual_seed(cfg.seed)
+    lengths = np.array([len(s) for s in sequences])
+    step, start, stop_reason = 0, time.perf_counter(), "completed"
+    bar = tqdm(total=total, disable=not progress, unit="step", dynamic_ncols=True)
+    with (out_dir / "log.jsonl").open("w", encoding="utf-8") as log_file:
+        for epoch in range(cfg.epochs):
+            model.train()
+            running, count = 0.0, 0
+            for index in bucket_batches(lengths, cfg.batch_size, shuffle=True, seed=cfg.seed * 1000 + epoch):
+                ids, padding = collate([sequences[i] for i in index], pad)
+                corrupted, targets = mask_tokens(ids, padding, special, mask_id, model_config.vocab_size,
+                                                 cfg.mask_prob, generator)
+                if not targets.any():
+                    continue
+                with autocast(precision, device):
+                    logits = model(corrupted.to(device), padding.to(device), targets.to(device))
+                loss = nn.functional.cross_entropy(logits.float(), ids[targets].to(device))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.grad_clip:
+                    nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                optimizer.step()
+                scheduler.step()
+                step += 1
+                running, count = running + loss.item(), count + 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{running / count:.3f}", refresh=False)
+                if cfg.max_minutes and time.perf_counter() - start > cfg.max_minutes * 60:
+                    stop_reason = f"time budget of {cfg.max_minutes} minutes reached"
+                    break
+            record = {"step": step, "epoch": epoch + 1, "train_loss": running / max(count, 1),
+                      "heldout_loss": heldout_loss(), "elapsed_s": round(time.perf_counter() - start, 2)}
+            log_file.write(json.dumps(record) + "\n")
+            log_file.flush()
+            bar.write(f"epoch {epoch + 1}: train loss {record['train_loss']:.4f}, "
+                      f"held-out masked-token loss {record['heldout_loss']:.4f}")
+            if stop_reason != "completed":
+                break
+    bar.close()
+    elapsed = time.perf_counter() - start
+    save_model(out_dir / "model", model, tokenizer)
+    metrics = {"heldout_loss_initial": initial, "heldout_loss_final": record["heldout_loss"], "steps": step,
+               "stop_reason": stop_reason, "train_time_s": round(elapsed, 2), "precision": precision,
+               "texts": {"train": len(train_texts), "heldout": len(heldout_texts)}}
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    return metrics
+
+
+@torch.inference_mode()
+def _heldout_loss(model: MaskedLanguageModel, sequences: list[list[int]], pad: int, special: torch.Tensor,
+                  mask_id: int, cfg: PretrainConfig, precision: str) -> float:
+    """Masked-token cross-entropy on the held-out texts, with a fixed masking so values compare across epochs."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    generator = torch.Generator().manual_seed(cfg.seed + 1)
+    total, count = 0.0, 0
+    lengths = np.array([len(s) for s in sequences])
+    for index in bucket_batches(lengths, 256, shuffle=False):
+        ids, padding = collate([sequences[i] for i in index], pad)
+        corrupted, targets = mask_tokens(ids, padding, special, mask_id, model.config.vocab_size, cfg.mask_prob,
+                                         generator)
+        if not targets.any():
+            continue
+        with autocast(precision, device):
+            logits = model(corrupted.to(device), padding.to(device), targets.to(device))
+        total += nn.functional.cross_entropy(logits.float(), ids[targets].to(device), reduction="sum").item()
+        count += int(targets.sum())
+    model.train(was_training)
+    return total / max(count, 1)

@@ -1,0 +1,106 @@
+"""MLM pretraining and fine-tuning from a pretrained encoder."""
+
+import json
+
+import pytest
+import torch
+from conftest import tiny_config
+
+from encoder_clf.checkpoint import load_encoder as load_saved_encoder
+from encoder_clf.checkpoint import load_model
+from encoder_clf.cli import main
+from encoder_clf.config import with_overrides
+from encoder_clf.model import TextClassifier
+from encoder_clf.pretraining import PretrainRunConfig, mask_tokens, pretrain
+from encoder_clf.training import TrainConfig, _optimizer
+
+SMALL = ["model.d_model=32", "model.n_heads=2", "model.n_layers=2", "model.d_ff=64", "tokenizer.vocab_size=300",
+         "tokenizer.min_frequency=1", "pretrain.batch_size=32", "pretrain.lr=3e-3", "pretrain.precision=fp32"]
+
+
+def test_masking_follows_80_10_10_and_spares_special_tokens():
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(5, 1000, (400, 50))
+    ids[:, 0], ids[:, -1] = 2, 3  # [CLS] ... [SEP]
+    padding = torch.zeros_like(ids, dtype=torch.bool)
+    padding[:200, 40:] = True
+    special = torch.tensor([0, 2, 3, 4])
+    corrupted, chosen = mask_tokens(ids, padding, special, 4, 1000, 0.15, generator)
+    assert not chosen[:, 0].any() and not chosen[:, -1].any() and not chosen[padding].any()
+    eligible = (~padding).sum() - 2 * len(ids)
+    assert abs(chosen.sum() / eligible - 0.15) < 0.01
+    masked = (corrupted[chosen] == 4).float().mean()
+    kept = (corrupted[chosen] == ids[chosen]).float().mean()
+    assert abs(masked - 0.8) < 0.02 and abs(kept - 0.1) < 0.02  # (random ids rarely equal the original)
+    assert torch.equal(corrupted[~chosen], ids[~chosen])
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    from test_cli import toy_rows
+
+    root = tmp_path_factory.mktemp("mlm")
+    text = root / "corpus.txt"
+    text.write_text("\n".join(t for t, _ in toy_rows(1500, 7)) + "\n", encoding="utf-8")
+    config = with_overrides(PretrainRunConfig(), SMALL + [f"data.path={text}", "pretrain.epochs=4"])
+    metrics = pretrain(config, root / "run", progress=False)
+    return root / "run", metrics
+
+
+def test_short_mlm_run_lowers_masked_token_loss(pretrained):
+    run, metrics = pretrained
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert len(log) == 4
+    assert metrics["heldout_loss_final"] < 0.6 * metrics["heldout_loss_initial"], metrics
+    encoder, config, _ = load_saved_encoder(run / "model")
+    assert config.labels == [] and config.n_layers == 2
+
+
+def test_fine_tuning_starts_from_the_pretrained_encoder(pretrained, tmp_path):
+    from test_cli import toy_rows, write_tsv
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for name, n, seed in [("train", 200, 0), ("validation", 40, 1)]:
+        write_tsv(data / f"{name}.tsv", toy_rows(n, seed))
+    out = tmp_path / "run"
+    argv = ["train", "--init", str(pretrained[0] / "model"), "--data", str(data), "--out", str(out), "--quiet",
+            "--precision", "fp32", "--set", "train.epochs=1", "--set", "train.freeze_layers=1"]
+    assert main(argv) == 0
+    start, _, start_tokenizer = load_saved_encoder(pretrained[0] / "model")
+    tuned, tokenizer = load_model(out / "model")
+    assert tokenizer.to_str() == start_tokenizer.to_str()
+    assert tuned.config.pooling == "mean" and tuned.config.dropout == 0.1  # the fine-tuning preset
+    frozen = ("embeddings.", "blocks.0.")
+    start_state = start.state_dict()
+    for name, tensor in tuned.encoder.state_dict().items():
+        assert torch.equal(tensor, start_state[name]) == name.startswith(frozen), name
+    run_config = json.loads((out / "run_config.json").read_text())
+    assert run_config["train"]["lr"] == 1e-4 and run_config["train"]["init"] == str(pretrained[0] / "model")
+
+
+def test_layerwise_learning_rates_cover_every_parameter_once():
+    model = TextClassifier(tiny_config(n_layers=3))
+    config = TrainConfig(lr=1e-3, head_lr=1e-2, layer_lr_decay=0.5, freeze_layers=1)
+    optimizer = _optimizer(model, config)
+    in_groups = [p for group in optimizer.param_groups for p in group["params"]]
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert len(in_groups) == len(set(map(id, in_groups))) == len(trainable)
+    assert not any(p.requires_grad for p in model.encoder.embeddings.parameters())
+    assert not any(p.requires_grad for p in model.encoder.blocks[0].parameters())
+    lr_of = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
+    assert lr_of[id(model.encoder.blocks[2].feed_forward[0].weight)] == pytest.approx(1e-3 * 0.5)
+    assert lr_of[id(model.encoder.blocks[1].feed_forward[0].weight)] == pytest.approx(1e-3 * 0.25)
+    assert lr_of[id(model.head[1].weight)] == pytest.approx(1e-2)
+    assert lr_of[id(model.encoder.final_norm.weight)] == pytest.approx(1e-3)
+
+
+def test_freezing_more_layers_than_the_model_has_is_refused(pretrained, tmp_path, capsys):
+    from test_cli import toy_rows, write_tsv
+
+    write_tsv(tmp_path / "train.tsv", toy_rows(100, 0))
+    argv = ["train", "--init", str(pretrained[0] / "model"), "--data", str(tmp_path / "train.tsv"),
+            "--out", str(tmp_path / "run"), "--quiet", "--set", "train.freeze_layers=3"]
+    assert main(argv) == 2
+    assert "train.freeze_layers (3) exceeds the model's 2 layers; pick at most 2" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
