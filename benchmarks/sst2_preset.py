@@ -12,28 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-OUT = ROOT / "benchmarks" / "out"
-DOC = ROOT / "docs" / "BENCHMARKS.md"
-BEGIN, END = "<!-- sst2-preset:begin -->", "<!-- sst2-preset:end -->"
-
-
-def run_measured(command: list[str]) -> tuple[float, float]:
-    """Run a command; return its wall seconds and peak RSS in MiB."""
-    start = time.perf_counter()
-    process = subprocess.Popen(command, cwd=ROOT)
-    _, status, usage = os.wait4(process.pid, 0)
-    wall = time.perf_counter() - start
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"benchmark job failed: {' '.join(command)}")
-    return wall, usage.ru_maxrss / 1024
+from common import DATA, OUT, machine, run_measured, write_section
 
 
 def tfidf_baseline(data: Path, result_file: Path) -> None:
@@ -60,20 +43,9 @@ def tfidf_baseline(data: Path, result_file: Path) -> None:
     result_file.write_text(json.dumps(result))
 
 
-def machine() -> str:
-    import torch
-
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    flags = Path("/proc/cpuinfo").read_text()
-    features = [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
-    return (f"{cpu}, {os.cpu_count()} cores ({', '.join(features) or 'no bf16 instructions'}), "
-            f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=str(ROOT.parent / "shared" / "datasets" / "sst2"))
+    parser.add_argument("--data", default=str(DATA / "sst2"))
     parser.add_argument("--rules", nargs="*", default=["dot", "concat", "additive"],
                         help="attention rules to train with the preset (dot is the preset itself)")
     parser.add_argument("--baseline-only", metavar="FILE", help=argparse.SUPPRESS)
@@ -104,7 +76,7 @@ def main() -> None:
 
 
 def write_doc(rows: list[dict], argv: str) -> None:
-    lines = [BEGIN, "## SST-2 from scratch: the `make train` preset vs TF-IDF + LogisticRegression", "",
+    lines = ["## SST-2 from scratch: the `make train` preset vs TF-IDF + LogisticRegression", "",
              f"Command: `make bench` (`{' '.join(['python benchmarks/sst2_preset.py', argv]).strip()}`), "
              f"{time.strftime('%Y-%m-%d')}. Machine: {machine()}.",
              "Train on the full SST-2 train split (67,349 rows), select on `validation.tsv` (872), report "
@@ -118,16 +90,7 @@ def write_doc(rows: list[dict], argv: str) -> None:
         lines.append(f"| {row['name']} | {100 * row['validation']['accuracy']:.2f} | "
                      f"{100 * row['test']['accuracy']:.2f} | {100 * row['test']['macro_f1']:.2f} | "
                      f"{row['wall_s'] / 60:.1f} min | {loop} | {row['peak_mib']:.0f} MiB |")
-    lines.append(END)
-    section = "\n".join(lines)
-    text = DOC.read_text(encoding="utf-8") if DOC.exists() else "# Benchmarks\n\n"
-    if BEGIN in text:
-        text = text[: text.index(BEGIN)] + section + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    DOC.parent.mkdir(exist_ok=True)
-    DOC.write_text(text, encoding="utf-8")
-    print(section)
+    print(write_section("sst2-preset", lines))
 
 
 if __name__ == "__main__":

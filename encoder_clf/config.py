@@ -56,7 +56,6 @@ class ModelConfig:
     activation: str = "gelu"
     layer_norm_eps: float = 1e-5
     type_vocab_size: int = 0
-    bigram_buckets: int = 0  # rows for hashed token-pair embeddings (fastText-style); 0 = off
     vocab_size: int = 0
     pad_token_id: int = 0
     labels: list[str] = field(default_factory=list)
@@ -77,7 +76,6 @@ class ModelConfig:
         for name in ("dropout", "attention_dropout"):
             value = getattr(self, name)
             _require(0.0 <= value < 1.0, f"model.{name} must be in [0, 1); got {value}")
-        _require(self.bigram_buckets >= 0, f"model.bigram_buckets must be >= 0; got {self.bigram_buckets}")
         _require(self.vocab_size >= 0, f"model.vocab_size must be >= 0; got {self.vocab_size}")
 
     @property

@@ -63,35 +63,13 @@ ACTIVATIONS: dict[str, type[nn.Module] | functools.partial] = {
 }
 
 
-class BigramEmbeddings(nn.Module):
-    """Hashed embeddings of (previous token, token) pairs, as fastText adds word bigrams.
-
-    Each position also gets a vector for the pair it closes, looked up in
-    ``buckets`` shared rows by a multiplicative hash: local word order enters the
-    first layer directly, which helps small-data classifiers trained from scratch.
-    """
-
-    PRIME = 1_000_003
-
-    def __init__(self, buckets: int, d_model: int, pad_token_id: int) -> None:
-        super().__init__()
-        self.embedding = nn.Embedding(buckets, d_model)
-        self.pad_token_id = pad_token_id
-
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        previous = nn.functional.pad(input_ids[:, :-1], (1, 0), value=self.pad_token_id)
-        return self.embedding((previous * self.PRIME + input_ids) % self.embedding.num_embeddings)
-
-
 class Embeddings(nn.Module):
-    """Token (+ hashed bigram) (+ token type) + position embeddings, then LayerNorm and dropout."""
+    """Token (+ token type) + position embeddings, then LayerNorm and dropout."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         d = config.d_model
         self.tokens = nn.Embedding(config.vocab_size, d, padding_idx=config.pad_token_id)
-        self.bigrams = BigramEmbeddings(config.bigram_buckets, d, config.pad_token_id) if config.bigram_buckets \
-            else None
         self.positions = POSITION_ENCODINGS[config.positions](config.max_positions, d)
         self.token_types = nn.Embedding(config.type_vocab_size, d) if config.type_vocab_size else None
         self.norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
@@ -104,8 +82,6 @@ class Embeddings(nn.Module):
             raise ValueError(f"sequence length {length} exceeds max_positions {self.max_positions}; "
                              "truncate the input (tokenizer max_length) or raise model.max_positions")
         x = self.tokens(input_ids) + self.positions(length)[None]
-        if self.bigrams is not None:
-            x = x + self.bigrams(input_ids)
         if self.token_types is not None:
             types = torch.zeros_like(input_ids) if token_type_ids is None else token_type_ids
             x = x + self.token_types(types)

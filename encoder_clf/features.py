@@ -23,7 +23,7 @@ from .checkpoint import load_config, load_model
 from .data import bucket_batches, collate
 from .encoder import Encoder
 from .errors import UsageError
-from .inference import autocast, default_device, resolve_precision
+from .inference import autocast, default_device, for_inference, resolve_precision
 from .pooling import POOLINGS
 from .tokenization import encode as tokenize
 from .tokenization import pad_id
@@ -99,15 +99,16 @@ def encode(source: str | Path | FeatureEncoder, texts: list[str], pooling: str |
     out = np.zeros((len(sequences), model.dim), dtype=np.float32)
     lengths = np.array([len(s) for s in sequences])
     batches = bucket_batches(lengths, batch_size, shuffle=False)
-    for index in tqdm(batches, disable=not progress, unit="batch", desc="embed"):
-        ids, mask = collate([sequences[i] for i in index], pad)
-        ids, mask = ids.to(device), mask.to(device)
-        with autocast(precision, device):
-            states, _ = model.encoder(ids, mask)
+    encoder = for_inference(model.encoder, precision)
+    with autocast(precision, device):
+        for index in tqdm(batches, disable=not progress, unit="batch", desc="embed"):
+            ids, mask = collate([sequences[i] for i in index], pad)
+            ids, mask = ids.to(device), mask.to(device)
+            states, _ = encoder(ids, mask)
             vectors = pool(states, mask).float()
-        if normalize:
-            vectors = nn.functional.normalize(vectors, dim=-1)
-        out[index] = vectors.cpu().numpy()
+            if normalize:
+                vectors = nn.functional.normalize(vectors, dim=-1)
+            out[index] = vectors.cpu().numpy()
     return out
 
 

@@ -7,6 +7,7 @@ chosen precision, and the results put back in the order they came in.
 from __future__ import annotations
 
 import contextlib
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +51,15 @@ def autocast(precision: str, device: torch.device):
     return contextlib.nullcontext()
 
 
+def for_inference(module: torch.nn.Module, precision: str) -> torch.nn.Module:
+    """The module itself for fp32; for bf16, a copy with bf16 weights.
+
+    Autocast casts each weight to bf16 on every call when gradients are off; a
+    bf16 copy pays that once. Autocast still runs LayerNorm and softmax in fp32.
+    """
+    return copy.deepcopy(module).to(torch.bfloat16) if precision == "bf16" else module
+
+
 @torch.inference_mode()
 def forward_batches(model: TextClassifier, sequences: list[list[int]], pad: int, batch_size: int,
                     precision: str = "fp32") -> tuple[np.ndarray, np.ndarray]:
@@ -60,12 +70,13 @@ def forward_batches(model: TextClassifier, sequences: list[list[int]], pad: int,
     logits = np.zeros((len(sequences), model.config.num_labels), dtype=np.float32)
     pooled = np.zeros((len(sequences), model.config.d_model), dtype=np.float32)
     lengths = np.array([len(s) for s in sequences])
-    for index in bucket_batches(lengths, batch_size, shuffle=False):
-        ids, mask = collate([sequences[i] for i in index], pad)
-        with autocast(precision, device):
-            out = model(ids.to(device), mask.to(device))
-        logits[index] = out.logits.float().cpu().numpy()
-        pooled[index] = out.pooled.float().cpu().numpy()
+    runner = for_inference(model, precision)
+    with autocast(precision, device):
+        for index in bucket_batches(lengths, batch_size, shuffle=False):
+            ids, mask = collate([sequences[i] for i in index], pad)
+            out = runner(ids.to(device), mask.to(device))
+            logits[index] = out.logits.float().cpu().numpy()
+            pooled[index] = out.pooled.float().cpu().numpy()
     model.train(was_training)
     return logits, pooled
 

@@ -60,3 +60,25 @@ def test_token_dropout_spares_special_tokens_and_padding():
     dropped = _drop_tokens(ids, mask, p=0.999, unk=1, rng=torch.Generator().manual_seed(0))
     assert dropped.tolist() == [[2, 1, 1, 1, 1, 3], [2, 1, 1, 3, 0, 0]]
     assert torch.equal(_drop_tokens(ids, mask, p=0.0, unk=1, rng=torch.Generator()), ids)
+
+
+def test_weight_averaging_keeps_the_moving_average(tmp_path):
+    """With ema_decay, the saved model is the average of the training weights, not the last step's."""
+    import torch
+
+    from encoder_clf.checkpoint import load_model
+    from encoder_clf.data import Split, Splits
+    from encoder_clf.training import train_on_splits
+    from test_cli import TINY, toy_rows
+
+    rows = toy_rows(300, 0)
+    split = Split([t for t, _ in rows], np.array([y for _, y in rows]), "toy")
+    splits = Splits(split, split, None, ["0", "1"])
+    base = TINY + ["train.precision=fp32"]
+    plain = train_on_splits(with_overrides(RunConfig(), base), splits, tmp_path / "plain", progress=False)
+    averaged = train_on_splits(with_overrides(RunConfig(), base + ["train.ema_decay=0.9"]), splits,
+                               tmp_path / "ema", progress=False)
+    assert averaged["validation"]["accuracy"] > 0.9 and plain["validation"]["accuracy"] > 0.9
+    weights = lambda run: load_model(tmp_path / run / "model")[0].state_dict()  # noqa: E731
+    differ = [name for name, tensor in weights("ema").items() if not torch.equal(tensor, weights("plain")[name])]
+    assert differ and all(not name.endswith("n_averaged") for name in weights("ema"))
