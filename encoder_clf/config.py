@@ -30,6 +30,12 @@ def _require(ok: bool, message: str) -> None:
         raise UsageError(message)
 
 
+def check_fields(section: str, config, checks: list[tuple[bool, str, str]]) -> None:
+    """Refuse the first failed ``(ok, field, what is allowed)`` check, naming ``section.field`` and its value."""
+    for ok, name, allowed in checks:
+        _require(ok, f"{section}.{name} must be {allowed}; got {getattr(config, name)!r}")
+
+
 def _require_choice(where: str, value: str, choices) -> None:
     _require(value in choices, f"{where} must be one of {', '.join(sorted(choices))}; got {value!r}")
 

@@ -21,6 +21,7 @@ from safetensors.torch import load_file
 from tokenizers import Tokenizer
 
 from .checkpoint import load_encoder as load_saved_encoder
+from .checkpoint import load_weights
 from .config import ModelConfig
 from .encoder import Encoder
 from .errors import UsageError
@@ -157,21 +158,11 @@ def load_checkpoint(source: str | Path, max_length: int | None = None) -> Checkp
         state, unknown = rename(load_file(str(weights)), config.n_layers)
     except (SafetensorError, OSError, ValueError) as err:
         raise UsageError(f"{weights} is corrupted ({err}); download the checkpoint again") from None
-    encoder = Encoder(config)
-    expected = encoder.state_dict()
-    missing = sorted(set(expected) - set(state))
-    if missing:
-        raise UsageError(f"{weights}: missing weights for {', '.join(missing[:5])}"
-                         f"{f' and {len(missing) - 5} more' if len(missing) > 5 else ''}; "
-                         "the checkpoint does not match its config.json")
     if unknown:
         raise UsageError(f"{weights}: unexpected weights {', '.join(unknown[:5])}; "
                          "this is not a BERT-family encoder encoder-clf can import")
-    for name, tensor in state.items():
-        if tensor.shape != expected[name].shape:
-            raise UsageError(f"{weights}: weight {name} has shape {tuple(tensor.shape)}, config.json implies "
-                             f"{tuple(expected[name].shape)}; the checkpoint does not match its config.json")
-    encoder.load_state_dict({name: tensor.float() for name, tensor in state.items()}, strict=True)
+    encoder = Encoder(config)
+    load_weights(encoder, weights, {name: tensor.float() for name, tensor in state.items()})
     tokenizer = load_tokenizer(directory / TOKENIZER, max_length or _max_length(directory, config))
     if tokenizer.get_vocab_size() > config.vocab_size:
         raise UsageError(f"{directory / TOKENIZER} has {tokenizer.get_vocab_size()} tokens but the model only "

@@ -22,7 +22,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .checkpoint import save_model
-from .config import ModelConfig
+from .config import ModelConfig, check_fields
 from .data import bucket_batches, collate, read_texts
 from .errors import UsageError
 from .inference import PRECISIONS, autocast, default_device, resolve_precision
@@ -61,9 +61,7 @@ class PretrainConfig:
             (self.max_minutes >= 0, "max_minutes", ">= 0 (0 = no budget)"),
             (self.precision in PRECISIONS, "precision", f"one of {', '.join(PRECISIONS)}"),
         ]
-        for ok, name, allowed in checks:
-            if not ok:
-                raise UsageError(f"pretrain.{name} must be {allowed}; got {getattr(self, name)!r}")
+        check_fields("pretrain", self, checks)
 
 
 @dataclass

@@ -24,7 +24,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from .checkpoint import load_model, save_model
-from .config import ModelConfig
+from .config import ModelConfig, check_fields
 from .data import DataConfig, Splits, bucket_batches, collate, load_splits
 from .errors import UsageError
 from .inference import PRECISIONS, autocast, default_device, resolve_precision, score_sequences
@@ -98,9 +98,7 @@ class TrainConfig:
             (self.metric in METRICS, "metric", f"one of {', '.join(METRICS)}"),
             (self.precision in PRECISIONS, "precision", f"one of {', '.join(PRECISIONS)}"),
         ]
-        for ok, name, allowed in checks:
-            if not ok:
-                raise UsageError(f"train.{name} must be {allowed}; got {getattr(self, name)!r}")
+        check_fields("train", self, checks)
 
 
 @dataclass

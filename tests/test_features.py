@@ -4,7 +4,6 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import tiny_config
 
 from encoder_clf.checkpoint import save_model
 from encoder_clf.cli import main
@@ -14,6 +13,8 @@ from encoder_clf.inference import forward_batches
 from encoder_clf.model import TextClassifier
 from encoder_clf.tokenization import TokenizerConfig, pad_id, train_tokenizer
 from encoder_clf.tokenization import encode as tokenize
+
+from conftest import tiny_config
 
 TEXTS = ["a truly great film", "bad", "the plot was dull and the cast was poor , sadly", "fine", "",
          "lovely score and superb acting"]

@@ -4,7 +4,6 @@ import json
 
 import pytest
 import torch
-from conftest import tiny_config
 
 from encoder_clf.checkpoint import load_encoder as load_saved_encoder
 from encoder_clf.checkpoint import load_model
@@ -13,6 +12,8 @@ from encoder_clf.config import with_overrides
 from encoder_clf.model import TextClassifier
 from encoder_clf.pretraining import PretrainRunConfig, mask_tokens, pretrain
 from encoder_clf.training import TrainConfig, _optimizer
+
+from conftest import tiny_config
 
 SMALL = ["model.d_model=32", "model.n_heads=2", "model.n_layers=2", "model.d_ff=64", "tokenizer.vocab_size=300",
          "tokenizer.min_frequency=1", "pretrain.batch_size=32", "pretrain.lr=3e-3", "pretrain.precision=fp32"]

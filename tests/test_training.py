@@ -69,6 +69,7 @@ def test_weight_averaging_keeps_the_moving_average(tmp_path):
     from encoder_clf.checkpoint import load_model
     from encoder_clf.data import Split, Splits
     from encoder_clf.training import train_on_splits
+
     from test_cli import TINY, toy_rows
 
     rows = toy_rows(300, 0)
