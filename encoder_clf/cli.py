@@ -16,11 +16,13 @@ from pathlib import Path
 from .config import load_json, with_overrides
 from .data import read_texts
 from .errors import UsageError
+from .explain import TOKEN_WEIGHT_MEANINGS, explain_text, layer_index
 from .features import FEATURE_POOLINGS, OUTPUT_FORMATS, encode, write_features
 from .inference import PRECISIONS, evaluate, predict
 from .metrics import format_report
 from .pretraining import PretrainRunConfig, pretrain
 from .training import FINETUNE_PRESET, RunConfig, train
+from .viz import explanation_figure, save
 
 
 def _layered(cls: type, args: argparse.Namespace, preset: list[str], flags: list[str]):
@@ -104,6 +106,24 @@ def _predict(args: argparse.Namespace) -> None:
             print(f"{label}\t{shown}\t{text}")
 
 
+def _explain(args: argparse.Namespace) -> None:
+    out = Path(args.out)
+    if out.suffix.lower() != ".png":  # before loading the model
+        raise UsageError(f"--out {out}: the heatmap is a PNG; name the file with .png")
+    if args.top < 1:
+        raise UsageError(f"--top {args.top}: pass a positive number of tokens to list")
+    explanation = explain_text(args.model, " ".join(args.text))
+    number = layer_index(args.layer, explanation.n_layers) + 1
+    save(explanation_figure(explanation, number), out)
+    shown = "  ".join(f"{name}={p:.3f}" for name, p in explanation.probabilities.items())
+    print(f"{explanation.label}\t{shown}")
+    print(f"tokens the {explanation.pooling} pooling attends to most "
+          f"({TOKEN_WEIGHT_MEANINGS[explanation.pooling]}):")
+    for rank, (position, token, weight) in enumerate(explanation.top(args.top), 1):
+        print(f"{rank:>3}. {token:<16} {weight:.3f}  (position {position})")
+    print(f"attention heatmap of layer {number} of {explanation.n_layers} written to {out}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="encoder-clf", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -160,6 +180,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("text", nargs="*", help="texts to classify")
     p.add_argument("--file", help="a UTF-8 file with one text per line")
     p.set_defaults(run=_predict)
+
+    p = commands.add_parser("explain", help="attention heatmap of one text and the tokens the pooling reads most")
+    p.add_argument("--model", required=True, help="model directory (a run's model/ folder)")
+    p.add_argument("text", nargs="+", help="the text to explain (several words are joined with spaces)")
+    p.add_argument("--layer", type=int, help="which layer's attention to draw, from 1 (default: the last)")
+    p.add_argument("--out", default="attention.png", help="PNG file for the heatmap (default attention.png)")
+    p.add_argument("--top", type=int, default=5, help="how many tokens to list (default 5)")
+    p.set_defaults(run=_explain)
     return parser
 
 

@@ -1,4 +1,4 @@
-"""Classification metrics from scikit-learn, and the files a run writes from them.
+"""Classification metrics from scikit-learn, and the files a run writes from them (JSON, report, PNGs).
 
 Per-class scores use ``zero_division=0`` so a class the model never predicts
 scores 0 without a warning, and the confusion matrix always has every class,
@@ -7,9 +7,13 @@ predicted or not.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, f1_score
 
 
@@ -43,21 +47,83 @@ def format_report(metrics: dict, title: str) -> str:
     return "\n".join(lines)
 
 
-def plot_confusion_matrix(metrics: dict, path: str | Path, title: str) -> Path:
-    """Save the confusion matrix as a labelled PNG (counts in the cells)."""
-    import matplotlib
+DPI = 120
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+
+def new_figure(width: float, height: float) -> Figure:
+    """A figure with its own Agg canvas and constrained layout (labels never overlap or get cut)."""
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def save(fig: Figure, path: str | Path, dpi: int = DPI) -> Path:
+    """Write ``fig`` as PNG (parent folders created) and return the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi, format="png")
+    return path
+
+
+def confusion_matrix_figure(metrics: dict, title: str) -> Figure:
+    """The confusion matrix of :func:`encoder_clf.metrics.compute_metrics` output, counts in the cells."""
     from sklearn.metrics import ConfusionMatrixDisplay
 
     names = metrics["labels"]
     size = max(4.0, 0.8 * len(names) + 2)
-    fig, ax = plt.subplots(figsize=(size, size))
+    fig = new_figure(size, size)
+    ax = fig.subplots()
     ConfusionMatrixDisplay(np.array(metrics["confusion_matrix"]), display_labels=names).plot(
         ax=ax, cmap="Blues", colorbar=False, xticks_rotation=45 if len(names) > 4 else "horizontal")
     ax.set_title(f"{title}\naccuracy {metrics['accuracy']:.3f}, macro-F1 {metrics['macro_f1']:.3f}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return Path(path)
+    return fig
+
+
+def plot_confusion_matrix(metrics: dict, path: str | Path, title: str) -> Path:
+    """Save :func:`confusion_matrix_figure` as a PNG."""
+    return save(confusion_matrix_figure(metrics, title), path)
+
+
+def read_log(path: str | Path) -> list[dict]:
+    """The records of a run's ``log.jsonl`` (one per evaluation), in order."""
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+def curves_figure(records: Sequence[dict], title: str = "Training curves") -> Figure:
+    """Training loss, validation scores and learning rate against the optimizer step.
+
+    ``records`` are ``log.jsonl`` lines (step, epoch, train_loss, lr,
+    val_accuracy, val_macro_f1, ...); each evaluation is one marked point, so a
+    one-epoch run still shows its single evaluation.
+    """
+    if not records:
+        raise ValueError("no log records to plot; the run logged no evaluation")
+    step = [r["step"] for r in records]
+    fig = new_figure(12.0, 3.6)
+    loss_ax, score_ax, lr_ax = fig.subplots(1, 3)
+    loss_ax.plot(step, [r["train_loss"] for r in records], "o-", color="tab:red")
+    loss_ax.set_title("training loss (mean since last evaluation)", fontsize=10)
+    loss_ax.set_ylabel("cross-entropy")
+    for key, name in (("val_accuracy", "accuracy"), ("val_macro_f1", "macro-F1")):
+        score_ax.plot(step, [r[key] for r in records], "o-", label=name)
+    best = max(range(len(records)), key=lambda i: records[i]["val_accuracy"])
+    score_ax.axvline(step[best], color="grey", linestyle=":", label=f"best accuracy (step {step[best]})")
+    score_ax.set_title("validation scores", fontsize=10)
+    score_ax.set_ylabel("score")
+    score_ax.legend(fontsize=8, loc="best")
+    lr_ax.plot(step, [r["lr"] for r in records], "o-", color="tab:green")
+    lr_ax.set_title("learning rate at evaluation", fontsize=10)
+    lr_ax.set_ylabel("learning rate")
+    lr_ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
+    for ax in (loss_ax, score_ax, lr_ax):
+        ax.set_xlabel("optimizer step")
+        ax.grid(alpha=0.3)
+    n, epochs = len(records), records[-1]["epoch"]
+    fig.suptitle(f"{title} ({n} evaluation{'s' * (n != 1)}, {epochs:g} epoch{'s' * (epochs != 1)})", fontsize=11)
+    return fig
+
+
+def plot_training_curves(log_path: str | Path, path: str | Path) -> Path:
+    """Save the curves of a run's ``log.jsonl`` as a PNG."""
+    return save(curves_figure(read_log(log_path)), path)

@@ -32,3 +32,12 @@ def sst2_dir() -> Path:
     if not (SST2 / "train.tsv").is_file():
         pytest.skip(f"SST-2 not found at {SST2}")
     return SST2
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models train faster on one thread: a second one only adds synchronisation (and contention)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

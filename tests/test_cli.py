@@ -45,7 +45,8 @@ def trained(toy_data, tmp_path_factory):
 
 def test_train_writes_a_complete_run_directory(trained):
     names = sorted(p.name for p in trained.iterdir())
-    assert names == ["confusion_matrix.png", "log.jsonl", "metrics.json", "model", "report.txt", "run_config.json"]
+    assert names == ["confusion_matrix.png", "curves.png", "log.jsonl", "metrics.json", "model", "report.txt",
+                     "run_config.json"]
     metrics = json.loads((trained / "metrics.json").read_text())
     assert metrics["test"]["accuracy"] > 0.9  # one keyword decides the label: the model must find it
     assert metrics["data"]["train"] == {"rows": 400, "truncated": 0}

@@ -1,0 +1,123 @@
+"""Plots: what each figure draws, PNG output, one confusion-matrix implementation, no pyplot state left behind."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from encoder_clf import viz
+from encoder_clf.config import with_overrides
+from encoder_clf.data import Split, Splits
+from encoder_clf.metrics import compute_metrics, plot_confusion_matrix
+from encoder_clf.training import RunConfig, train_on_splits
+
+from test_cli import TINY, toy_rows
+
+TOKENS = ["[CLS]", "a", "dull", ",", "life", "##less", "film", "[SEP]"]
+RECORDS = [
+    {"step": 10, "epoch": 1.0, "train_loss": 0.69, "lr": 1e-3, "val_accuracy": 0.6, "val_macro_f1": 0.55,
+     "elapsed_s": 1.0, "examples_per_s": 100.0},
+    {"step": 20, "epoch": 2.0, "train_loss": 0.50, "lr": 5e-4, "val_accuracy": 0.8, "val_macro_f1": 0.79,
+     "elapsed_s": 2.0, "examples_per_s": 100.0},
+    {"step": 30, "epoch": 3.0, "train_loss": 0.40, "lr": 0.0, "val_accuracy": 0.7, "val_macro_f1": 0.70,
+     "elapsed_s": 3.0, "examples_per_s": 100.0},
+]
+
+
+@pytest.fixture(autouse=True)
+def no_pyplot_figures():
+    """viz never registers a figure with pyplot, so none is left open."""
+    import matplotlib.pyplot as plt
+
+    before = plt.get_fignums()
+    yield
+    assert plt.get_fignums() == before
+
+
+def is_png(path) -> bool:
+    data = path.read_bytes()
+    return data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5_000
+
+
+def test_attention_figure_has_one_labelled_panel_per_head(tmp_path):
+    weights = torch.softmax(torch.randn(4, len(TOKENS), len(TOKENS)), dim=-1).numpy()
+    fig = viz.attention_figure(TOKENS, weights, "Layer 2 of 2")
+    panels = [ax for ax in fig.axes if ax.images]
+    assert len(panels) == 4
+    for head, ax in enumerate(panels):
+        assert ax.get_title() == f"head {head + 1}"
+        assert [t.get_text() for t in ax.get_xticklabels()] == TOKENS
+        assert [t.get_text() for t in ax.get_yticklabels()] == TOKENS
+        assert ax.get_xlabel() == "key (attended to)" and ax.get_ylabel() == "query (attending)"
+        np.testing.assert_array_equal(ax.images[0].get_array(), weights[head])
+    assert fig.get_suptitle() == "Layer 2 of 2"
+    assert any(ax.get_ylabel() == "attention weight" for ax in fig.axes)  # the shared colour bar
+    assert is_png(viz.save(fig, tmp_path / "deep" / "attention.png"))
+    with pytest.raises(ValueError, match=r"\(heads, T, T\) with T = 8 tokens"):
+        viz.attention_figure(TOKENS, weights[:, :5, :5])
+
+
+def test_token_weights_figure_draws_one_bar_per_token():
+    weights = np.linspace(0.0, 1.0, len(TOKENS))
+    fig = viz.token_weights_figure(TOKENS, weights / weights.sum(), "what max pooling reads")
+    ax = fig.axes[0]
+    np.testing.assert_allclose([bar.get_width() for bar in ax.patches], weights / weights.sum())
+    assert [t.get_text() for t in ax.get_yticklabels()] == TOKENS
+
+
+def test_curves_figure_plots_the_log(tmp_path):
+    log = tmp_path / "log.jsonl"
+    log.write_text("".join(json.dumps(r) + "\n" for r in RECORDS))
+    fig = viz.curves_figure(viz.read_log(log))
+    loss, scores, lr = fig.axes[:3]
+    assert loss.lines[0].get_ydata().tolist() == [0.69, 0.50, 0.40]
+    assert loss.lines[0].get_xdata().tolist() == [10, 20, 30]
+    assert [line.get_label() for line in scores.lines] == ["accuracy", "macro-F1", "best accuracy (step 20)"]
+    assert lr.lines[0].get_ydata().tolist() == [1e-3, 5e-4, 0.0]
+    assert all(ax.get_xlabel() == "optimizer step" and ax.get_title() for ax in (loss, scores, lr))
+    assert "3 evaluations, 3 epochs" in fig.get_suptitle()
+    assert is_png(viz.plot_training_curves(log, tmp_path / "curves.png"))
+    with pytest.raises(ValueError, match="no log records"):
+        viz.curves_figure([])
+
+
+def test_confusion_matrix_has_one_implementation(tmp_path):
+    metrics = compute_metrics(np.array([0, 0, 1, 1, 2]), np.array([0, 1, 1, 1, 0]), ["neg", "neutral", "pos"])
+    fig = viz.confusion_matrix_figure(metrics, "test split")
+    ax = fig.axes[0]
+    assert ax.get_xlabel() == "Predicted label" and ax.get_ylabel() == "True label"
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["neg", "neutral", "pos"]
+    assert sorted(t.get_text() for t in ax.texts) == sorted(str(c) for row in metrics["confusion_matrix"] for c in row)
+    assert ax.get_title().startswith("test split\naccuracy 0.600")
+    via_metrics = plot_confusion_matrix(metrics, tmp_path / "a.png", "test split")
+    via_viz = viz.plot_confusion_matrix(metrics, tmp_path / "b.png", "test split")
+    assert is_png(via_metrics) and via_metrics.read_bytes() == via_viz.read_bytes()
+
+
+@pytest.mark.parametrize("method", ["pca", "tsne"])
+def test_projection_separates_labelled_clusters(method):
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1], 20)
+    features = rng.normal(size=(40, 8)) + labels[:, None] * 6.0
+    fig = viz.projection_figure(features, labels, ["neg", "pos"], method=method, title="toy")
+    ax = fig.axes[0]
+    neg, pos = (c.get_offsets() for c in ax.collections)
+    assert len(neg) == len(pos) == 20
+    gap = np.linalg.norm(neg.mean(0) - pos.mean(0))
+    assert gap > 2 * max(neg.std(0).max(), pos.std(0).max())  # the two clusters stay apart in 2-D
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["neg (20)", "pos (20)"]
+    assert ax.get_xlabel() and ax.get_ylabel() and ax.get_title().startswith("toy:")
+    if method == "pca":
+        assert "% of variance" in ax.get_xlabel()
+    with pytest.raises(ValueError, match="unknown projection 'umap'"):
+        viz.projection_figure(features, labels, method="umap")
+
+
+def test_training_writes_curves_next_to_metrics(tmp_path, one_thread):
+    rows = toy_rows(120, 0)
+    split = Split([t for t, _ in rows], np.array([y for _, y in rows]), "toy")
+    config = with_overrides(RunConfig(), TINY + ["train.epochs=2", "train.precision=fp32"])
+    train_on_splits(config, Splits(split, split, None, ["0", "1"]), tmp_path, progress=False)
+    assert (tmp_path / "metrics.json").is_file()
+    assert is_png(tmp_path / "curves.png") and is_png(tmp_path / "confusion_matrix.png")
