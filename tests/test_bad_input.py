@@ -1,0 +1,212 @@
+"""Every kind of bad input, through the command line: one line naming the file, column or row and the fix,
+exit status 2, and nothing written. Plus the inputs that are accepted with a warning (empty rows, huge texts)."""
+
+import io
+import json
+import logging
+import shutil
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+
+from encoder_clf.checkpoint import save_model
+from encoder_clf.cli import main
+from encoder_clf.tokenization import TOKENIZER_MODELS, TokenizerConfig, encode, train_tokenizer
+from encoder_clf.training import RunConfig
+
+from test_cli import TINY, toy_rows, write_tsv
+
+CORPUS = [f"the film number {i} was {'good' if i % 2 else 'bad'} and {'fun' if i % 3 else 'slow'}" for i in range(60)]
+
+
+def write(path: Path, text: str | bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(text if isinstance(text, bytes) else text.encode("utf-8"))
+    return path
+
+
+def splits(root: Path, train: str, validation: str = "sentence\tlabel\ngood film\t1\nbad film\t0\n") -> Path:
+    """A data directory whose validation split is fine unless given."""
+    write(root / "data" / "train.tsv", train)
+    write(root / "data" / "validation.tsv", validation)
+    return root / "data"
+
+
+GOOD_TRAIN = "sentence\tlabel\ngood film\t1\nbad film\t0\nfine cast\t1\ndull plot\t0\n"
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """A small saved model (untrained: only its files matter here)."""
+    import torch
+
+    from encoder_clf.config import ModelConfig
+    from encoder_clf.model import TextClassifier
+
+    tokenizer = train_tokenizer(CORPUS, TokenizerConfig(vocab_size=100, min_frequency=1, max_length=16))
+    torch.manual_seed(0)
+    config = ModelConfig(d_model=16, n_heads=2, n_layers=1, d_ff=32, vocab_size=tokenizer.get_vocab_size(),
+                         labels=["neg", "pos"], max_positions=32)
+    model = TextClassifier(config)
+    return save_model(tmp_path_factory.mktemp("model") / "model", model, tokenizer)
+
+
+def broken_model(root: Path, model_dir: Path, how: str) -> Path:
+    target = shutil.copytree(model_dir, root / "model")
+    weights = target / "model.safetensors"
+    if how == "missing":
+        weights.unlink()
+    elif how == "corrupted":
+        weights.write_bytes(weights.read_bytes()[:100])
+    else:  # a tokenizer with another vocabulary
+        other = train_tokenizer(CORPUS[:5], TokenizerConfig(vocab_size=100, min_frequency=1))
+        other.save(str(target / "tokenizer.json"))
+    return target
+
+
+# Each case: (arguments, fragments the one error line must hold), built in a fresh directory `root`.
+# "{out}" stands for the run directory that must not exist afterwards (or must be left as it was).
+def case(name: str, root: Path, model_dir: Path) -> tuple[list[str], list[str]]:
+    train = ["train", "--out", "{out}", "--quiet"]
+    data = lambda path: train + ["--data", str(path)]  # noqa: E731
+    if name == "missing path":
+        return data(root / "nope" / "train.tsv"), ["data path", "nope/train.tsv does not exist"]
+    if name == "unsupported extension":
+        return data(write(root / "train.xml", "<a/>")), ["train.xml: unsupported file type '.xml'", "use one of .csv"]
+    if name == "missing text column":
+        return data(write(root / "train.csv", "words,label\nhi,1\n")), [
+            "train.csv: no text column found among words, label", "--set data.text_column=NAME"]
+    if name == "missing label column":
+        return data(write(root / "train.csv", "text,stars\nhi,1\n")), [
+            "train.csv: no label column found among text, stars", "--set data.label_column=NAME"]
+    if name == "ambiguous text column":
+        return data(write(root / "train.csv", "text,sentence,label\na,b,1\nc,d,0\n")), [
+            "train.csv: columns 'text' and 'sentence' could both be the text column", "--set data.text_column=NAME"]
+    if name == "ambiguous label column":
+        return data(write(root / "train.csv", "text,label,target\na,1,0\nc,0,1\n")), [
+            "train.csv: columns 'label' and 'target' could both be the label column", "--set data.label_column=NAME"]
+    if name == "empty text with --strict":
+        path = splits(root, GOOD_TRAIN + " \t1\n\t0\nokay\t1\n")
+        return data(path) + ["--strict"], [
+            "train.tsv: 2 row(s) with empty text in column 'sentence' (first: row 5)", "drop --strict"]
+    if name == "missing label":
+        return data(splits(root, "sentence\tlabel\ngood\t1\nbad\t\nfine\t1\n")), [
+            "train.tsv: row 2 has no value in label column 'label'", "fill it in or remove the row"]
+    if name == "label unseen in training":
+        return data(splits(root, GOOD_TRAIN, "sentence\tlabel\ngood\t1\nodd\t7\n")), [
+            "validation.tsv: label 7 (row 2) never occurs in training", "known labels: 0, 1"]
+    if name == "non-UTF-8 bytes":
+        return data(splits(root, GOOD_TRAIN.encode() + "caf\u00e9 noir\t1\n".encode("latin-1"))), [
+            f"train.tsv: not UTF-8 at byte {len(GOOD_TRAIN) + 3} (line 6, byte 0xe9)", "re-encode the file as UTF-8"]
+    if name == "invalid value":
+        return data(splits(root, GOOD_TRAIN)) + ["--set", "train.lr=-1"], ["train.lr must be positive; got -1.0"]
+    if name == "invalid choice":
+        return data(splits(root, GOOD_TRAIN)) + ["--set", "model.attention=cosine"], [
+            "model.attention must be one of additive, concat, dot; got 'cosine'"]
+    if name == "unknown key":
+        return data(splits(root, GOOD_TRAIN)) + ["--set", "train.epoch=2"], ["unknown key 'train.epoch'", "epochs"]
+    if name == "invalid checkpoint setting":
+        return data(splits(root, GOOD_TRAIN)) + ["--set", "train.keep_checkpoints=0"], [
+            "train.keep_checkpoints must be a positive integer; got 0"]
+    if name == "config file not JSON":
+        return data(splits(root, GOOD_TRAIN)) + ["--config", str(write(root / "c.json", "{model: 1"))], [
+            "c.json is not valid JSON"]
+    if name == "tokenizer file missing":
+        return data(splits(root, GOOD_TRAIN)) + ["--set", f"tokenizer.path={root / 'tok.json'}"], [
+            "tok.json not found"]
+    if name == "init model with a mismatched tokenizer":
+        return data(splits(root, GOOD_TRAIN)) + ["--init", str(broken_model(root, model_dir, "tokenizer"))], [
+            "tokenizer.json has", "tokens but the model expects"]
+    if name == "existing run directory":
+        write(root / "run" / "metrics.json", "{}")
+        return data(splits(root, GOOD_TRAIN)), ["already exists and is not empty", "--overwrite"]
+    if name == "resume a missing run":
+        return ["train", "--resume", str(root / "run"), "--quiet"], ["no run_config.json there"]
+    if name == "resume a finished run":
+        write(root / "run" / "run_config.json", "{}")
+        write(root / "run" / "metrics.json", "{}")
+        return ["train", "--resume", str(root / "run")], ["the run already finished", "nothing to resume"]
+    if name == "resume without checkpoints":
+        write(root / "run" / "run_config.json", json.dumps(asdict(RunConfig())))
+        return ["train", "--resume", str(root / "run")], ["no usable checkpoint to resume from", "--overwrite"]
+    if name == "resume with new settings":
+        return ["train", "--resume", str(root / "run"), "--set", "train.lr=1"], [
+            "--resume continues with the settings in the run's run_config.json; drop --set"]
+    predict = ["predict", "--model"]
+    if name == "predict with no text":
+        return predict + [str(model_dir)], ["no text to classify; pass TEXT arguments, --file PATH"]
+    if name == "model directory missing":
+        return predict + [str(root / "nope"), "hi"], ["model directory", "nope not found"]
+    if name == "model weights missing":
+        return predict + [str(broken_model(root, model_dir, "missing")), "hi"], [
+            "model.safetensors not found; the model directory is incomplete"]
+    if name == "model weights corrupted":
+        return predict + [str(broken_model(root, model_dir, "corrupted")), "hi"], [
+            "model.safetensors is corrupted", "re-save or re-train the model"]
+    if name == "tokenizer does not match the model":
+        return predict + [str(broken_model(root, model_dir, "tokenizer")), "hi"], [
+            "tokenizer.json has", "tokens but the model expects", "save the tokenizer the model was trained with"]
+    raise KeyError(name)
+
+
+CASES = ["missing path", "unsupported extension", "missing text column", "missing label column",
+         "ambiguous text column", "ambiguous label column", "empty text with --strict", "missing label",
+         "label unseen in training", "non-UTF-8 bytes", "invalid value", "invalid choice", "unknown key",
+         "invalid checkpoint setting", "config file not JSON", "tokenizer file missing",
+         "init model with a mismatched tokenizer", "existing run directory", "resume a missing run",
+         "resume a finished run", "resume without checkpoints", "resume with new settings", "predict with no text",
+         "model directory missing", "model weights missing", "model weights corrupted",
+         "tokenizer does not match the model"]
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(name, tmp_path, model_dir, capsys, monkeypatch):
+    args, fragments = case(name, tmp_path, model_dir)
+    out = tmp_path / "run"
+    args = [str(out) if a == "{out}" else a for a in args]
+    monkeypatch.setattr(sys, "stdin", io.StringIO("\n   \n"))  # predict reads stdin when given no text
+    before = snapshot(tmp_path)
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("encoder-clf: error: "), err
+    for fragment in fragments:
+        assert fragment in err[0], f"{fragment!r} not in {err[0]!r}"
+    assert snapshot(tmp_path) == before  # nothing written, nothing half-written
+    assert out.exists() == ("run" in {Path(k).parts[0] for k in before})
+
+
+def test_empty_rows_are_dropped_with_a_count_and_a_huge_text_is_truncated(tmp_path, caplog, one_thread):
+    """Without --strict, blank texts are dropped (one warning with the count); a 1 MB text is cut at max_length."""
+    rows = toy_rows(200, 0)
+    huge = ("a long review of the film , " * 40000)[:1_000_000]
+    (tmp_path / "data").mkdir()
+    write_tsv(tmp_path / "data" / "train.tsv", rows[:100] + [("   ", 1), ("", 0), (huge, 1)] + rows[100:])
+    write_tsv(tmp_path / "data" / "validation.tsv", toy_rows(40, 1))
+    settings = TINY + ["train.epochs=1", "train.precision=fp32"]
+    with caplog.at_level(logging.WARNING, logger="encoder_clf"):
+        assert main(["train", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "run"), "--quiet",
+                     *[x for s in settings for x in ("--set", s)]]) == 0
+    assert "train.tsv: dropped 2 row(s) with empty text in column 'sentence'" in caplog.text
+    assert "train: 1 of 201 texts truncated at max_length=128 tokens" in caplog.text
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["data"]["train"] == {"rows": 201, "truncated": 1}
+
+
+@pytest.mark.parametrize("model", list(TOKENIZER_MODELS))
+@pytest.mark.parametrize("text", ["words", "one word"])
+def test_a_1mb_text_tokenizes_in_linear_time(model, text):
+    """Truncation happens after tokenizing the whole text: that must stay fast, spaces or not."""
+    tokenizer = train_tokenizer(CORPUS, TokenizerConfig(model=model, vocab_size=100, min_frequency=1))
+    huge = ("the film was good and fun " * 40000)[:1_000_000] if text == "words" else "goodfun" * 150000
+    start = time.perf_counter()
+    ids, truncated = encode(tokenizer, [huge])
+    seconds = time.perf_counter() - start
+    assert len(ids[0]) <= 128 and seconds < 5, seconds

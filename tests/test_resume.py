@@ -1,0 +1,307 @@
+"""Faults during training: a killed run resumes to the same weights and metrics, checkpoints are atomic and
+checked, a non-finite loss stops the run, and nothing in the package unpickles."""
+
+import ast
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import encoder_clf
+from encoder_clf import state, training
+from encoder_clf.cli import main
+from encoder_clf.errors import UsageError
+from encoder_clf.tokenization import TokenizerConfig, train_tokenizer
+
+from test_cli import TINY, toy_rows, write_tsv
+
+# 400 rows in batches of 16: 25 steps an epoch, 50 in all. Evaluations at 10, 20, ... and at the end,
+# checkpoints every 3 steps; dropout, token dropout and weight averaging all draw on or carry state.
+SETTINGS = TINY + ["train.epochs=2", "train.eval_every=10", "train.checkpoint_every=3", "train.ema_decay=0.9",
+                   "train.token_dropout=0.1", "train.precision=fp32"]
+KILL_AT = 37  # mid-epoch 2, one step after the checkpoint at 36
+TIMING = ("train_time_s", "train_examples_per_s", "peak_rss_mb", "elapsed_s", "examples_per_s")
+
+# Run by a subprocess: SIGKILL itself inside the optimizer step number KILL_AT (argv[1]).
+KILLER = """
+import os, signal, sys
+import torch
+torch.set_num_threads(1)
+kill_at, calls, step = int(sys.argv[1]), [0], torch.optim.AdamW.step
+def counting(self, *args, **kwargs):
+    calls[0] += 1
+    if calls[0] == kill_at:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return step(self, *args, **kwargs)
+torch.optim.AdamW.step = counting
+from encoder_clf.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+class Killed(BaseException):
+    """Stands in for SIGKILL in-process: nothing after the raise runs (fit's ``finally`` aside)."""
+
+
+@pytest.fixture(scope="module")
+def toy_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("toy")
+    for name, n, seed in [("train", 400, 0), ("validation", 60, 1), ("test", 60, 2)]:
+        write_tsv(root / f"{name}.tsv", toy_rows(n, seed))
+    return root
+
+
+@pytest.fixture(scope="module")
+def tokenizer_file(toy_data, tmp_path_factory):
+    """One tokenizer for every run: its trainer may break frequency ties differently from run to run."""
+    texts = [line.split("\t")[0] for line in (toy_data / "train.tsv").read_text().splitlines()[1:]]
+    file = tmp_path_factory.mktemp("tokenizer") / "tokenizer.json"
+    train_tokenizer(texts, TokenizerConfig(vocab_size=200, min_frequency=1)).save(str(file))
+    return file
+
+
+def train_args(data: Path, out: Path, settings: list[str]) -> list[str]:
+    return ["train", "--data", str(data), "--out", str(out), "--quiet", *[x for s in settings for x in ("--set", s)]]
+
+
+@pytest.fixture(scope="module")
+def pinned(tokenizer_file):
+    return SETTINGS + [f"tokenizer.path={tokenizer_file}"]
+
+
+@pytest.fixture(scope="module")
+def reference(toy_data, pinned, tmp_path_factory, one_thread):
+    """The uninterrupted run every interrupted one must match."""
+    out = tmp_path_factory.mktemp("reference") / "run"
+    assert main(train_args(toy_data, out, pinned)) == 0
+    return out
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    """Bit-identical best model, equal metrics and evaluation log (wall-clock figures aside)."""
+    weights_a, weights_b = (load_file(run / "model" / "model.safetensors") for run in (a, b))
+    assert weights_a.keys() == weights_b.keys()
+    assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
+    metrics = [{k: v for k, v in json.loads((run / "metrics.json").read_text()).items() if k not in TIMING}
+               for run in (a, b)]
+    assert metrics[0] == metrics[1]
+    logs = [[{k: v for k, v in json.loads(line).items() if k not in TIMING}
+             for line in (run / "log.jsonl").read_text().splitlines()] for run in (a, b)]
+    assert logs[0] == logs[1] and [r["step"] for r in logs[0]] == [10, 20, 30, 40, 50]
+
+
+def kill_in_process(monkeypatch, at: int) -> None:
+    step, calls = torch.optim.AdamW.step, [0]
+
+    def counting(self, *args, **kwargs):
+        calls[0] += 1
+        if calls[0] == at:
+            raise Killed
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", counting)
+
+
+def interrupted_run(monkeypatch, data: Path, out: Path, settings: list[str], at: int = KILL_AT,
+                    flags: tuple[str, ...] = ()) -> Path:
+    with monkeypatch.context() as patch:
+        kill_in_process(patch, at)
+        with pytest.raises(Killed):
+            main(train_args(data, out, settings) + list(flags))
+    return out
+
+
+def test_sigkilled_run_resumes_to_identical_weights_and_metrics(reference, toy_data, pinned, tmp_path):
+    run = tmp_path / "run"
+    env = {**os.environ, "HF_DATASETS_CACHE": str(tmp_path / "hf-cache")}
+    killed = subprocess.run([sys.executable, "-c", KILLER, str(KILL_AT), *train_args(toy_data, run, pinned)],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    kept = [p.name for p in state.checkpoints(run / state.CHECKPOINTS)]
+    assert kept == ["step-00000036", "step-00000033"]  # the newest K=2
+    assert not (run / "metrics.json").exists()
+
+    assert main(["train", "--resume", str(run), "--quiet"]) == 0
+    assert_same_run(reference, run)
+    assert not (run / state.CHECKPOINTS).exists()  # a finished run has nothing to resume
+
+
+def test_same_seed_gives_identical_runs(reference, toy_data, pinned, tmp_path):
+    assert main(train_args(toy_data, tmp_path / "again", pinned)) == 0
+    assert_same_run(reference, tmp_path / "again")
+
+
+def test_truncated_checkpoint_is_detected_and_the_previous_one_used(reference, toy_data, pinned, tmp_path,
+                                                                     monkeypatch, caplog):
+    run = interrupted_run(monkeypatch, toy_data, tmp_path / "run", pinned)
+    newest = run / state.CHECKPOINTS / "step-00000036" / "state.safetensors"
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
+    with caplog.at_level(logging.WARNING, logger="encoder_clf.state"):
+        assert main(["train", "--resume", str(run), "--quiet"]) == 0
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("step-00000036 is unusable" in w and "falling back to the previous checkpoint" in w for w in warnings)
+    assert_same_run(reference, run)
+
+
+def test_resume_reuses_the_saved_tokenizer_and_never_retrains(toy_data, tmp_path, monkeypatch, one_thread):
+    run = interrupted_run(monkeypatch, toy_data, tmp_path / "run", SETTINGS, at=12)
+    saved = (run / state.CHECKPOINTS / "step-00000010" / "tokenizer.json").read_text()
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("resume retrained the tokenizer")
+
+    monkeypatch.setattr(training, "train_tokenizer", refuse)
+    assert main(["train", "--resume", str(run), "--quiet"]) == 0
+    assert json.loads((run / "model" / "tokenizer.json").read_text())["model"] == json.loads(saved)["model"]
+
+
+def test_resume_refuses_data_that_changed(toy_data, pinned, tmp_path, monkeypatch, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(toy_data, data)
+    run = interrupted_run(monkeypatch, data, tmp_path / "run", pinned, at=5)
+    with (data / "train.tsv").open("a") as handle:
+        handle.write("a late extra row\t1\n")
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "the data differs from what" in err[0] and "restore the original files" in err[0]
+
+
+def test_non_finite_loss_stops_the_run_naming_the_step(toy_data, pinned, tmp_path, monkeypatch, capsys):
+    real, calls = training._loss_fn, [0]
+
+    def poisoned(*args, **kwargs):
+        loss_fn = real(*args, **kwargs)
+
+        def loss(logits, labels):
+            calls[0] += 1
+            return loss_fn(logits, labels) * (float("nan") if calls[0] == 14 else 1.0)
+
+        return loss
+
+    monkeypatch.setattr(training, "_loss_fn", poisoned)
+    run = tmp_path / "run"
+    capsys.readouterr()
+    assert main(train_args(toy_data, run, pinned)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "training loss is nan at step 14 (epoch 1)" in err[0], err
+    assert "last good checkpoint" in err[0] and "lower train.lr" in err[0]
+    assert [p.name for p in state.checkpoints(run / state.CHECKPOINTS)] == ["step-00000012", "step-00000010"]
+    assert (run / "model" / "model.safetensors").is_file()  # the best model, from the evaluation at step 10
+    assert not (run / "metrics.json").exists()
+
+
+def test_overwrite_starts_afresh_and_never_resumes_an_older_run(toy_data, pinned, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    (run / state.CHECKPOINTS / "step-00000099").mkdir(parents=True)  # left by an older run in the same place
+    (run / "metrics.json").write_text("{}")
+    interrupted_run(monkeypatch, toy_data, run, pinned + ["train.keep_checkpoints=3"], at=8, flags=("--overwrite",))
+    kept = [p.name for p in state.checkpoints(run / state.CHECKPOINTS)]
+    assert kept == ["step-00000006", "step-00000003", "step-00000000"]
+    assert not (run / "metrics.json").exists()
+
+
+# --- checkpoint files ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def trainables(tiny_model):
+    model = tiny_model()
+    optimizer = torch.optim.AdamW([{"params": list(model.parameters())[:3], "weight_decay": 0.1},
+                                   {"params": list(model.parameters())[3:], "lr": 3e-4}], betas=(0.9, 0.98))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 / (step + 1))
+    model(torch.tensor([[2, 7, 9, 3]])).logits.sum().backward()
+    optimizer.step()
+    scheduler.step()
+    return state.Trainables(model, optimizer, scheduler, None, torch.Generator().manual_seed(5))
+
+
+def test_optimizer_state_round_trips_through_tensors_and_json(trainables):
+    tensors = {}
+    plain = json.loads(json.dumps(state.flatten(trainables.optimizer.state_dict(), "optimizer", tensors)))
+    restored = state.unflatten(plain, tensors)
+    original = trainables.optimizer.state_dict()
+    assert restored["param_groups"] == original["param_groups"]  # int keys, tuples (betas) and floats exact
+    assert restored["state"].keys() == original["state"].keys()
+    for key, moments in original["state"].items():
+        assert all(torch.equal(moments[name], restored["state"][key][name]) for name in moments)
+
+
+def test_restore_puts_back_weights_optimizer_schedule_and_random_streams(trainables, tmp_path):
+    tokenizer = train_tokenizer(["a small corpus of words"] * 5, TokenizerConfig(vocab_size=100, min_frequency=1))
+    state.save_checkpoint(tmp_path, trainables, state.Progress(step=7, best=0.5), tokenizer, "data", keep=2)
+    expected = (torch.rand(3), trainables.generator.get_state(), trainables.scheduler.get_last_lr())
+    torch.rand(5)  # move every stream on, and the weights
+    torch.rand(2, generator=trainables.generator)
+    with torch.no_grad():
+        next(trainables.model.parameters()).add_(1.0)
+    before = {k: v.clone() for k, v in trainables.model.state_dict().items()}
+    checkpoint = state.load_latest(tmp_path, 16)
+    progress = state.restore(checkpoint, trainables)
+    assert progress == state.Progress(step=7, best=0.5)
+    assert torch.equal(torch.rand(3), expected[0])
+    assert torch.equal(trainables.generator.get_state(), expected[1])
+    assert trainables.scheduler.get_last_lr() == expected[2]
+    assert not all(torch.equal(before[k], v) for k, v in trainables.model.state_dict().items())
+    assert checkpoint.tokenizer.get_vocab() == tokenizer.get_vocab()
+
+
+@pytest.mark.parametrize("broken", ["state.safetensors", "state.json", "tokenizer.json", "missing file"])
+def test_broken_checkpoint_is_set_aside_for_the_one_before(trainables, tmp_path, broken, caplog):
+    tokenizer = train_tokenizer(["a small corpus of words"] * 5, TokenizerConfig(vocab_size=100, min_frequency=1))
+    for step in (1, 2, 3):
+        state.save_checkpoint(tmp_path, trainables, state.Progress(step=step), tokenizer, "data", keep=2)
+    assert [p.name for p in state.checkpoints(tmp_path)] == ["step-00000003", "step-00000002"]
+    file = tmp_path / "step-00000003" / ("state.json" if broken == "missing file" else broken)
+    if broken == "missing file":
+        file.unlink()
+    else:
+        file.write_bytes(file.read_bytes()[:-10])
+    (tmp_path / ".step-00000004.x1y2z3").mkdir()  # the staging directory of a write cut short
+    with caplog.at_level(logging.WARNING, logger="encoder_clf.state"):
+        assert state.load_latest(tmp_path, 16).progress.step == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".step-00000003.broken", "step-00000002"]
+    assert "step-00000003 is unusable" in caplog.text
+
+
+def test_no_checkpoint_at_all_is_a_usage_error(tmp_path):
+    with pytest.raises(UsageError, match="no usable checkpoint to resume from"):
+        state.load_latest(tmp_path / state.CHECKPOINTS, 16)
+
+
+def test_nothing_in_the_package_unpickles():
+    """Models and checkpoints load from safetensors and JSON only."""
+    banned_modules = {"pickle", "cPickle", "_pickle", "dill", "cloudpickle", "joblib", "shelve", "marshal"}
+    banned_calls = {("torch", "load"), ("torch", "save"), ("pickle", "load"), ("pickle", "loads")}
+    found = []
+    for file in sorted(Path(encoder_clf.__file__).parent.glob("*.py")):
+        source = file.read_text(encoding="utf-8")
+        found += [f"{file.name}: {text}" for text in ("torch.load", "weights_only=False", "allow_pickle=True")
+                  if text in source]
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.Import):
+                found += [f"{file.name}: import {a.name}" for a in node.names if a.name.split(".")[0] in banned_modules]
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in banned_modules:
+                found.append(f"{file.name}: from {node.module} import")
+            elif (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+                  and (node.value.id, node.attr) in banned_calls):
+                found.append(f"{file.name}: {node.value.id}.{node.attr}")
+    assert not found, found
+
+
+def test_make_train_passes_resume_through():
+    root = Path(__file__).resolve().parents[1]
+    if shutil.which("make") is None:
+        pytest.skip("make not installed")
+    dry = subprocess.run(["make", "-n", "-o", ".venv/.installed", "train", "RESUME=runs/x"], cwd=root,
+                         capture_output=True, text=True, timeout=60)
+    assert dry.returncode == 0, dry.stderr
+    assert 'encoder-clf train --resume "runs/x"' in dry.stdout and "--data" not in dry.stdout
