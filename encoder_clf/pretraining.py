@@ -27,6 +27,7 @@ from .data import bucket_batches, collate, read_texts
 from .errors import UsageError
 from .inference import PRECISIONS, autocast, default_device, resolve_precision
 from .model import MaskedLanguageModel
+from .optimization import adamw, warmup_then_decay
 from .tokenization import CLS, MASK, PAD, SEP, TokenizerConfig, encode, pad_id, train_tokenizer
 
 log = logging.getLogger(__name__)
@@ -141,14 +142,8 @@ def pretrain(config: PretrainRunConfig, out_dir: str | Path, overwrite: bool = F
 
     steps_per_epoch = math.ceil(len(sequences) / cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.ndim < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}],
-                                  lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6, foreach=True)
-    warmup = max(1, int(cfg.warmup_ratio * total))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: (step + 1) / warmup if step < warmup else max(0.0, (total - step) / (total - warmup)))
+    optimizer = adamw([(model, cfg.lr)], cfg.weight_decay)
+    scheduler = warmup_then_decay(optimizer, cfg.warmup_ratio, total)
     generator = torch.Generator().manual_seed(cfg.seed)
     lengths = np.array([len(s) for s in sequences])
     step, start, stop_reason = 0, time.perf_counter(), "completed"

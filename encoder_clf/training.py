@@ -39,17 +39,13 @@ from .errors import UsageError
 from .inference import PRECISIONS, autocast, default_device, resolve_precision, score_sequences
 from .metrics import format_report, plot_confusion_matrix, plot_training_curves
 from .model import TextClassifier
+from .optimization import SCHEDULES, layerwise_adamw, warmup_then_decay
 from .pretrained import load_encoder
 from .state import CHECKPOINTS, Checkpoint, Progress, Trainables, fingerprint, load_latest, restore, save_checkpoint
 from .tokenization import UNK, TokenizerConfig, encode, load_tokenizer, pad_id, train_tokenizer
 
 log = logging.getLogger(__name__)
 
-SCHEDULES = {
-    "linear": lambda progress: max(0.0, 1.0 - progress),
-    "cosine": lambda progress: 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress))),
-    "constant": lambda progress: 1.0,
-}
 METRICS = ("accuracy", "macro_f1")
 # What `train --init` starts from, before any config file or --set: the usual recipe for fine-tuning
 # a pretrained BERT-family encoder (small learning rate with warmup, a faster head, little dropout).
@@ -249,44 +245,6 @@ def _named_splits(splits: Splits) -> dict:
     return named
 
 
-def _optimizer(model: TextClassifier, config: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW with layer-wise learning rates and decay on matrices only (not biases, norms or score vectors).
-
-    The head (pooling + classifier) learns at ``head_lr``; block ``i`` of ``L``
-    at ``lr · layer_lr_decay^(L-i)`` and the embeddings at ``lr · decay^(L+1)``:
-    lower layers of a pretrained encoder hold general features worth keeping.
-    The embeddings and the first ``freeze_layers`` blocks are not trained at all.
-    """
-    encoder = model.encoder
-    layers = [encoder.embeddings, *encoder.blocks]
-    for module in layers[: config.freeze_layers + 1 if config.freeze_layers else 0]:
-        module.requires_grad_(False)
-    depth = len(layers)
-    scaled = [(module, config.lr * config.layer_lr_decay ** (depth - i)) for i, module in enumerate(layers)]
-    scaled += [(encoder.final_norm, config.lr), (model.pooling, config.head_lr or config.lr),
-               (model.head, config.head_lr or config.lr)]
-    groups = []
-    for module, lr in scaled:
-        params = [p for p in module.parameters() if p.requires_grad]
-        for decay in (True, False):
-            chosen = [p for p in params if (p.ndim >= 2) == decay]
-            if chosen:
-                groups.append({"params": chosen, "lr": lr, "weight_decay": config.weight_decay if decay else 0.0})
-    return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.98), eps=1e-6, foreach=True)
-
-
-def _schedule(optimizer, config: TrainConfig, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
-    warmup = max(1, int(config.warmup_ratio * total_steps))
-    decay = SCHEDULES[config.schedule]
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return decay((step - warmup) / max(1, total_steps - warmup))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
 def _loss_fn(config: RunConfig, labels: np.ndarray, num_labels: int, device) -> nn.Module:
     weight = None
     if config.data.class_weights == "balanced":
@@ -324,8 +282,9 @@ def fit(model: TextClassifier, tokenizer, splits: Splits, sequences: dict[str, l
     lengths = np.array([len(s) for s in train_seqs])
     steps_per_epoch = math.ceil(len(train_seqs) / cfg.batch_size)
     total_steps = steps_per_epoch * cfg.epochs
-    optimizer = _optimizer(model, cfg)
-    scheduler = _schedule(optimizer, cfg, total_steps)
+    optimizer = layerwise_adamw(model, cfg.lr, cfg.weight_decay, cfg.head_lr, cfg.layer_lr_decay,
+                                cfg.freeze_layers)
+    scheduler = warmup_then_decay(optimizer, cfg.warmup_ratio, total_steps, cfg.schedule)
     loss_fn = _loss_fn(config, splits.train.labels, model.config.num_labels, device)
     # The averaged copy is what gets evaluated and saved: it smooths the noise of the last steps.
     averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay)) if cfg.ema_decay else None

@@ -10,8 +10,8 @@ from encoder_clf.checkpoint import load_model
 from encoder_clf.cli import main
 from encoder_clf.config import with_overrides
 from encoder_clf.model import TextClassifier
+from encoder_clf.optimization import layerwise_adamw
 from encoder_clf.pretraining import PretrainRunConfig, mask_tokens, pretrain
-from encoder_clf.training import TrainConfig, _optimizer
 
 from conftest import tiny_config
 
@@ -82,8 +82,7 @@ def test_fine_tuning_starts_from_the_pretrained_encoder(pretrained, tmp_path):
 
 def test_layerwise_learning_rates_cover_every_parameter_once():
     model = TextClassifier(tiny_config(n_layers=3))
-    config = TrainConfig(lr=1e-3, head_lr=1e-2, layer_lr_decay=0.5, freeze_layers=1)
-    optimizer = _optimizer(model, config)
+    optimizer = layerwise_adamw(model, lr=1e-3, weight_decay=0.1, head_lr=1e-2, layer_lr_decay=0.5, freeze_layers=1)
     in_groups = [p for group in optimizer.param_groups for p in group["params"]]
     trainable = [p for p in model.parameters() if p.requires_grad]
     assert len(in_groups) == len(set(map(id, in_groups))) == len(trainable)

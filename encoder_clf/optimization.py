@@ -1,0 +1,68 @@
+"""AdamW parameter groups and the warmup-then-decay schedule, shared by training and pretraining.
+
+Weight decay applies to matrices only (not biases, LayerNorm gains or the 1-D
+score vectors); each group may carry its own learning rate, which is how
+fine-tuning gives the head, the top blocks and the embeddings different rates.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from .model import TextClassifier
+
+SCHEDULES = {
+    "linear": lambda progress: max(0.0, 1.0 - progress),
+    "cosine": lambda progress: 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress))),
+    "constant": lambda progress: 1.0,
+}
+
+
+def adamw(modules: Iterable[tuple[nn.Module, float]], weight_decay: float) -> torch.optim.AdamW:
+    """AdamW over ``(module, learning rate)`` pairs, decaying only the trainable matrices."""
+    groups = []
+    for module, lr in modules:
+        params = [p for p in module.parameters() if p.requires_grad]
+        for decay in (True, False):
+            chosen = [p for p in params if (p.ndim >= 2) == decay]
+            if chosen:
+                groups.append({"params": chosen, "lr": lr, "weight_decay": weight_decay if decay else 0.0})
+    return torch.optim.AdamW(groups, betas=(0.9, 0.98), eps=1e-6, foreach=True)
+
+
+def layerwise_adamw(model: TextClassifier, lr: float, weight_decay: float, head_lr: float = 0.0,
+                    layer_lr_decay: float = 1.0, freeze_layers: int = 0) -> torch.optim.AdamW:
+    """AdamW with layer-wise learning rates for a classifier.
+
+    The head (pooling + classifier) learns at ``head_lr`` (``lr`` if 0); block
+    ``i`` of ``L`` at ``lr · layer_lr_decay^(L-i)`` and the embeddings at
+    ``lr · layer_lr_decay^(L+1)``: lower layers of a pretrained encoder hold
+    general features worth keeping. The embeddings and the first
+    ``freeze_layers`` blocks are not trained at all.
+    """
+    encoder = model.encoder
+    layers = [encoder.embeddings, *encoder.blocks]
+    for module in layers[: freeze_layers + 1 if freeze_layers else 0]:
+        module.requires_grad_(False)
+    depth = len(layers)
+    scaled = [(module, lr * layer_lr_decay ** (depth - i)) for i, module in enumerate(layers)]
+    scaled += [(encoder.final_norm, lr), (model.pooling, head_lr or lr), (model.head, head_lr or lr)]
+    return adamw(scaled, weight_decay)
+
+
+def warmup_then_decay(optimizer: torch.optim.Optimizer, warmup_ratio: float, total_steps: int,
+                      schedule: str = "linear") -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warmup over ``warmup_ratio`` of the steps, then the named decay to the end."""
+    warmup = max(1, int(warmup_ratio * total_steps))
+    decay = SCHEDULES[schedule]
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return decay((step - warmup) / max(1, total_steps - warmup))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
