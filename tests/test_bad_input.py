@@ -17,7 +17,7 @@ from encoder_clf.cli import main
 from encoder_clf.tokenization import TOKENIZER_MODELS, TokenizerConfig, encode, train_tokenizer
 from encoder_clf.training import RunConfig
 
-from test_cli import TINY, toy_rows, write_tsv
+from conftest import TINY, toy_rows, write_tsv
 
 CORPUS = [f"the film number {i} was {'good' if i % 2 else 'bad'} and {'fun' if i % 3 else 'slow'}" for i in range(60)]
 

@@ -1,38 +1,12 @@
 """The command line end to end on tiny data, and one-line refusals (exit 2, nothing written)."""
 
 import json
-import random
 
 import pytest
 
 from encoder_clf.cli import main
 
-TINY = ["model.d_model=16", "model.n_heads=2", "model.n_layers=1", "model.d_ff=32", "tokenizer.vocab_size=200",
-        "tokenizer.min_frequency=1", "train.epochs=4", "train.batch_size=16", "train.lr=3e-3"]
-
-
-def write_tsv(path, rows):
-    path.write_text("sentence\tlabel\n" + "".join(f"{t}\t{y}\n" for t, y in rows), encoding="utf-8")
-
-
-def toy_rows(n, seed):
-    rng = random.Random(seed)
-    good, bad = ["great", "lovely", "fine", "superb"], ["awful", "dull", "poor", "bad"]
-    rows = []
-    for _ in range(n):
-        label = rng.randint(0, 1)
-        words = [rng.choice(good if label else bad)] + rng.sample(["the", "film", "was", "plot", "and", "cast"], 3)
-        rng.shuffle(words)
-        rows.append((" ".join(words), label))
-    return rows
-
-
-@pytest.fixture(scope="module")
-def toy_data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("toy")
-    for name, n, seed in [("train", 400, 0), ("validation", 60, 1), ("test", 60, 2)]:
-        write_tsv(root / f"{name}.tsv", toy_rows(n, seed))
-    return root
+from conftest import TINY, write_tsv
 
 
 @pytest.fixture(scope="module")

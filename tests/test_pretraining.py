@@ -38,7 +38,7 @@ def test_masking_follows_80_10_10_and_spares_special_tokens():
 
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory):
-    from test_cli import toy_rows
+    from conftest import toy_rows
 
     root = tmp_path_factory.mktemp("mlm")
     text = root / "corpus.txt"
@@ -58,7 +58,7 @@ def test_short_mlm_run_lowers_masked_token_loss(pretrained):
 
 
 def test_fine_tuning_starts_from_the_pretrained_encoder(pretrained, tmp_path):
-    from test_cli import toy_rows, write_tsv
+    from conftest import toy_rows, write_tsv
 
     data = tmp_path / "data"
     data.mkdir()
@@ -96,7 +96,7 @@ def test_layerwise_learning_rates_cover_every_parameter_once():
 
 
 def test_freezing_more_layers_than_the_model_has_is_refused(pretrained, tmp_path, capsys):
-    from test_cli import toy_rows, write_tsv
+    from conftest import toy_rows, write_tsv
 
     write_tsv(tmp_path / "train.tsv", toy_rows(100, 0))
     argv = ["train", "--init", str(pretrained[0] / "model"), "--data", str(tmp_path / "train.tsv"),

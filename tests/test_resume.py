@@ -21,7 +21,7 @@ from encoder_clf.cli import main
 from encoder_clf.errors import UsageError
 from encoder_clf.tokenization import TokenizerConfig, train_tokenizer
 
-from test_cli import TINY, toy_rows, write_tsv
+from conftest import TINY
 
 # 400 rows in batches of 16: 25 steps an epoch, 50 in all. Evaluations at 10, 20, ... and at the end,
 # checkpoints every 3 steps; dropout, token dropout and weight averaging all draw on or carry state.
@@ -49,14 +49,6 @@ sys.exit(main(sys.argv[2:]))
 
 class Killed(BaseException):
     """Stands in for SIGKILL in-process: nothing after the raise runs (fit's ``finally`` aside)."""
-
-
-@pytest.fixture(scope="module")
-def toy_data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("toy")
-    for name, n, seed in [("train", 400, 0), ("validation", 60, 1), ("test", 60, 2)]:
-        write_tsv(root / f"{name}.tsv", toy_rows(n, seed))
-    return root
 
 
 @pytest.fixture(scope="module")

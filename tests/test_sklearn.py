@@ -23,7 +23,7 @@ from sklearn.utils.validation import check_is_fitted
 from encoder_clf.errors import UsageError
 from encoder_clf.sklearn import EncoderClassifier, SentenceEncoder
 
-from test_cli import toy_rows
+from conftest import toy_rows
 
 TINY = dict(d_model=16, n_heads=2, n_layers=1, d_ff=32, vocab_size=200, min_frequency=1, epochs=6, batch_size=16,
             lr=5e-3, precision="fp32", random_state=0)

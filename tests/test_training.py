@@ -70,7 +70,7 @@ def test_weight_averaging_keeps_the_moving_average(tmp_path):
     from encoder_clf.data import Split, Splits
     from encoder_clf.training import train_on_splits
 
-    from test_cli import TINY, toy_rows
+    from conftest import TINY, toy_rows
 
     rows = toy_rows(300, 0)
     split = Split([t for t, _ in rows], np.array([y for _, y in rows]), "toy")

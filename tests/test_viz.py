@@ -12,7 +12,7 @@ from encoder_clf.data import Split, Splits
 from encoder_clf.metrics import compute_metrics, plot_confusion_matrix
 from encoder_clf.training import RunConfig, train_on_splits
 
-from test_cli import TINY, toy_rows
+from conftest import TINY, toy_rows
 
 TOKENS = ["[CLS]", "a", "dull", ",", "life", "##less", "film", "[SEP]"]
 RECORDS = [
