@@ -19,6 +19,7 @@ import codecs
 import logging
 import os
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -382,3 +383,14 @@ def collate(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torc
         ids[row, : len(seq)] = torch.as_tensor(seq, dtype=torch.long)
     lengths = torch.as_tensor([len(s) for s in sequences])
     return ids, torch.arange(width)[None, :] >= lengths[:, None]
+
+
+def sorted_batches(sequences: list[list[int]], pad_id: int,
+                   batch_size: int) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor]]:
+    """Evaluation batches by length: ``(indices into sequences, ids, padding mask)``, padded per batch.
+
+    Callers write each batch's results at ``indices`` to get them back in input order.
+    """
+    lengths = np.array([len(s) for s in sequences])
+    for index in bucket_batches(lengths, batch_size, shuffle=False):
+        yield (index, *collate([sequences[i] for i in index], pad_id))

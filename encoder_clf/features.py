@@ -8,6 +8,7 @@ written atomically.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ from tqdm.auto import tqdm
 
 from . import pretrained
 from .checkpoint import load_config, load_model
-from .data import bucket_batches, collate
+from .data import sorted_batches
 from .encoder import Encoder
 from .errors import UsageError
 from .inference import autocast, default_device, for_inference, resolve_precision
@@ -97,12 +98,11 @@ def encode(source: str | Path | FeatureEncoder, texts: list[str], pooling: str |
     sequences, _ = tokenize(model.tokenizer, texts)
     pad = pad_id(model.tokenizer)
     out = np.zeros((len(sequences), model.dim), dtype=np.float32)
-    lengths = np.array([len(s) for s in sequences])
-    batches = bucket_batches(lengths, batch_size, shuffle=False)
+    batches = sorted_batches(sequences, pad, batch_size)
     encoder = for_inference(model.encoder, precision)
     with autocast(precision, device):
-        for index in tqdm(batches, disable=not progress, unit="batch", desc="embed"):
-            ids, mask = collate([sequences[i] for i in index], pad)
+        for index, ids, mask in tqdm(batches, total=math.ceil(len(sequences) / batch_size), disable=not progress,
+                                     unit="batch", desc="embed"):
             ids, mask = ids.to(device), mask.to(device)
             states, _ = encoder(ids, mask)
             vectors = pool(states, mask).float()

@@ -15,7 +15,7 @@ import torch
 from tokenizers import Tokenizer
 
 from .checkpoint import load_model
-from .data import bucket_batches, collate, read_split
+from .data import read_split, sorted_batches
 from .errors import UsageError
 from .metrics import compute_metrics
 from .model import TextClassifier
@@ -69,11 +69,9 @@ def forward_batches(model: TextClassifier, sequences: list[list[int]], pad: int,
     model.eval()
     logits = np.zeros((len(sequences), model.config.num_labels), dtype=np.float32)
     pooled = np.zeros((len(sequences), model.config.d_model), dtype=np.float32)
-    lengths = np.array([len(s) for s in sequences])
     runner = for_inference(model, precision)
     with autocast(precision, device):
-        for index in bucket_batches(lengths, batch_size, shuffle=False):
-            ids, mask = collate([sequences[i] for i in index], pad)
+        for index, ids, mask in sorted_batches(sequences, pad, batch_size):
             out = runner(ids.to(device), mask.to(device))
             logits[index] = out.logits.float().cpu().numpy()
             pooled[index] = out.pooled.float().cpu().numpy()

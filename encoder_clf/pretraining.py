@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from .checkpoint import save_model
 from .config import ModelConfig, check_fields
-from .data import bucket_batches, collate, read_texts
+from .data import bucket_batches, collate, read_texts, sorted_batches
 from .errors import UsageError
 from .inference import PRECISIONS, autocast, default_device, resolve_precision
 from .model import MaskedLanguageModel
@@ -201,9 +201,7 @@ def _heldout_loss(model: MaskedLanguageModel, sequences: list[list[int]], pad: i
     model.eval()
     generator = torch.Generator().manual_seed(cfg.seed + 1)
     total, count = 0.0, 0
-    lengths = np.array([len(s) for s in sequences])
-    for index in bucket_batches(lengths, 256, shuffle=False):
-        ids, padding = collate([sequences[i] for i in index], pad)
+    for _, ids, padding in sorted_batches(sequences, pad, 256):
         corrupted, targets = mask_tokens(ids, padding, special, mask_id, model.config.vocab_size, cfg.mask_prob,
                                          generator)
         if not targets.any():
