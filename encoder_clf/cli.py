@@ -15,6 +15,7 @@ from pathlib import Path
 
 from .config import load_json, with_overrides
 from .data import read_texts
+from .distributed import SOLO, World, broadcast_text, init_from_env, shutdown
 from .errors import UsageError
 from .explain import TOKEN_WEIGHT_MEANINGS, explain_text, layer_index
 from .features import FEATURE_POOLINGS, OUTPUT_FORMATS, encode, write_features
@@ -33,9 +34,18 @@ def _layered(cls: type, args: argparse.Namespace, preset: list[str], flags: list
     return with_overrides(config, flags + list(args.set))
 
 
+def _join_ranks() -> World:
+    """Under torchrun, join the other processes; only rank 0 logs and prints."""
+    world = init_from_env()
+    if not world.main:
+        logging.getLogger().setLevel(logging.ERROR)
+    return world
+
+
 def _train(args: argparse.Namespace) -> None:
+    world = _join_ranks()
     if args.resume:
-        return _resume(args)
+        return _resume(args, world)
     flags = [f"data.path={args.data}"] if args.data else []
     flags += [f"train.precision={args.precision}"] if args.precision else []
     flags += [f"train.init={args.init}"] if args.init else []
@@ -43,21 +53,24 @@ def _train(args: argparse.Namespace) -> None:
     config = _layered(RunConfig, args, FINETUNE_PRESET if args.init else [], flags)
     if not config.data.path:
         raise UsageError("no data given; pass --data PATH (a directory of splits, a file, or a Hub dataset name)")
-    out = Path(args.out) if args.out else Path("runs") / time.strftime("%Y%m%d-%H%M%S")
-    _print_results(train(config, out, overwrite=args.overwrite, progress=not args.quiet), out)
+    out = args.out or str(Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
+    out = Path(broadcast_text(out, world))  # rank 0's clock names the run directory
+    _print_results(train(config, out, overwrite=args.overwrite, progress=not args.quiet), out, world)
 
 
-def _resume(args: argparse.Namespace) -> None:
+def _resume(args: argparse.Namespace, world: World) -> None:
     """The run goes on with its own run_config.json: any other setting would break the exact replay."""
     given = [flag for flag, value in [("--data", args.data), ("--init", args.init), ("--config", args.config),
                                       ("--set", args.set), ("--precision", args.precision), ("--out", args.out),
                                       ("--overwrite", args.overwrite), ("--strict", args.strict)] if value]
     if given:
         raise UsageError(f"--resume continues with the settings in the run's run_config.json; drop {', '.join(given)}")
-    _print_results(resume(args.resume, progress=not args.quiet), Path(args.resume))
+    _print_results(resume(args.resume, progress=not args.quiet), Path(args.resume), world)
 
 
-def _print_results(metrics: dict, out: Path) -> None:
+def _print_results(metrics: dict, out: Path, world: World = SOLO) -> None:
+    if not world.main:
+        return
     for split in ("validation", "test"):
         if split in metrics:
             print(format_report(metrics[split], split))
@@ -219,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as err:
         print(f"encoder-clf: error: {err}", file=sys.stderr)
         return 2
+    finally:
+        shutdown()
     return 0
 
 

@@ -188,9 +188,13 @@ def checkpoints(root: Path) -> list[Path]:
 
 
 def save_checkpoint(root: Path, objects: Trainables, progress: Progress, tokenizer: Tokenizer, data: str,
-                    keep: int) -> Path:
-    """Write ``root/step-XXXXXXXX`` atomically, then delete all but the newest ``keep`` checkpoints."""
+                    keep: int, extra: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write ``root/step-XXXXXXXX`` atomically, then delete all but the newest ``keep`` checkpoints.
+
+    ``extra`` tensors are stored as they are (other ranks' random streams).
+    """
     tensors = _prefixed("model.", objects.model.state_dict())
+    tensors.update(_prefixed("", extra or {}))
     if objects.averaged is not None:
         tensors.update(_prefixed("ema.", objects.averaged.state_dict()))
     meta = {"format": FORMAT, "progress": asdict(progress), "data": data,

@@ -16,6 +16,7 @@ last good checkpoint and the best model. Checkpoints are deleted once
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -28,16 +29,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tokenizers import Tokenizer
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from .checkpoint import load_model, save_model
 from .config import ModelConfig, check_fields, load_json
 from .data import DataConfig, Splits, bucket_batches, collate, load_splits
+from .distributed import SOLO, World, all_sum, barrier, broadcast_text, current, gather_rows, gather_tensors, shard
 from .errors import UsageError
-from .inference import PRECISIONS, autocast, default_device, resolve_precision, score_sequences
-from .metrics import format_report, plot_confusion_matrix, plot_training_curves
+from .inference import PRECISIONS, autocast, default_device, forward_batches, resolve_precision
+from .metrics import compute_metrics, format_report, plot_confusion_matrix, plot_training_curves
 from .model import TextClassifier
 from .optimization import SCHEDULES, layerwise_adamw, warmup_then_decay
 from .pretrained import load_encoder
@@ -62,7 +66,8 @@ class TrainConfig:
 
     init: str = ""  # start from this encoder (our model dir, a BERT-family dir or a Hub id); "" = from scratch
     epochs: int = 3
-    batch_size: int = 64
+    batch_size: int = 64  # examples per forward pass (per process in a multi-process run)
+    grad_accum: int = 1  # forward passes per optimizer step: the step sees batch_size x grad_accum x processes
     lr: float = 1e-3
     head_lr: float = 0.0  # learning rate of the pooling and classification head; 0 = same as lr
     layer_lr_decay: float = 1.0  # each block below the top learns at this factor times the one above
@@ -83,11 +88,13 @@ class TrainConfig:
     eval_batch_size: int = 256
     checkpoint_every: int = 0  # optimizer steps between checkpoints; 0 = at evaluations only
     keep_checkpoints: int = 2  # the newest K checkpoints are kept while the run goes on
+    compile: bool = False  # torch.compile the training forward pass (pays off on long runs; first steps are slow)
 
     def __post_init__(self) -> None:
         checks = [
             (self.epochs > 0, "epochs", "a positive integer"),
             (self.batch_size > 0, "batch_size", "a positive integer"),
+            (self.grad_accum > 0, "grad_accum", "a positive integer (1 = no accumulation)"),
             (self.eval_batch_size > 0, "eval_batch_size", "a positive integer"),
             (self.lr > 0, "lr", "positive"),
             (self.head_lr >= 0, "head_lr", ">= 0 (0 = same as lr)"),
@@ -135,6 +142,7 @@ def train(config: RunConfig, out_dir: str | Path, overwrite: bool = False, progr
     """
     out_dir = Path(out_dir)
     prepare_output(out_dir, overwrite)
+    barrier(current())  # every rank has checked the directory before rank 0 writes to it
     _check_lengths(config)
     return train_on_splits(config, load_splits(config.data, seed=config.train.seed), out_dir, progress)
 
@@ -163,7 +171,7 @@ def train_on_splits(config: RunConfig, splits: Splits, out_dir: str | Path, prog
         if config.tokenizer.path:
             tokenizer = load_tokenizer(config.tokenizer.path, config.tokenizer.max_length)
         else:
-            tokenizer = train_tokenizer(splits.train.texts, config.tokenizer)
+            tokenizer = _trained_once(splits.train.texts, config.tokenizer, current())
         model_config = replace(config.model, vocab_size=tokenizer.get_vocab_size(), labels=splits.label_names,
                                pad_token_id=pad_id(tokenizer))
     if model_config.n_layers < config.train.freeze_layers:
@@ -202,32 +210,36 @@ def resume(run_dir: str | Path, progress: bool = True) -> dict:
 
 def _run(config: RunConfig, model: TextClassifier, tokenizer, splits: Splits, out_dir: Path, progress: bool,
          checkpoint: Checkpoint | None = None) -> dict:
-    """Encode, train (or go on training), then score the best model and write the run's files."""
+    """Encode, train (or go on training), then score the best model and write the run's files (rank 0)."""
+    world = current()
     encoded = {name: encode(tokenizer, split.texts) for name, split in _named_splits(splits).items()}
     truncated = {name: count for name, (_, count) in encoded.items()}
     for name, count in truncated.items():
-        if count:
+        if count and world.main:
             log.warning("%s: %d of %d texts truncated at max_length=%d tokens", name, count,
                         len(encoded[name][0]), config.tokenizer.max_length)
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if checkpoint is None:  # a fresh start (maybe --overwrite): what an older run left must not be resumed
-        shutil.rmtree(out_dir / CHECKPOINTS, ignore_errors=True)
-        (out_dir / "metrics.json").unlink(missing_ok=True)
-        (out_dir / "run_config.json").write_text(json.dumps(asdict(config), indent=2) + "\n", encoding="utf-8")
+    if world.main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if checkpoint is None:  # a fresh start (maybe --overwrite): what an older run left must not be resumed
+            shutil.rmtree(out_dir / CHECKPOINTS, ignore_errors=True)
+            (out_dir / "metrics.json").unlink(missing_ok=True)
+            (out_dir / "run_config.json").write_text(json.dumps(asdict(config), indent=2) + "\n", encoding="utf-8")
     device = default_device()
     model.to(device)
     precision = resolve_precision(config.train.precision, device)
     summary = fit(model, tokenizer, splits, {k: v[0] for k, v in encoded.items()}, config, out_dir,
-                  precision, progress, resume_from=checkpoint)
+                  precision, progress, resume_from=checkpoint, world=world)
 
     best_model = load_model(out_dir / "model")[0].to(device)
-    results = {name: score_sequences(best_model, encoded[name][0], split.labels, pad_id(tokenizer),
-                                     config.train.eval_batch_size, precision)
+    results = {name: validate(best_model, encoded[name][0], split.labels, pad_id(tokenizer),
+                              config.train.eval_batch_size, precision, world)
                for name, split in _named_splits(splits).items() if name != "train"}
     metrics = {**results, **summary, "precision": precision, "device": str(device),
                "data": {name: {"rows": len(encoded[name][0]), "truncated": truncated[name]} for name in encoded},
                "parameters": sum(p.numel() for p in model.parameters())}
+    if not world.main:
+        return metrics
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     report = "\n\n".join(format_report(results[name], name) for name in results)
     (out_dir / "report.txt").write_text(report + "\n", encoding="utf-8")
@@ -236,6 +248,14 @@ def _run(config: RunConfig, model: TextClassifier, tokenizer, splits: Splits, ou
     plot_training_curves(out_dir / "log.jsonl", out_dir / "curves.png")
     shutil.rmtree(out_dir / CHECKPOINTS, ignore_errors=True)  # finished: nothing left to resume
     return metrics
+
+
+def _trained_once(texts: list[str], config: TokenizerConfig, world: World):
+    """A tokenizer trained on rank 0 and sent to the others: every rank must number the vocabulary alike."""
+    if world.size == 1:
+        return train_tokenizer(texts, config)
+    text = broadcast_text(train_tokenizer(texts, config).to_str() if world.main else "", world)
+    return Tokenizer.from_str(text)  # truncation travels in the JSON
 
 
 def _named_splits(splits: Splits) -> dict:
@@ -270,17 +290,71 @@ def _drop_tokens(ids: torch.Tensor, mask: torch.Tensor, p: float, unk: int, rng:
     return ids.masked_fill(drop, unk)
 
 
+def _steps(batches: list[np.ndarray], grad_accum: int, world: World) -> list[list[np.ndarray]]:
+    """Deal an epoch's batches into optimizer steps: this rank's micro-batches for each step.
+
+    A step takes ``world.size * grad_accum`` consecutive batches, dealt
+    round-robin to the ranks; every rank must run the same number of forward
+    passes, so a list that does not divide evenly among the ranks is topped up
+    with batches from the start of the epoch (as DistributedSampler does).
+    """
+    short = -len(batches) % world.size
+    batches = batches + [batches[i % len(batches)] for i in range(short)]
+    per_step = world.size * grad_accum
+    return [batches[start: start + per_step] for start in range(0, len(batches), per_step)]
+
+
+def _rank_rng(generator: torch.Generator, world: World) -> dict[str, torch.Tensor]:
+    """Every rank's dropout streams (torch, CUDA, token dropout), for a checkpoint of a multi-process run.
+
+    Rank 0's streams are in every checkpoint already; the other ranks draw
+    their own, and a resumed run replays them only if they are saved too.
+    """
+    if world.size == 1:
+        return {}
+    streams = {"torch": torch.get_rng_state(), "generator": generator.get_state()}
+    if torch.cuda.is_available():
+        streams["cuda"] = torch.cuda.get_rng_state()
+    return {f"rng.rank{rank}.{name}": state for name, local in streams.items()
+            for rank, state in enumerate(gather_tensors(local, world))}
+
+
+def _restore_rank_rng(checkpoint: Checkpoint, generator: torch.Generator, world: World) -> None:
+    saved = len({key.split(".")[1] for key in checkpoint.tensors if key.startswith("rng.rank")}) or 1
+    if saved != world.size:
+        raise UsageError(f"{checkpoint.path}: the run was trained by {saved} process(es) and is resumed by "
+                         f"{world.size}; resume it with torchrun --nproc_per_node={saved}")
+    if world.size > 1:
+        prefix = f"rng.rank{world.rank}."
+        torch.set_rng_state(checkpoint.tensors[prefix + "torch"])
+        generator.set_state(checkpoint.tensors[prefix + "generator"])
+        if torch.cuda.is_available() and prefix + "cuda" in checkpoint.tensors:
+            torch.cuda.set_rng_state(checkpoint.tensors[prefix + "cuda"])
+
+
+def validate(model: TextClassifier, sequences: list[list[int]], labels: np.ndarray, pad: int, batch_size: int,
+             precision: str, world: World = SOLO) -> dict:
+    """Metrics on labelled sequences, each rank scoring its share and the logits gathered, so all ranks agree."""
+    mine = shard(len(sequences), world)
+    logits, _ = forward_batches(model, [sequences[i] for i in mine], pad, batch_size, precision)
+    logits = gather_rows(logits, len(sequences), world)
+    return compute_metrics(labels, logits.argmax(axis=1), model.config.labels)
+
+
 def fit(model: TextClassifier, tokenizer, splits: Splits, sequences: dict[str, list[list[int]]],
         config: RunConfig, out_dir: Path, precision: str, progress: bool = True, *,
-        resume_from: Checkpoint | None = None) -> dict:
+        resume_from: Checkpoint | None = None, world: World = SOLO) -> dict:
     """The training loop. Saves the best model to ``out_dir/model``, logs to ``out_dir/log.jsonl`` and
-    checkpoints to ``out_dir/checkpoints``; with ``resume_from``, goes on from that checkpoint."""
+    checkpoints to ``out_dir/checkpoints``; with ``resume_from``, goes on from that checkpoint.
+
+    Every rank of a multi-process run calls it; only rank 0 writes files.
+    """
     cfg = config.train
     device = next(model.parameters()).device
     pad = pad_id(tokenizer)
     train_seqs, train_labels = sequences["train"], torch.as_tensor(splits.train.labels)
     lengths = np.array([len(s) for s in train_seqs])
-    steps_per_epoch = math.ceil(len(train_seqs) / cfg.batch_size)
+    steps_per_epoch = len(_steps(bucket_batches(lengths, cfg.batch_size, shuffle=False), cfg.grad_accum, world))
     total_steps = steps_per_epoch * cfg.epochs
     optimizer = layerwise_adamw(model, cfg.lr, cfg.weight_decay, cfg.head_lr, cfg.layer_lr_decay,
                                 cfg.freeze_layers)
@@ -291,7 +365,9 @@ def fit(model: TextClassifier, tokenizer, splits: Splits, sequences: dict[str, l
     evaluated = averaged.module if averaged is not None else model
     eval_every = cfg.eval_every or steps_per_epoch
     unk = tokenizer.token_to_id(UNK) if tokenizer.token_to_id(UNK) is not None else pad
-    dropout_rng = torch.Generator().manual_seed(cfg.seed)
+    dropout_rng = torch.Generator().manual_seed(cfg.seed * world.size + world.rank)
+    if world.size > 1:  # the same initial weights everywhere (DDP broadcasts rank 0's), other dropout masks
+        torch.manual_seed(cfg.seed * world.size + world.rank)
     trainables = Trainables(model, optimizer, scheduler, averaged, dropout_rng)
     data = fingerprint({k: sequences[k] for k in ("train", "validation")},
                        {"train": splits.train.labels, "validation": splits.validation.labels}, splits.label_names)
@@ -302,42 +378,67 @@ def fit(model: TextClassifier, tokenizer, splits: Splits, sequences: dict[str, l
             raise UsageError(f"{config.data.path}: the data differs from what {out_dir} was trained on so far "
                              "(rows, texts or labels changed); restore the original files to resume")
         at = restore(resume_from, trainables)
-        if log_path.exists():  # evaluations after the checkpoint are logged again on the way
+        _restore_rank_rng(resume_from, dropout_rng, world)
+        if log_path.exists() and world.main:  # evaluations after the checkpoint are logged again on the way
             with log_path.open("r+b") as handle:
                 handle.truncate(at.log_bytes)
-        log.info("resuming %s from step %d of %d (epoch %d, batch %d)", out_dir, at.step, total_steps,
+        log.info("resuming %s from step %d of %d (epoch %d, step %d of the epoch)", out_dir, at.step, total_steps,
                  at.epoch + 1, at.batches_done)
     start = time.perf_counter() - at.elapsed_s
-    log_file = log_path.open("a" if resume_from is not None else "w", encoding="utf-8")
+    log_file = log_path.open("a" if resume_from is not None else "w", encoding="utf-8") if world.main else None
 
     def checkpoint() -> None:
-        at.elapsed_s, at.log_bytes = time.perf_counter() - start, log_file.tell()
-        save_checkpoint(checkpoint_dir, trainables, at, tokenizer, data, cfg.keep_checkpoints)
+        ranks = _rank_rng(dropout_rng, world)  # every rank takes part in the gather
+        if world.main:
+            at.elapsed_s, at.log_bytes = time.perf_counter() - start, log_file.tell()
+            save_checkpoint(checkpoint_dir, trainables, at, tokenizer, data, cfg.keep_checkpoints, ranks)
+
+    runner = DistributedDataParallel(model) if world.size > 1 else model
+    if cfg.compile:
+        runner = torch.compile(runner, dynamic=True)
+
+    def forward_backward(index: np.ndarray, weight: float) -> float:
+        """One micro-batch: its loss, scaled by ``weight`` before backward; returns the unscaled loss."""
+        ids, mask = collate([train_seqs[i] for i in index], pad)
+        if cfg.token_dropout:
+            ids = _drop_tokens(ids, mask, cfg.token_dropout, unk, dropout_rng)
+        with autocast(precision, device):
+            logits = runner(ids.to(device), mask.to(device)).logits
+        loss = loss_fn(logits.float(), train_labels[index].to(device))
+        (loss * weight).backward()
+        return loss.item()
 
     if resume_from is None:
         checkpoint()  # step 0: a run killed before its first evaluation can still resume (with its tokenizer)
-    bar = tqdm(total=total_steps, initial=at.step, disable=not progress, unit="step", dynamic_ncols=True)
+    local_examples = 0  # this process's share, this invocation: how the ranks split the work
+    bar = tqdm(total=total_steps, initial=at.step, disable=not (progress and world.main), unit="step",
+               dynamic_ncols=True)
     try:
         for epoch in range(at.epoch, cfg.epochs):
             if at.stop_reason != "completed":
                 break
             model.train()
             batches = bucket_batches(lengths, cfg.batch_size, shuffle=True, seed=cfg.seed * 1000 + epoch)
-            for index in batches[at.batches_done:]:  # a resumed epoch skips the batches done before the stop
-                ids, mask = collate([train_seqs[i] for i in index], pad)
-                if cfg.token_dropout:
-                    ids = _drop_tokens(ids, mask, cfg.token_dropout, unk, dropout_rng)
-                with autocast(precision, device):
-                    logits = model(ids.to(device), mask.to(device)).logits
-                loss = loss_fn(logits.float(), train_labels[index].to(device))
-                loss_value = loss.item()
-                if not math.isfinite(loss_value):
-                    kept = f"the best model in {out_dir / 'model'}" if at.best_step else "no best model yet"
-                    raise UsageError(f"training loss is {loss_value} at step {at.step + 1} (epoch {epoch + 1}); "
-                                     f"stopped, keeping the last good checkpoint in {checkpoint_dir} and {kept}; "
-                                     "lower train.lr, raise train.warmup_ratio or use --precision fp32")
+            for group in _steps(batches, cfg.grad_accum, world)[at.batches_done:]:  # a resumed epoch skips steps done
+                mine, examples = group[world.rank::world.size], sum(len(index) for index in group)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                loss_sum = 0.0
+                for i, index in enumerate(mine):
+                    # DDP averages gradients over ranks: weights that sum to world.size give the step's mean loss
+                    weight = len(index) / examples * world.size
+                    last = i == len(mine) - 1
+                    with runner.no_sync() if world.size > 1 and not last else contextlib.nullcontext():
+                        loss_sum += forward_backward(index, weight) * len(index)
+                    local_examples += len(index)
+                elapsed = time.perf_counter() - start
+                late = float(bool(cfg.max_minutes) and elapsed > cfg.max_minutes * 60)
+                loss_sum, late = all_sum([loss_sum, late], world)  # rank 0's clock counts, as do all losses
+                if not math.isfinite(loss_sum):
+                    kept = f"the best model in {out_dir / 'model'}" if at.best_step else "no best model yet"
+                    raise UsageError(f"training loss is {loss_sum / examples} at step {at.step + 1} "
+                                     f"(epoch {epoch + 1}); stopped, keeping the last good checkpoint in "
+                                     f"{checkpoint_dir} and {kept}; lower train.lr, raise train.warmup_ratio "
+                                     "or use --precision fp32")
                 if cfg.grad_clip:
                     nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                 optimizer.step()
@@ -348,32 +449,35 @@ def fit(model: TextClassifier, tokenizer, splits: Splits, sequences: dict[str, l
                 at.batches_done += 1
                 if at.batches_done == steps_per_epoch:
                     at.epoch, at.batches_done = epoch + 1, 0
-                at.seen += len(index)
-                at.running_loss += loss_value * len(index)
-                at.running_n += len(index)
-                elapsed = time.perf_counter() - start
+                at.seen += examples
+                at.running_loss += loss_sum
+                at.running_n += examples
                 bar.update(1)
                 bar.set_postfix(loss=f"{at.running_loss / at.running_n:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}",
                                 ex_s=f"{at.seen / elapsed:.0f}", refresh=False)
-                out_of_time = cfg.max_minutes and elapsed > cfg.max_minutes * 60
+                out_of_time = late > 0
                 evaluating = at.step % eval_every == 0 or at.step == total_steps or out_of_time
                 if evaluating:
-                    val = score_sequences(evaluated, sequences["validation"], splits.validation.labels, pad,
-                                          cfg.eval_batch_size, precision)
+                    val = validate(evaluated, sequences["validation"], splits.validation.labels, pad,
+                                   cfg.eval_batch_size, precision, world)
                     record = {"step": at.step, "epoch": round(at.step / steps_per_epoch, 3),
                               "train_loss": at.running_loss / at.running_n, "lr": scheduler.get_last_lr()[0],
                               "val_accuracy": val["accuracy"], "val_macro_f1": val["macro_f1"],
                               "elapsed_s": round(elapsed, 2), "examples_per_s": round(at.seen / elapsed, 1)}
-                    log_file.write(json.dumps(record) + "\n")
-                    log_file.flush()
                     at.running_loss, at.running_n = 0.0, 0
-                    if val[cfg.metric] > at.best:
+                    improved = val[cfg.metric] > at.best
+                    if improved:
                         at.best, at.best_step, at.stale = val[cfg.metric], at.step, 0
-                        save_model(out_dir / "model", evaluated, tokenizer)
                     else:
                         at.stale += 1
-                    bar.write(f"step {at.step} (epoch {record['epoch']:.2f}): train loss {record['train_loss']:.4f}, "
-                              f"val accuracy {val['accuracy']:.4f}, macro-F1 {val['macro_f1']:.4f}")
+                    if world.main:
+                        log_file.write(json.dumps(record) + "\n")
+                        log_file.flush()
+                        if improved:
+                            save_model(out_dir / "model", evaluated, tokenizer)
+                        bar.write(f"step {at.step} (epoch {record['epoch']:.2f}): "
+                                  f"train loss {record['train_loss']:.4f}, val accuracy {val['accuracy']:.4f}, "
+                                  f"macro-F1 {val['macro_f1']:.4f}")
                     if cfg.patience and at.stale >= cfg.patience:
                         at.stop_reason = f"early stopping: no improvement in {cfg.patience} evaluations"
                     elif out_of_time:
@@ -385,10 +489,13 @@ def fit(model: TextClassifier, tokenizer, splits: Splits, sequences: dict[str, l
                     break
     finally:
         bar.close()
-        log_file.close()
+        if log_file is not None:
+            log_file.close()
+    share = all_sum([float(local_examples if rank == world.rank else 0) for rank in range(world.size)], world)
+    barrier(world)  # the best model is on disk before any rank reads it
     train_time = time.perf_counter() - start
     return {"best_step": at.best_step, f"best_val_{cfg.metric}": at.best, "steps": at.step,
             "stop_reason": at.stop_reason, "train_time_s": round(train_time, 2),
-            "train_examples_per_s": round(at.seen / train_time, 1),
+            "train_examples_per_s": round(at.seen / train_time, 1), "processes": world.size,
+            "examples_per_process": [int(n) for n in share],
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
-

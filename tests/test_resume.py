@@ -28,7 +28,8 @@ from conftest import TINY
 SETTINGS = TINY + ["train.epochs=2", "train.eval_every=10", "train.checkpoint_every=3", "train.ema_decay=0.9",
                    "train.token_dropout=0.1", "train.precision=fp32"]
 KILL_AT = 37  # mid-epoch 2, one step after the checkpoint at 36
-TIMING = ("train_time_s", "train_examples_per_s", "peak_rss_mb", "elapsed_s", "examples_per_s")
+TIMING = ("train_time_s", "train_examples_per_s", "peak_rss_mb", "elapsed_s", "examples_per_s",
+          "examples_per_process")  # what depends on the machine or on where the run was interrupted
 
 # Run by a subprocess: SIGKILL itself inside the optimizer step number KILL_AT (argv[1]).
 KILLER = """
