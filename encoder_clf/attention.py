@@ -1,11 +1,13 @@
 """Multi-head attention with three scoring rules chosen by name.
 
 Every rule is a small module with one signature, ``score(q, k) -> (batch,
-heads, q_len, k_len)``; masking, the float32 softmax, dropout and the product
-with V are written once, in :class:`MultiHeadAttention`. Masks follow one
-convention everywhere: ``key_padding_mask`` is ``True`` at padding, shape
-``(batch, k_len)``. A query whose keys are all padding gets zero weights (and a
-zero output) rather than NaN.
+heads, q_len, k_len)``, where a rule whose scores do not depend on the query
+may return a ``q_len`` of 1 that :func:`attend` broadcasts to every query;
+masking, the float32 softmax, dropout and the product with V are written once,
+in :func:`attend`. Masks follow one convention everywhere:
+``key_padding_mask`` is ``True`` at padding, shape ``(batch, k_len)``. A query
+whose keys are all padding gets zero weights (and a zero output) rather than
+NaN.
 
 Self-attention is ``attn(x)``; general attention is ``attn(queries, keys)``
 with keys = values from another sequence of any length.
@@ -18,6 +20,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 
 class DotScore(nn.Module):
@@ -37,10 +40,16 @@ class ConcatScore(nn.Module):
     """``w·[q_i; k_j] + b``: one linear layer over the concatenated query and key.
 
     A linear map of a concatenation is the sum of a query part and a key part,
-    so the score is computed as ``w_q·q_i + w_k·k_j`` broadcast over the grid:
-    the same numbers, without a ``(batch, heads, q_len, k_len, 2d)`` tensor.
-    The query part is constant along the keys and cancels in the softmax, so
-    this rule ranks keys by their content alone; that is the rule, not a bug.
+    ``w_q·q_i + w_k·k_j + b``. The query part is constant along the keys and
+    cancels in the softmax, so this rule ranks keys by their content alone (that
+    is the rule, not a bug): every query gets the same weights. The scores are
+    therefore returned as one ``(batch, heads, 1, k_len)`` row, which
+    :func:`attend` softmaxes once and broadcasts, in ``O(k_len)`` memory instead
+    of a ``(q_len, k_len)`` grid. The row is the grid's mean over the queries
+    (``w_q`` applied to the mean query): every row of the grid differs from it
+    by a constant, so the weights are the same, and the query path stays in the
+    graph with the zero gradient the grid gives it (DistributedDataParallel
+    needs every parameter used).
     """
 
     fused = False
@@ -53,10 +62,11 @@ class ConcatScore(nn.Module):
         self.head_dim = head_dim
 
     def forward(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """``(batch, heads, 1, k_len)``: the same scores for every query."""
         w_q, w_k = self.weight[:, : self.head_dim], self.weight[:, self.head_dim:]
-        q_part = torch.einsum("bhqd,hd->bhq", q, w_q.to(q.dtype))
+        q_part = torch.einsum("bhd,hd->bh", q.mean(dim=2), w_q.to(q.dtype))
         k_part = torch.einsum("bhkd,hd->bhk", k, w_k.to(k.dtype))
-        return q_part[..., :, None] + k_part[..., None, :] + self.bias.to(q.dtype)[None, :, None, None]
+        return (q_part + self.bias.to(q.dtype))[:, :, None, None] + k_part[:, :, None, :]
 
 
 class AdditiveScore(nn.Module):
@@ -64,9 +74,10 @@ class AdditiveScore(nn.Module):
 
     ``W[q; k]`` equals ``W_q q + W_k k``, so the two projections are added on the
     ``(q_len, k_len)`` grid. The ``tanh`` needs that grid at full width, so the
-    queries are processed in chunks that keep each 5-D intermediate under
-    ``max_elements`` values, which bounds inference memory at long sequence
-    lengths (training still keeps every chunk's ``tanh`` for the backward pass).
+    queries are processed in chunks that keep each ``(batch, heads, chunk, k_len,
+    head_dim)`` intermediate under ``max_elements`` values. When gradients are
+    on, each chunk is checkpointed: backward recomputes its ``tanh`` instead of
+    keeping every chunk's, so training memory is bounded by one chunk too.
     """
 
     fused = False
@@ -89,11 +100,20 @@ class AdditiveScore(nn.Module):
         k_len = kp.shape[2]
         chunk = max(1, self.max_elements // max(1, batch * heads * k_len * dim))
         v = self.v.to(q.dtype)
-        scores = [
-            torch.einsum("bhqke,he->bhqk", torch.tanh(qp[:, :, i: i + chunk, None, :] + kp[:, :, None, :, :]), v)
-            for i in range(0, q_len, chunk)
-        ]
+        scores = [self._scored_chunk(qp[:, :, i: i + chunk], kp, v) for i in range(0, q_len, chunk)]
         return torch.cat(scores, dim=2)
+
+    @staticmethod
+    def _scored_chunk(qp: torch.Tensor, kp: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """``(batch, heads, chunk, k_len)`` scores of a chunk of projected queries against every projected key."""
+        if torch.is_grad_enabled():
+            return checkpoint(_additive_grid, qp, kp, v, use_reentrant=False)
+        return _additive_grid(qp, kp, v)
+
+
+def _additive_grid(qp: torch.Tensor, kp: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    hidden = torch.tanh(qp[:, :, :, None, :] + kp[:, :, None, :, :])  # (batch, heads, chunk, k_len, head_dim)
+    return torch.einsum("bhqke,he->bhqk", hidden, v)
 
 
 SCORE_RULES: dict[str, type[nn.Module]] = {
@@ -106,27 +126,38 @@ SCORE_RULES: dict[str, type[nn.Module]] = {
 def attend(
     scores: torch.Tensor,
     v: torch.Tensor,
+    q_len: int,
     key_padding_mask: torch.Tensor | None,
     dropout: float,
     training: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mask, softmax in float32, dropout and the weighted sum of V, shared by all rules.
 
-    scores: ``(batch, heads, q_len, k_len)``; v: ``(batch, heads, k_len, head_dim)``.
-    Returns the output ``(batch, heads, q_len, head_dim)`` and the weights
-    (before dropout), which are exactly zero on padded keys.
+    scores: ``(batch, heads, q_len, k_len)``, or ``(batch, heads, 1, k_len)``
+    from a rule whose scores are the same for every query: that row is
+    softmaxed once and broadcast to the ``q_len`` queries (dropout, which must
+    differ per query, is the one step that widens it to the full grid).
+    v: ``(batch, heads, k_len, head_dim)``. Returns the output ``(batch, heads,
+    q_len, head_dim)`` and the weights ``(batch, heads, q_len, k_len)`` (before
+    dropout; broadcast views when ``scores`` was one row), which are exactly
+    zero on padded keys.
+
+    Of the grid-sized tensors, backward keeps only the softmax output and what
+    dropout and the product with V need: the mask is written in place into the
+    scores, which no backward needs, and a fully padded row is zeroed in the
+    small output rather than in the weights.
     """
     scores = scores.float()
     if key_padding_mask is not None:
-        pad = key_padding_mask[:, None, None, :]
-        scores = scores.masked_fill(pad, torch.finfo(scores.dtype).min)
-    weights = torch.softmax(scores, dim=-1)
-    if key_padding_mask is not None:
-        weights = weights.masked_fill(pad, 0.0)  # also zeroes a fully padded row instead of a uniform one
-    dropped = F.dropout(weights, p=dropout, training=training) if dropout > 0 else weights
-    batch, heads, q_len, k_len = weights.shape
-    out = torch.bmm(dropped.to(v.dtype).reshape(batch * heads, q_len, k_len), v.reshape(batch * heads, k_len, -1))
-    return out.reshape(batch, heads, q_len, -1), weights
+        scores.masked_fill_(key_padding_mask[:, None, None, :], torch.finfo(scores.dtype).min)
+    weights = torch.softmax(scores, dim=-1)  # exactly 0 on padded keys, unless the whole row is padding
+    batch, heads, _, k_len = weights.shape
+    dropped = F.dropout(weights.expand(batch, heads, q_len, k_len), p=dropout) if dropout > 0 and training else weights
+    out = torch.matmul(dropped.to(v.dtype), v)
+    if key_padding_mask is not None:  # a row whose keys are all padding softmaxes to uniform weights: zero it
+        empty = key_padding_mask.all(dim=-1)[:, None, None, None]
+        out, weights = out.masked_fill(empty, 0.0), weights.masked_fill(empty, 0.0)
+    return out.expand(batch, heads, q_len, -1), weights.expand(batch, heads, q_len, k_len)
 
 
 class MultiHeadAttention(nn.Module):
@@ -168,10 +199,10 @@ class MultiHeadAttention(nn.Module):
         if self.score.fused and not need_weights:
             out, weights = self._fused(q, k, v, key_padding_mask, dropout), None
         else:
-            out, weights = attend(self.score(q, k), v, key_padding_mask, dropout, self.training)
+            out, weights = attend(self.score(q, k), v, q.shape[2], key_padding_mask, dropout, self.training)
         batch, _, q_len, _ = out.shape
         out = out.transpose(1, 2).reshape(batch, q_len, self.n_heads * self.head_dim)
-        return self.out_proj(out), weights
+        return self.out_proj(out), weights if need_weights else None
 
     def _fused(self, q, k, v, key_padding_mask, dropout):
         """The dot rule through ``scaled_dot_product_attention`` (same numbers as :func:`attend`)."""

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from encoder_clf.attention import SCORE_RULES, MultiHeadAttention
+from encoder_clf.attention import SCORE_RULES, AdditiveScore, MultiHeadAttention
 
 RULES = sorted(SCORE_RULES)
 D_MODEL, HEADS = 16, 4
@@ -133,13 +133,82 @@ def test_additive_query_chunks_give_the_same_scores(monkeypatch):
     torch.testing.assert_close(chunked, whole)
 
 
+# Parameters that only shift a whole row of scores, which the softmax cancels: their gradient is zero.
+ROW_SHIFTS = {"dot": {"k_proj.bias"}, "concat": {"q_proj.weight", "q_proj.bias", "k_proj.bias", "score.bias"}}
+
+
 @pytest.mark.parametrize("rule", RULES)
 def test_gradients_reach_every_parameter(rule):
     attn = make_attention(rule).train()
     out, _ = attn(torch.randn(2, 5, D_MODEL), torch.randn(2, 4, D_MODEL), key_padding_mask=padding_mask([4, 2], 4))
     out.pow(2).sum().backward()
     for name, p in attn.named_parameters():
-        assert p.grad is not None and p.grad.abs().sum() > 0, name
+        assert p.grad is not None, name  # every parameter in the graph: DistributedDataParallel requires it
+        if name in ROW_SHIFTS.get(rule, ()):
+            torch.testing.assert_close(p.grad, torch.zeros_like(p.grad), atol=1e-6, rtol=0)
+        else:
+            assert p.grad.abs().sum() > 0, name
+
+
+LEAN_RULES = ["concat", "additive"]
+
+
+@pytest.mark.parametrize("rule", LEAN_RULES)
+def test_lean_rules_have_the_gradients_of_the_full_grid(rule, monkeypatch):
+    """Float64 everywhere but the float32 softmax, against the explicit grid of the plain references."""
+    monkeypatch.setattr(AdditiveScore, "max_elements", 1)  # one checkpointed chunk per query
+    attn = make_attention(rule).double().train()
+    query = torch.randn(3, 5, D_MODEL, dtype=torch.float64, requires_grad=True)
+    key = torch.randn(3, 6, D_MODEL, dtype=torch.float64, requires_grad=True)
+    mask, upstream = padding_mask([6, 3, 1], 6), torch.randn(3, 5, D_MODEL, dtype=torch.float64)
+    inputs = [query, key, *attn.parameters()]
+    lean, _ = attn(query, key, key_padding_mask=mask)
+    expected = reference(attn, query, key, mask, lambda q, k: REFERENCES[rule](attn, q, k))
+    for got, want in zip(torch.autograd.grad((lean * upstream).sum(), inputs),
+                         torch.autograd.grad((expected * upstream).sum(), inputs)):
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("rule, grids", [("concat", 0), ("additive", 1)])
+def test_lean_rules_keep_no_five_d_tensor_for_backward(rule, grids, monkeypatch):
+    """Bytes training keeps for backward, counted in float32 ``(batch, heads, q_len, k_len)`` grids.
+
+    Concat keeps one score row per head, no grid; additive keeps the softmax
+    output but no chunk's ``(batch, heads, chunk, k_len, head_dim)`` tanh.
+    """
+    monkeypatch.setattr(AdditiveScore, "max_elements", 1 << 16)  # chunks of 16 queries
+    batch, length = 2, 128
+    attn = make_attention(rule).train()
+    kept = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        kept[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out, _ = attn(torch.randn(batch, length, D_MODEL), key_padding_mask=padding_mask([length, 80], length))
+    out.sum().backward()
+    grid_bytes = 4 * batch * HEADS * length * length
+    assert sum(kept.values()) < (grids + 0.5) * grid_bytes, sum(kept.values()) / grid_bytes
+
+
+@pytest.mark.parametrize("rule", LEAN_RULES)
+def test_lean_rules_train_under_bf16_autocast(rule, monkeypatch):
+    monkeypatch.setattr(AdditiveScore, "max_elements", 64)
+    attn = make_attention(rule).train()
+    x, mask = torch.randn(2, 9, D_MODEL), padding_mask([9, 5], 9)
+
+    def gradients() -> list[torch.Tensor]:
+        out, _ = attn(x, key_padding_mask=mask)
+        return torch.autograd.grad(out.float().pow(2).sum(), list(attn.parameters()))
+
+    full = gradients()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = gradients()
+    for (name, _), g, g_low in zip(attn.named_parameters(), full, low):
+        assert g_low.dtype == torch.float32
+        if name not in ROW_SHIFTS.get(rule, ()):
+            assert (g_low - g).norm() < 0.05 * g.norm(), name
 
 
 @pytest.mark.parametrize("rule", RULES)
