@@ -57,8 +57,13 @@ class DataConfig:
     validation_fraction: float = 0.1
     class_weights: str | None = None
     strict: bool = False  # refuse rows with empty text instead of dropping them with a warning
+    cache_dir: str = ""  # token ids in memory-mapped Arrow files here, keyed by tokenizer and texts; "" = in memory
+    num_proc: int = 1  # processes that tokenize into cache_dir
+    streaming: bool = False  # read train one pool at a time, never whole (encoder_clf.corpus); needs a validation file
 
     def __post_init__(self) -> None:
+        if self.num_proc < 1:
+            raise UsageError(f"data.num_proc must be a positive integer; got {self.num_proc}")
         if not 0.0 < self.validation_fraction < 1.0:
             raise UsageError(f"data.validation_fraction must be in (0, 1); got {self.validation_fraction}")
         if self.class_weights not in (None, "balanced"):
@@ -152,20 +157,25 @@ class _RawSplit:
 def _read_raw_splits(path: str) -> dict[str, _RawSplit]:
     local = Path(path).expanduser()
     if local.is_dir():
-        files = {}
-        for split, names in SPLIT_NAMES.items():
-            matches = [f for f in sorted(local.iterdir()) if f.stem.lower() in names and f.suffix.lower() in READERS]
-            if matches:
-                files[split] = matches[0]
-        if not files:
-            raise UsageError(f"{local}: no split files found; expected train/validation/test files ending in "
-                             f"{', '.join(READERS)}")
-        return {split: _RawSplit(_read_file(f), str(f)) for split, f in files.items()}
+        return {split: _RawSplit(_read_file(f), str(f)) for split, f in split_files(local).items()}
     if local.is_file():
         return {"train": _RawSplit(_read_file(local), str(local))}
     if _looks_local(path):
         raise UsageError(f"data path {path} does not exist; pass an existing file, directory or Hub dataset name")
     return _read_hub(path)
+
+
+def split_files(directory: Path) -> dict[str, Path]:
+    """The file of each split found in a directory, by the names in ``SPLIT_NAMES`` (first in name order)."""
+    files = {}
+    for split, names in SPLIT_NAMES.items():
+        matches = [f for f in sorted(directory.iterdir()) if f.stem.lower() in names and f.suffix.lower() in READERS]
+        if matches:
+            files[split] = matches[0]
+    if not files:
+        raise UsageError(f"{directory}: no split files found; expected train/validation/test files ending in "
+                         f"{', '.join(READERS)}")
+    return files
 
 
 def _looks_local(path: str) -> bool:
