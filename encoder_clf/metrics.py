@@ -119,8 +119,9 @@ def curves_figure(records: Sequence[dict], title: str = "Training curves") -> Fi
     for ax in (loss_ax, score_ax, lr_ax):
         ax.set_xlabel("optimizer step")
         ax.grid(alpha=0.3)
-    n, epochs = len(records), records[-1]["epoch"]
-    fig.suptitle(f"{title} ({n} evaluation{'s' * (n != 1)}, {epochs:g} epoch{'s' * (epochs != 1)})", fontsize=11)
+    n, epochs = len(records), records[-1]["epoch"]  # None for a streamed train split: its length is unknown
+    span = "" if epochs is None else f", {epochs:g} epoch{'s' * (epochs != 1)}"
+    fig.suptitle(f"{title} ({n} evaluation{'s' * (n != 1)}{span})", fontsize=11)
     return fig
 
 

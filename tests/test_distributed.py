@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from encoder_clf import training
+from encoder_clf import loop, training
 from encoder_clf.cli import main
 from encoder_clf.config import with_overrides
 from encoder_clf.distributed import World
@@ -85,9 +85,9 @@ def ddp_run(sst2_even, tmp_path_factory):
 
 def test_steps_deal_batches_round_robin_and_top_up_the_last():
     batches = [np.array([i]) for i in range(5)]
-    steps = training._steps(batches, grad_accum=2, world=World(rank=1, size=2))
+    steps = list(loop._steps(batches, grad_accum=2, world=World(rank=1, size=2)))
     assert [[int(b[0]) for b in step] for step in steps] == [[0, 1, 2, 3], [4, 0]]  # topped up with batch 0
-    solo = training._steps(batches, grad_accum=2, world=World())
+    solo = list(loop._steps(batches, grad_accum=2, world=World()))
     assert [[int(b[0]) for b in step] for step in solo] == [[0, 1], [2, 3], [4]]  # one process: no top-up
 
 
@@ -98,7 +98,7 @@ def test_gradient_accumulation_equals_one_batch_of_the_union(toy_data, tmp_path,
     union = [np.concatenate(micro[:2]), np.concatenate(micro[2:])]
     tokenizer = []  # the second run reuses the first one's: the trainer may break ties differently
     for name, batches, accum in [("accumulated", micro, 2), ("union", union, 1)]:
-        monkeypatch.setattr(training, "bucket_batches", lambda *a, b=batches, **k: list(b))
+        monkeypatch.setattr(loop, "bucket_batches", lambda *a, b=batches, **k: list(b))
         config = with_overrides(RunConfig(), [f"data.path={toy_data}", *TINY, *EXACT, "train.epochs=3",
                                               f"train.grad_accum={accum}", *tokenizer])
         assert train(config, tmp_path / name, progress=False)["steps"] == 6
@@ -195,7 +195,7 @@ def test_compile_option_compiles_the_training_forward(toy_data, tmp_path, monkey
 
     settings = [f"data.path={toy_data}", *TINY, *EXACT, "train.epochs=1"]
     plain = train(with_overrides(RunConfig(), settings), tmp_path / "plain", progress=False)
-    monkeypatch.setattr(training.torch, "compile", eager_compile)
+    monkeypatch.setattr(loop.torch, "compile", eager_compile)
     pinned = settings + ["train.compile=true", f"tokenizer.path={tmp_path / 'plain' / 'model'}"]
     compiled = train(with_overrides(RunConfig(), pinned), tmp_path / "compiled", progress=False)
     assert calls == [{"dynamic": True}]

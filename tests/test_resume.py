@@ -169,7 +169,7 @@ def test_resume_refuses_data_that_changed(toy_data, pinned, tmp_path, monkeypatc
 
 
 def test_non_finite_loss_stops_the_run_naming_the_step(toy_data, pinned, tmp_path, monkeypatch, capsys):
-    real, calls = training._loss_fn, [0]
+    real, calls = training.class_weighted_loss, [0]
 
     def poisoned(*args, **kwargs):
         loss_fn = real(*args, **kwargs)
@@ -180,7 +180,7 @@ def test_non_finite_loss_stops_the_run_naming_the_step(toy_data, pinned, tmp_pat
 
         return loss
 
-    monkeypatch.setattr(training, "_loss_fn", poisoned)
+    monkeypatch.setattr(training, "class_weighted_loss", poisoned)
     run = tmp_path / "run"
     capsys.readouterr()
     assert main(train_args(toy_data, run, pinned)) == 2

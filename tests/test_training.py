@@ -8,6 +8,8 @@ import pytest
 from encoder_clf.config import with_overrides
 from encoder_clf.training import RunConfig, train
 
+from conftest import TINY
+
 
 @pytest.fixture(scope="module")
 def sst2_sample(sst2_dir, tmp_path_factory):
@@ -53,7 +55,7 @@ def test_same_seed_gives_identical_metrics(sst2_sample, tmp_path):
 def test_token_dropout_spares_special_tokens_and_padding():
     import torch
 
-    from encoder_clf.training import _drop_tokens
+    from encoder_clf.loop import _drop_tokens
 
     ids = torch.tensor([[2, 10, 11, 12, 13, 3], [2, 20, 21, 3, 0, 0]])
     mask = ids == 0
@@ -83,3 +85,49 @@ def test_weight_averaging_keeps_the_moving_average(tmp_path):
     weights = lambda run: load_model(tmp_path / run / "model")[0].state_dict()  # noqa: E731
     differ = [name for name, tensor in weights("ema").items() if not torch.equal(tensor, weights("plain")[name])]
     assert differ and all(not name.endswith("n_averaged") for name in weights("ema"))
+
+
+
+def test_token_cache_gives_the_in_memory_run_and_is_reused(toy_data, tmp_path, monkeypatch, one_thread):
+    from encoder_clf import corpus
+
+    settings = [f"data.path={toy_data}", *TINY, "train.epochs=2", "train.precision=fp32"]
+    plain = train(with_overrides(RunConfig(), settings), tmp_path / "plain", progress=False)
+    pinned = settings + [f"tokenizer.path={tmp_path / 'plain' / 'model'}", f"data.cache_dir={tmp_path / 'cache'}",
+                         "data.num_proc=2"]
+    cached = train(with_overrides(RunConfig(), pinned), tmp_path / "cached", progress=False)
+    files = sorted((tmp_path / "cache").glob("tokens-*.arrow"))
+    assert len(files) == 3  # train, validation, test
+    assert cached["validation"] == plain["validation"] and cached["test"] == plain["test"]
+
+    monkeypatch.setattr(corpus, "_write_cache", lambda *a, **k: pytest.fail("the cache was written again"))
+    again = train(with_overrides(RunConfig(), pinned), tmp_path / "again", progress=False)
+    assert again["validation"] == plain["validation"]
+    assert sorted((tmp_path / "cache").glob("tokens-*.arrow")) == files
+
+
+def test_streaming_trains_for_max_steps_without_holding_the_train_split(toy_data, tmp_path, monkeypatch, one_thread):
+    from encoder_clf import training
+
+    monkeypatch.setattr(training, "load_splits", lambda *a, **k: pytest.fail("the train split was read whole"))
+    settings = [f"data.path={toy_data}", *TINY, "data.streaming=true", "train.max_steps=60", "train.eval_every=20",
+                "train.precision=fp32"]
+    metrics = train(with_overrides(RunConfig(), settings), tmp_path / "run", progress=False)
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [20, 40, 60] and all(r["epoch"] is None for r in log)
+    assert metrics["steps"] == 60 and metrics["validation"]["accuracy"] > 0.9  # 400 rows: 2.4 passes
+    assert (tmp_path / "run" / "curves.png").is_file()
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("train.epochs=1", "data.streaming reads the train split as a stream of unknown length; set train.max_steps"),
+    ("data.class_weights=balanced", "data.class_weights=balanced needs the train labels counted up front"),
+])
+def test_streaming_refuses_what_a_stream_cannot_give(toy_data, tmp_path, setting, message):
+    from encoder_clf.errors import UsageError
+
+    steps = [] if setting == "train.epochs=1" else ["train.max_steps=10"]
+    config = with_overrides(RunConfig(), [f"data.path={toy_data}", "data.streaming=true", setting, *steps])
+    with pytest.raises(UsageError, match=message):
+        train(config, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
