@@ -92,6 +92,7 @@ bench: setup
 	$(PY) benchmarks/finetune_minilm.py
 	$(PY) benchmarks/mlm_vs_scratch.py
 	$(PY) benchmarks/fault_injection.py
+	$(PY) benchmarks/throughput.py
 
 clean:
 	rm -rf runs build dist *.egg-info .pytest_cache .ruff_cache

@@ -107,7 +107,7 @@ class Block(nn.Module):
         super().__init__()
         d, eps = config.d_model, config.layer_norm_eps
         self.attention = MultiHeadAttention(d, config.n_heads, config.attention, config.attention_dropout)
-        self.feed_forward = FeedForward(d, config.d_ff, config.dropout, config.activation)
+        self.feed_forward = FeedForward(d, config.d_ff, config.activation_dropout, config.activation)
         self.attention_norm = nn.LayerNorm(d, eps=eps)
         self.feed_forward_norm = nn.LayerNorm(d, eps=eps)
         self.dropout = nn.Dropout(config.dropout)

@@ -5,7 +5,10 @@ import torch
 
 from encoder_clf.attention import SCORE_RULES
 from encoder_clf.encoder import NORM_PLACEMENTS, POSITION_ENCODINGS
+from encoder_clf.errors import UsageError
 from encoder_clf.pooling import POOLINGS
+
+from conftest import tiny_config
 
 VARIANTS = [{"attention": r} for r in SCORE_RULES] + [{"pooling": p} for p in POOLINGS] + \
     [{"norm": n} for n in NORM_PLACEMENTS] + [{"positions": p} for p in POSITION_ENCODINGS] + [{"type_vocab_size": 2}]
@@ -66,3 +69,15 @@ def test_model_needs_vocabulary_and_labels():
 
     with pytest.raises(ValueError, match="vocab_size > 0 and at least 2 labels"):
         TextClassifier(ModelConfig(vocab_size=0, labels=["a", "b"]))
+
+
+def test_activation_dropout_is_the_only_dropout_inside_the_feed_forward(tiny_model):
+    """Off by default (BERT's layout): with the other rates at 0, training-mode passes are then deterministic."""
+    torch.manual_seed(0)
+    ids = torch.randint(4, 50, (2, 6))
+    quiet = tiny_model(dropout=0.0, attention_dropout=0.0).train()
+    assert torch.equal(quiet(ids).logits, quiet(ids).logits)
+    noisy = tiny_model(dropout=0.0, attention_dropout=0.0, activation_dropout=0.5).train()
+    assert not torch.equal(noisy(ids).logits, noisy(ids).logits)
+    with pytest.raises(UsageError, match=r"model.activation_dropout must be in \[0, 1\); got 1.0"):
+        tiny_config(activation_dropout=1.0)
