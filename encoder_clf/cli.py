@@ -50,6 +50,7 @@ def _train(args: argparse.Namespace) -> None:
     flags += [f"train.precision={args.precision}"] if args.precision else []
     flags += [f"train.init={args.init}"] if args.init else []
     flags += ["data.strict=true"] if args.strict else []
+    flags += ["data.streaming=true"] if args.streaming else []
     config = _layered(RunConfig, args, FINETUNE_PRESET if args.init else [], flags)
     if not config.data.path:
         raise UsageError("no data given; pass --data PATH (a directory of splits, a file, or a Hub dataset name)")
@@ -62,7 +63,8 @@ def _resume(args: argparse.Namespace, world: World) -> None:
     """The run goes on with its own run_config.json: any other setting would break the exact replay."""
     given = [flag for flag, value in [("--data", args.data), ("--init", args.init), ("--config", args.config),
                                       ("--set", args.set), ("--precision", args.precision), ("--out", args.out),
-                                      ("--overwrite", args.overwrite), ("--strict", args.strict)] if value]
+                                      ("--overwrite", args.overwrite), ("--strict", args.strict),
+                                      ("--streaming", args.streaming)] if value]
     if given:
         raise UsageError(f"--resume continues with the settings in the run's run_config.json; drop {', '.join(given)}")
     _print_results(resume(args.resume, progress=not args.quiet), Path(args.resume), world)
@@ -175,6 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue a stopped run from its newest checkpoint, with its own run_config.json")
     p.add_argument("--strict", action="store_true",
                    help="refuse rows with empty text instead of dropping them (data.strict)")
+    p.add_argument("--streaming", action="store_true",
+                   help="read the train split as a stream, one pool at a time (data.streaming; "
+                        "needs --set train.max_steps=N and a validation file)")
     p.set_defaults(run=_train)
 
     p = commands.add_parser("pretrain", parents=[run], help="masked-language-model pretraining on unlabelled text")

@@ -305,7 +305,7 @@ def fit(model: TextClassifier, tokenizer, train: TrainBatches, validation: Token
                     local_examples += len(labels)
                 elapsed = time.perf_counter() - start
                 late = float(bool(cfg.max_minutes) and elapsed > cfg.max_minutes * 60)
-                loss_sum, late = all_sum([loss_sum, late], world)  # rank 0's clock counts, as do all losses
+                loss_sum, late = all_sum([loss_sum, late], world)  # one rank out of time stops them all
                 if not math.isfinite(loss_sum):
                     kept = f"the best model in {out_dir / 'model'}" if at.best_step else "no best model yet"
                     raise UsageError(f"training loss is {loss_sum / examples} at step {at.step + 1} "

@@ -131,3 +131,13 @@ def test_streaming_refuses_what_a_stream_cannot_give(toy_data, tmp_path, setting
     with pytest.raises(UsageError, match=message):
         train(config, tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
+
+
+def test_streaming_flag_of_the_cli(toy_data, tmp_path, one_thread):
+    from encoder_clf.cli import main
+
+    args = ["train", "--data", str(toy_data), "--out", str(tmp_path / "run"), "--quiet", "--streaming",
+            *[x for s in [*TINY, "train.max_steps=30", "train.precision=fp32"] for x in ("--set", s)]]
+    assert main(args) == 0
+    config = json.loads((tmp_path / "run" / "run_config.json").read_text())
+    assert config["data"]["streaming"] is True and config["train"]["max_steps"] == 30
