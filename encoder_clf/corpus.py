@@ -332,12 +332,7 @@ def _train_stream(path: str):
         file = split_files(local).get("train") if local.is_dir() else local
         if file is None:
             raise UsageError(f"{local}: no train split found; name the file train{', train'.join(READERS)}")
-        suffix = file.suffix.lower()
-        if suffix not in READERS:
-            raise UsageError(f"{file}: unsupported file type {suffix or '(none)'!r}; use one of {', '.join(READERS)}")
-        builder, options = READERS[suffix]
-        datasets.config.HF_UPDATE_DOWNLOAD_COUNTS = False  # a local file: no usage ping (it stalls offline)
-        return datasets.load_dataset(builder, data_files=str(file), split="train", streaming=True, **options), str(file)
+        return _read_file(file, streaming=True), str(file)
     if _looks_local(path):
         raise UsageError(f"data path {path} does not exist; pass an existing directory or Hub dataset name")
     repo, _, subset = path.partition(":")

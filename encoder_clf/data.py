@@ -185,19 +185,24 @@ def _looks_local(path: str) -> bool:
             or Path(name).suffix.lower() in READERS or Path(name).suffix.lower() == ".txt")
 
 
-def _read_file(file: Path):
+def _read_file(file: Path, streaming: bool = False):
+    """One split file as a ``datasets.Dataset``, or with ``streaming`` an ``IterableDataset`` read lazily.
+
+    A stream is not scanned for bad UTF-8 up front (that would read it whole each epoch): its rows report
+    parse errors as they come (``corpus._examples``).
+    """
     import datasets
 
     suffix = file.suffix.lower()
     if suffix not in READERS:
         raise UsageError(f"{file}: unsupported file type {suffix or '(none)'!r}; use one of {', '.join(READERS)}")
     builder, options = READERS[suffix]
-    if suffix != ".parquet":
+    if suffix != ".parquet" and not streaming:
         _check_utf8(file)
     datasets.disable_progress_bars()
     datasets.config.HF_UPDATE_DOWNLOAD_COUNTS = False  # a local file: no usage ping (it stalls offline)
     try:
-        return datasets.load_dataset(builder, data_files=str(file), split="train", **options)
+        return datasets.load_dataset(builder, data_files=str(file), split="train", streaming=streaming, **options)
     except Exception as err:  # datasets wraps parser errors in its own types
         if _is_empty(file):
             raise UsageError(f"{file}: the split is empty; add labelled rows") from None

@@ -265,7 +265,8 @@ def fit(model: TextClassifier, tokenizer, train: TrainBatches, validation: Token
             at.elapsed_s, at.log_bytes = time.perf_counter() - start, log_file.tell()
             save_checkpoint(checkpoint_dir, trainables, at, tokenizer, train.key, cfg.keep_checkpoints, ranks)
 
-    runner = DistributedDataParallel(model) if world.size > 1 else model
+    ddp = DistributedDataParallel(model) if world.size > 1 else None
+    runner = ddp or model
     if cfg.compile:
         runner = torch.compile(runner, dynamic=True)
 
@@ -300,7 +301,7 @@ def fit(model: TextClassifier, tokenizer, train: TrainBatches, validation: Token
                     # DDP averages gradients over ranks: weights that sum to world.size give the step's mean loss
                     weight = len(labels) / examples * world.size
                     last = i == len(mine) - 1
-                    with runner.no_sync() if world.size > 1 and not last else contextlib.nullcontext():
+                    with ddp.no_sync() if ddp is not None and not last else contextlib.nullcontext():
                         loss_sum += forward_backward(ids, mask, labels, weight) * len(labels)
                     local_examples += len(labels)
                 elapsed = time.perf_counter() - start

@@ -182,7 +182,8 @@ def _run(config: RunConfig, model: TextClassifier, tokenizer: Tokenizer, splits:
     held = {"validation": splits.validation, "test": splits.test}
     if not streaming:
         held = {"train": splits.train, **held}
-    tokens = {name: _tokenized(tokenizer, split, config.data, world) for name, split in held.items() if split}
+    tokens = {name: _tokenized(tokenizer, split, config.data, world)
+              for name, split in held.items() if split is not None}
     for name, split in tokens.items():
         if split.truncated and world.main:
             log.warning("%s: %d of %d texts truncated at max_length=%d tokens", name, split.truncated,
