@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from .config import load_json, with_overrides
-from .data import read_texts
+from .data import FLAG_HINTS, read_texts
 from .distributed import SOLO, World, broadcast_text, init_from_env, shutdown
 from .errors import UsageError
 from .explain import TOKEN_WEIGHT_MEANINGS, explain_text, layer_index
@@ -101,7 +101,7 @@ def _embed(args: argparse.Namespace) -> None:
     if output.suffix.lower() not in OUTPUT_FORMATS:  # before the slow part
         raise UsageError(f"--out {output}: unsupported output type {output.suffix or '(none)'!r}; "
                          f"use {' or '.join(OUTPUT_FORMATS)}")
-    texts = read_texts(args.data, args.split, args.text_column)
+    texts = read_texts(args.data, args.split, args.text_column, FLAG_HINTS)
     if not texts:
         raise UsageError(f"{args.data}: no texts to embed in split {args.split!r}")
     vectors = encode(args.model, texts, args.pooling, args.normalize, args.batch_size, args.precision,

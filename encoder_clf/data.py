@@ -40,6 +40,11 @@ READERS = {  # suffix -> (datasets builder, builder options)
 SPLIT_NAMES = {"train": ("train",), "validation": ("validation", "valid", "val", "dev"), "test": ("test",)}
 TEXT_COLUMNS = ("text", "sentence", "content", "review", "document", "body")
 LABEL_COLUMNS = ("label", "labels", "target", "class", "category", "y")
+# How the user of each entry point names a column or a split, for the fix an error message suggests:
+# train and pretrain take settings, evaluate and embed take flags.
+SETTING_HINTS = {"text": "--set data.text_column=NAME", "label": "--set data.label_column=NAME",
+                 "split": "--set data.split=NAME"}
+FLAG_HINTS = {"text": "--text-column NAME", "label": "--label-column NAME", "split": "--split NAME"}
 
 
 @dataclass
@@ -116,13 +121,12 @@ def load_splits(config: DataConfig, seed: int = 0) -> Splits:
 
 
 def read_split(path: str, split: str, label_names: list[str], text_column: str | None = None,
-               label_column: str | None = None) -> Split:
+               label_column: str | None = None, hints: dict[str, str] = FLAG_HINTS) -> Split:
     """Read one named split for evaluation against a trained model's classes."""
     raw = _read_raw_splits(path)
-    if split not in raw:
-        raise UsageError(f"{path}: no {split!r} split (splits found: {', '.join(raw)}); pick one with --split")
+    _require_split(raw, path, split, hints)
     config = DataConfig(path=path, text_column=text_column, label_column=label_column)
-    texts, values, source, _ = _columns(raw[split], config)
+    texts, values, source, _ = _columns(raw[split], config, hints)
     if not texts:
         raise UsageError(f"{source}: the split is empty; add labelled rows")
     by_id = _integers_name_ids(sorted(set(values), key=lambda v: (isinstance(v, str), v)), label_names)
@@ -130,7 +134,8 @@ def read_split(path: str, split: str, label_names: list[str], text_column: str |
     return Split(texts, _to_ids(values, value_to_id, source), source)
 
 
-def read_texts(path: str, split: str = "train", text_column: str | None = None) -> list[str]:
+def read_texts(path: str, split: str = "train", text_column: str | None = None,
+               hints: dict[str, str] = SETTING_HINTS) -> list[str]:
     """Every text of one split, in file order (empty ones as ``""``): for features and pretraining.
 
     Besides the labelled formats, a plain ``.txt`` file gives one text per line.
@@ -142,10 +147,14 @@ def read_texts(path: str, split: str = "train", text_column: str | None = None) 
         except UnicodeDecodeError as err:
             raise UsageError(f"{file} is not UTF-8 (byte {err.start}); re-encode it as UTF-8") from None
     raw = _read_raw_splits(path)
-    if split not in raw:
-        raise UsageError(f"{path}: no {split!r} split (splits found: {', '.join(raw)}); pick one with --split")
-    column = _pick_column(raw[split], text_column, TEXT_COLUMNS, "text")
+    _require_split(raw, path, split, hints)
+    column = _pick_column(raw[split], text_column, TEXT_COLUMNS, "text", hints)
     return [text if isinstance(text, str) else "" for text in raw[split].table[column]]
+
+
+def _require_split(raw: dict, path: str, split: str, hints: dict[str, str]) -> None:
+    if split not in raw:
+        raise UsageError(f"{path}: no {split!r} split (splits found: {', '.join(raw)}); pick one with {hints['split']}")
 
 
 @dataclass
@@ -267,31 +276,32 @@ def _read_hub(name: str) -> dict[str, _RawSplit]:
     return raw
 
 
-def _pick_column(raw: _RawSplit, requested: str | None, candidates: tuple[str, ...], kind: str) -> str:
+def _pick_column(raw: _RawSplit, requested: str | None, candidates: tuple[str, ...], kind: str,
+                 hints: dict[str, str] = SETTING_HINTS) -> str:
     columns = list(raw.table.column_names)
     if requested is not None:
         if requested not in columns:
             raise UsageError(f"{raw.source}: no {kind} column {requested!r}; columns found: {', '.join(columns)}; "
-                             f"pass --set data.{kind}_column=NAME")
+                             f"pass {hints[kind]}")
         return requested
     present = [name for name in candidates if name in columns]
     if len(present) > 1:
         raise UsageError(f"{raw.source}: columns {present[0]!r} and {present[1]!r} could both be the {kind} column; "
-                         f"pick one with --set data.{kind}_column=NAME")
+                         f"pick one with {hints[kind]}")
     if present:
         return present[0]
-    raise UsageError(f"{raw.source}: no {kind} column found among {', '.join(columns)}; "
-                     f"pass --set data.{kind}_column=NAME")
+    raise UsageError(f"{raw.source}: no {kind} column found among {', '.join(columns)}; pass {hints[kind]}")
 
 
-def _columns(raw: _RawSplit, config: DataConfig) -> tuple[list[str], list, str, list[str] | None]:
+def _columns(raw: _RawSplit, config: DataConfig,
+             hints: dict[str, str] = SETTING_HINTS) -> tuple[list[str], list, str, list[str] | None]:
     """Texts and label values, with rows of empty text dropped (and counted in a warning).
 
     Integer labels of a ``ClassLabel`` column become their names; those names
     (in the dataset's order) are returned too, else ``None``.
     """
-    text_column = _pick_column(raw, config.text_column, TEXT_COLUMNS, "text")
-    label_column = _pick_column(raw, config.label_column, LABEL_COLUMNS, "label")
+    text_column = _pick_column(raw, config.text_column, TEXT_COLUMNS, "text", hints)
+    label_column = _pick_column(raw, config.label_column, LABEL_COLUMNS, "label", hints)
     texts, values = raw.table[text_column], raw.table[label_column]
     class_names = getattr(raw.table.features.get(label_column), "names", None)
     if class_names:

@@ -135,6 +135,25 @@ def case(name: str, root: Path, model_dir: Path) -> tuple[list[str], list[str]]:
     if name == "resume with new settings":
         return ["train", "--resume", str(root / "run"), "--set", "train.lr=1"], [
             "--resume continues with the settings in the run's run_config.json; drop --set"]
+    if name == "evaluate: missing text column":  # evaluate and embed take flags, not settings: name the flag
+        return ["evaluate", "--model", str(model_dir), "--data", str(write(root / "test.csv", "words,label\nhi,1\n")),
+                "--split", "train"], ["test.csv: no text column found among words, label", "pass --text-column NAME"]
+    if name == "evaluate: unknown label column":
+        path = write(root / "test.csv", "text,label\nhi,1\n")
+        return ["evaluate", "--model", str(model_dir), "--data", str(path), "--split", "train",
+                "--label-column", "stars"], ["no label column 'stars'; columns found: text, label",
+                                             "pass --label-column NAME"]
+    if name == "embed: ambiguous text column":
+        return ["embed", "--model", str(model_dir), "--data", str(write(root / "t.csv", "text,sentence\na,b\n")),
+                "--out", str(root / "v.npy")], ["could both be the text column", "pick one with --text-column NAME"]
+    if name == "embed: missing split":
+        return ["embed", "--model", str(model_dir), "--data", str(splits(root, GOOD_TRAIN)), "--split", "test",
+                "--out", str(root / "v.npy")], ["no 'test' split (splits found: train, validation)",
+                                                "pick one with --split NAME"]
+    if name == "pretrain: missing split":
+        return ["pretrain", "--data", str(splits(root, GOOD_TRAIN)), "--out", "{out}", "--quiet", "--set",
+                "data.split=test"], ["no 'test' split (splits found: train, validation)",
+                                     "pick one with --set data.split=NAME"]
     predict = ["predict", "--model"]
     if name == "predict with no text":
         return predict + [str(model_dir)], ["no text to classify; pass TEXT arguments, --file PATH"]
@@ -157,7 +176,9 @@ CASES = ["missing path", "unsupported extension", "missing text column", "missin
          "label unseen in training", "non-UTF-8 bytes", "invalid value", "invalid choice", "unknown key",
          "invalid checkpoint setting", "config file not JSON", "tokenizer file missing",
          "init model with a mismatched tokenizer", "existing run directory", "resume a missing run",
-         "resume a finished run", "resume without checkpoints", "resume with new settings", "predict with no text",
+         "resume a finished run", "resume without checkpoints", "resume with new settings",
+         "evaluate: missing text column", "evaluate: unknown label column", "embed: ambiguous text column",
+         "embed: missing split", "pretrain: missing split", "predict with no text",
          "model directory missing", "model weights missing", "model weights corrupted",
          "tokenizer does not match the model"]
 
