@@ -61,6 +61,7 @@ class ModelConfig:
     attention_dropout: float = 0.1
     activation_dropout: float = 0.0  # inside the feed-forward, after the activation (BERT has none: it costs ~15%)
     activation: str = "gelu"
+    conv_kernel: int = 0  # a depthwise convolution of this odd width before each block's attention; 0 = none
     layer_norm_eps: float = 1e-5
     type_vocab_size: int = 0
     vocab_size: int = 0
@@ -75,6 +76,8 @@ class ModelConfig:
             f"model.d_model ({self.d_model}) must be divisible by model.n_heads ({self.n_heads}); "
             "pick e.g. n_heads=4 or 8",
         )
+        _require(self.conv_kernel == 0 or (self.conv_kernel > 0 and self.conv_kernel % 2 == 1),
+                 f"model.conv_kernel must be 0 (no convolution) or an odd width such as 3 or 5; got {self.conv_kernel}")
         _require_choice("model.attention", self.attention, SCORE_RULES)
         _require_choice("model.norm", self.norm, NORM_PLACEMENTS)
         _require_choice("model.positions", self.positions, POSITION_ENCODINGS)

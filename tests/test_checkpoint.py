@@ -16,7 +16,7 @@ CORPUS = [f"the film number {i} was {'good' if i % 2 else 'bad'} and {'fun' if i
 @pytest.fixture
 def saved(tmp_path, tiny_model):
     tokenizer = train_tokenizer(CORPUS, TokenizerConfig(vocab_size=100, min_frequency=1, max_length=16))
-    model = tiny_model(vocab_size=tokenizer.get_vocab_size(), attention="additive", pooling="attention")
+    model = tiny_model(vocab_size=tokenizer.get_vocab_size(), attention="additive", pooling="attention", conv_kernel=3)
     save_model(tmp_path / "model", model, tokenizer)
     return tmp_path / "model", model, tokenizer
 

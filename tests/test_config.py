@@ -48,6 +48,11 @@ def test_d_model_must_be_divisible_by_n_heads(d_model, n_heads):
                    f"model.d_model ({d_model})", f"model.n_heads ({n_heads})", "divisible")
 
 
+@pytest.mark.parametrize("kernel", [2, 4, -3])
+def test_conv_kernel_must_be_odd_or_zero(kernel):
+    assert_refused(lambda: ModelConfig(conv_kernel=kernel), "model.conv_kernel must be 0", "odd", f"got {kernel}")
+
+
 @pytest.mark.parametrize(
     ("field", "choices"),
     [("attention", SCORE_RULES), ("pooling", POOLINGS), ("norm", NORM_PLACEMENTS), ("positions", POSITION_ENCODINGS)],
