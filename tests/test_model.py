@@ -10,9 +10,11 @@ from encoder_clf.pooling import POOLINGS
 
 from conftest import tiny_config
 
-VARIANTS = [{"attention": r} for r in SCORE_RULES] + [{"pooling": p} for p in POOLINGS] + \
-    [{"norm": n} for n in NORM_PLACEMENTS] + [{"positions": p} for p in POSITION_ENCODINGS] + [{"type_vocab_size": 2}] + \
-    [{"conv_kernel": 3}, {"conv_kernel": 5, "norm": "post"}]
+VARIANTS = [
+    *({"attention": r} for r in SCORE_RULES), *({"pooling": p} for p in POOLINGS),
+    *({"norm": n} for n in NORM_PLACEMENTS), *({"positions": p} for p in POSITION_ENCODINGS),
+    {"type_vocab_size": 2}, {"conv_kernel": 3}, {"conv_kernel": 5, "norm": "post"},
+]
 IDS = [",".join(f"{key}={value}" for key, value in variant.items()) for variant in VARIANTS]
 
 
