@@ -5,7 +5,7 @@ from ``wait4``) belong to it alone. Results go to ``docs/BENCHMARKS.md``
 (between markers, so other benchmark sections are kept) and
 ``benchmarks/out/sst2_preset.json``.
 
-    python benchmarks/sst2_preset.py [--rules dot concat additive] [--data ../shared/datasets/sst2]
+    python benchmarks/sst2_preset.py [--rules dot concat additive] [--no-ablation] [--data ../shared/datasets/sst2]
 """
 
 from __future__ import annotations
@@ -48,6 +48,8 @@ def main() -> None:
     parser.add_argument("--data", default=str(DATA / "sst2"))
     parser.add_argument("--rules", nargs="*", default=["dot", "concat", "additive"],
                         help="attention rules to train with the preset (dot is the preset itself)")
+    parser.add_argument("--no-ablation", action="store_true",
+                        help="skip the preset without its convolution (model.conv_kernel=0)")
     parser.add_argument("--baseline-only", metavar="FILE", help=argparse.SUPPRESS)
     args = parser.parse_args()
     data = Path(args.data)
@@ -61,13 +63,16 @@ def main() -> None:
     baseline = json.loads(baseline_file.read_text())
     rows.append({"name": f"TF-IDF 1-2-grams + LogisticRegression (C={baseline['C']})", **baseline,
                  "wall_s": wall, "peak_mib": rss})
-    for rule in args.rules:
-        run_dir = OUT / f"preset-{rule}"
+    runs = [("encoder-clf preset (`make train`)" if rule == "dot" else f"preset with attention={rule}",
+             f"preset-{rule}", f"model.attention={rule}") for rule in args.rules]
+    if not args.no_ablation:
+        runs.append(("preset without its convolution (model.conv_kernel=0)", "preset-no-conv", "model.conv_kernel=0"))
+    for name, run_name, setting in runs:
+        run_dir = OUT / run_name
         command = [sys.executable, "-m", "encoder_clf.cli", "train", "--data", str(data), "--out", str(run_dir),
-                   "--overwrite", "--quiet", "--set", f"model.attention={rule}"]
+                   "--overwrite", "--quiet", "--set", setting]
         wall, rss = run_measured(command)
         metrics = json.loads((run_dir / "metrics.json").read_text())
-        name = "encoder-clf preset (`make train`)" if rule == "dot" else f"preset with attention={rule}"
         rows.append({"name": name, "validation": metrics["validation"], "test": metrics["test"], "wall_s": wall,
                      "peak_mib": rss, "train_time_s": metrics["train_time_s"], "precision": metrics["precision"],
                      "examples_per_s": metrics["train_examples_per_s"]})

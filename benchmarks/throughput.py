@@ -99,7 +99,7 @@ class TorchEncoderClassifier(nn.Module):
 
 def ours(rule: str) -> TextClassifier:
     return TextClassifier(ModelConfig(d_model=WIDTH, n_heads=HEADS, n_layers=LAYERS, d_ff=FFN, attention=rule,
-                                      dropout=DROPOUT, attention_dropout=DROPOUT, activation="gelu",
+                                      conv_kernel=0, dropout=DROPOUT, attention_dropout=DROPOUT, activation="gelu",
                                       max_positions=MAX_POSITIONS, vocab_size=VOCAB, labels=["0", "1"]))
 
 

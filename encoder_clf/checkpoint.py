@@ -62,6 +62,7 @@ def load_config(directory: str | Path) -> ModelConfig:
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise UsageError(f"{file} is not valid JSON ({err}); re-save the model") from None
     raw.pop("format", None)
+    raw.setdefault("conv_kernel", 0)  # directories saved before the convolution existed have none
     return from_dict(ModelConfig, raw, where=str(file))
 
 

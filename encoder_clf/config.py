@@ -61,7 +61,7 @@ class ModelConfig:
     attention_dropout: float = 0.1
     activation_dropout: float = 0.0  # inside the feed-forward, after the activation (BERT has none: it costs ~15%)
     activation: str = "gelu"
-    conv_kernel: int = 0  # a depthwise convolution of this odd width before each block's attention; 0 = none
+    conv_kernel: int = 5  # a depthwise convolution of this odd width before each block's attention; 0 = none
     layer_norm_eps: float = 1e-5
     type_vocab_size: int = 0
     vocab_size: int = 0

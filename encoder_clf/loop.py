@@ -57,7 +57,7 @@ class TrainConfig:
     """Optimisation, evaluation and stopping."""
 
     init: str = ""  # start from this encoder (our model dir, a BERT-family dir or a Hub id); "" = from scratch
-    epochs: int = 3
+    epochs: int = 2
     batch_size: int = 64  # examples per forward pass (per process in a multi-process run)
     grad_accum: int = 1  # forward passes per optimizer step: the step sees batch_size x grad_accum x processes
     lr: float = 1e-3

@@ -34,6 +34,19 @@ def test_round_trip_is_bit_identical(saved):
     assert loaded_tokenizer.encode("the film was fun").ids == tokenizer.encode("the film was fun").ids
 
 
+def test_directory_saved_before_the_convolution_existed_loads_without_one(tmp_path, tiny_model):
+    tokenizer = train_tokenizer(CORPUS, TokenizerConfig(vocab_size=100, min_frequency=1, max_length=16))
+    model = tiny_model(vocab_size=tokenizer.get_vocab_size(), conv_kernel=0)
+    directory = save_model(tmp_path / "model", model, tokenizer)
+    config = json.loads((directory / "config.json").read_text())
+    del config["conv_kernel"]
+    (directory / "config.json").write_text(json.dumps(config))
+    loaded, _ = load_model(directory)
+    assert loaded.config.conv_kernel == 0
+    ids = torch.tensor([tokenizer.encode("the film was good").ids])
+    assert torch.equal(loaded(ids).logits, model(ids).logits)
+
+
 def test_saving_again_replaces_the_directory_whole(saved):
     directory, model, tokenizer = saved
     save_model(directory, model, tokenizer)
