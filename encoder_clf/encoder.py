@@ -101,9 +101,9 @@ class LocalConv(nn.Module):
 
     It hands every token its n-gram context directly, as in Conformer and
     ConvBERT: attention alone learns locality slowly from a small dataset
-    (on SST-2 from scratch, a kernel of 5 adds 2 to 3 points of test accuracy). Padded positions
-    are zeroed first, so they add nothing and appending padding changes no real
-    token.
+    (on SST-2 from scratch, a kernel of 5 added 0.4 to 3.4 points of test
+    accuracy over three seeds). Padded positions are zeroed first, so they add
+    nothing and appending padding changes no real token.
     """
 
     def __init__(self, d_model: int, kernel: int, activation: str = "gelu") -> None:
@@ -139,19 +139,21 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, padding_mask: torch.Tensor | None,
                 need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if self.conv is not None and self.pre_norm:
-            x = x + self.dropout(self.conv(self.conv_norm(x), padding_mask))
-        elif self.conv is not None:
-            x = self.conv_norm(x + self.dropout(self.conv(x, padding_mask)))
-        if self.pre_norm:
-            attended, weights = self.attention(self.attention_norm(x), None, padding_mask, need_weights)
-            x = x + self.dropout(attended)
-            x = x + self.dropout(self.feed_forward(self.feed_forward_norm(x)))
-        else:
-            attended, weights = self.attention(x, None, padding_mask, need_weights)
-            x = self.attention_norm(x + self.dropout(attended))
-            x = self.feed_forward_norm(x + self.dropout(self.feed_forward(x)))
+        if self.conv is not None:
+            x = self._add(x, self.conv(self._input(x, self.conv_norm), padding_mask), self.conv_norm)
+        attended, weights = self.attention(self._input(x, self.attention_norm), None, padding_mask, need_weights)
+        x = self._add(x, attended, self.attention_norm)
+        x = self._add(x, self.feed_forward(self._input(x, self.feed_forward_norm)), self.feed_forward_norm)
         return x, weights
+
+    def _input(self, x: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
+        """What a sublayer reads: normalised before it (pre-LN) or the residual stream as is (post-LN)."""
+        return norm(x) if self.pre_norm else x
+
+    def _add(self, x: torch.Tensor, out: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
+        """The residual sum of a sublayer's output, normalised after it in post-LN."""
+        out = x + self.dropout(out)
+        return out if self.pre_norm else norm(out)
 
 
 class Encoder(nn.Module):
