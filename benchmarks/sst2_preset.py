@@ -6,6 +6,10 @@ from ``wait4``) belong to it alone. Results go to ``docs/BENCHMARKS.md``
 ``benchmarks/out/sst2_preset.json``.
 
     python benchmarks/sst2_preset.py [--rules dot concat additive] [--no-ablation] [--data ../shared/datasets/sst2]
+
+The preset averages two predictors' logits, the encoder's head and a linear
+bag of n-grams; each is also scored alone on the same trained model, and the
+ablations retrain the preset without one of its parts.
 """
 
 from __future__ import annotations
@@ -49,7 +53,7 @@ def main() -> None:
     parser.add_argument("--rules", nargs="*", default=["dot", "concat", "additive"],
                         help="attention rules to train with the preset (dot is the preset itself)")
     parser.add_argument("--no-ablation", action="store_true",
-                        help="skip the preset without its convolution (model.conv_kernel=0)")
+                        help="skip the preset without its convolution or its n-gram logits")
     parser.add_argument("--baseline-only", metavar="FILE", help=argparse.SUPPRESS)
     args = parser.parse_args()
     data = Path(args.data)
@@ -66,7 +70,9 @@ def main() -> None:
     runs = [("encoder-clf preset (`make train`)" if rule == "dot" else f"preset with attention={rule}",
              f"preset-{rule}", f"model.attention={rule}") for rule in args.rules]
     if not args.no_ablation:
-        runs.append(("preset without its convolution (model.conv_kernel=0)", "preset-no-conv", "model.conv_kernel=0"))
+        runs += [("preset without its convolution (model.conv_kernel=0)", "preset-no-conv", "model.conv_kernel=0"),
+                 ("preset without its n-gram logits (model.ngram_buckets=0)", "preset-no-ngrams",
+                  "model.ngram_buckets=0")]
     for name, run_name, setting in runs:
         run_dir = OUT / run_name
         command = [sys.executable, "-m", "encoder_clf.cli", "train", "--data", str(data), "--out", str(run_dir),
@@ -76,8 +82,37 @@ def main() -> None:
         rows.append({"name": name, "validation": metrics["validation"], "test": metrics["test"], "wall_s": wall,
                      "peak_mib": rss, "train_time_s": metrics["train_time_s"], "precision": metrics["precision"],
                      "examples_per_s": metrics["train_examples_per_s"]})
+        if run_name == "preset-dot":
+            rows += scored_parts(run_dir / "model", data)
     (OUT / "sst2_preset.json").write_text(json.dumps(rows, indent=2))
     write_doc(rows, " ".join(sys.argv[1:]))
+
+
+def scored_parts(model_dir: Path, data: Path) -> list[dict]:
+    """Each predictor of the trained preset scored alone (same weights): what each brings to their mean."""
+    import copy
+
+    import torch
+
+    from encoder_clf.checkpoint import load_model
+    from encoder_clf.data import read_split
+    from encoder_clf.inference import evaluate_texts
+
+    model, tokenizer = load_model(model_dir)
+    if model.ngrams is None:
+        return []
+    encoder_only = copy.deepcopy(model)
+    encoder_only.ngrams = None
+    ngrams_only = copy.deepcopy(model)  # a zero head leaves half the n-gram logits: the same argmax
+    torch.nn.init.zeros_(ngrams_only.head[-1].weight)
+    torch.nn.init.zeros_(ngrams_only.head[-1].bias)
+    rows = []
+    for name, variant in (("its encoder's head alone", encoder_only), ("its n-gram logits alone", ngrams_only)):
+        scores = {split: evaluate_texts(variant, tokenizer, labelled.texts, labelled.labels)
+                  for split in ("validation", "test")
+                  for labelled in [read_split(str(data), split, model.config.labels)]}
+        rows.append({"name": f"... {name} (same trained weights)", **scores, "wall_s": None, "peak_mib": None})
+    return rows
 
 
 def write_doc(rows: list[dict], argv: str) -> None:
@@ -92,9 +127,11 @@ def write_doc(rows: list[dict], argv: str) -> None:
     for row in rows:
         loop = f"{row['train_time_s'] / 60:.1f} min ({row['precision']}, {row['examples_per_s']:.0f} ex/s)" \
             if "train_time_s" in row else "-"
+        wall = f"{row['wall_s'] / 60:.1f} min" if row["wall_s"] is not None else "-"
+        peak = f"{row['peak_mib']:.0f} MiB" if row["peak_mib"] is not None else "-"
         lines.append(f"| {row['name']} | {100 * row['validation']['accuracy']:.2f} | "
                      f"{100 * row['test']['accuracy']:.2f} | {100 * row['test']['macro_f1']:.2f} | "
-                     f"{row['wall_s'] / 60:.1f} min | {loop} | {row['peak_mib']:.0f} MiB |")
+                     f"{wall} | {loop} | {peak} |")
     print(write_section("sst2-preset", lines))
 
 

@@ -130,6 +130,7 @@ def attend(
     key_padding_mask: torch.Tensor | None,
     dropout: float,
     training: bool,
+    bias: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mask, softmax in float32, dropout and the weighted sum of V, shared by all rules.
 
@@ -137,7 +138,9 @@ def attend(
     from a rule whose scores are the same for every query: that row is
     softmaxed once and broadcast to the ``q_len`` queries (dropout, which must
     differ per query, is the one step that widens it to the full grid).
-    v: ``(batch, heads, k_len, head_dim)``. Returns the output ``(batch, heads,
+    v: ``(batch, heads, k_len, head_dim)``. bias: added to the scores before
+    the mask, broadcastable to ``(batch, heads, q_len, k_len)`` (a relative
+    position bias). Returns the output ``(batch, heads,
     q_len, head_dim)`` and the weights ``(batch, heads, q_len, k_len)`` (before
     dropout; broadcast views when ``scores`` was one row), which are exactly
     zero on padded keys.
@@ -147,7 +150,7 @@ def attend(
     scores, which no backward needs, and a fully padded row is zeroed in the
     small output rather than in the weights.
     """
-    scores = scores.float()
+    scores = scores.float() if bias is None else scores.float() + bias
     if key_padding_mask is not None:
         scores.masked_fill_(key_padding_mask[:, None, None, :], torch.finfo(scores.dtype).min)
     weights = torch.softmax(scores, dim=-1)  # exactly 0 on padded keys, unless the whole row is padding
@@ -167,6 +170,8 @@ class MultiHeadAttention(nn.Module):
     takes ``(batch, q_len, d_model)`` queries and ``(batch, k_len, d_model)``
     keys (= values; ``None`` means self-attention) and returns
     ``(output (batch, q_len, d_model), weights (batch, heads, q_len, k_len) or None)``.
+    ``bias`` (broadcastable to ``(batch, heads, q_len, k_len)``) is added to
+    the scores of every rule before the softmax.
     """
 
     def __init__(self, d_model: int, n_heads: int, rule: str = "dot", dropout: float = 0.0, bias: bool = True):
@@ -192,24 +197,31 @@ class MultiHeadAttention(nn.Module):
         key: torch.Tensor | None = None,
         key_padding_mask: torch.Tensor | None = None,
         need_weights: bool = False,
+        bias: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         key = query if key is None else key
         q, k, v = self._split(self.q_proj(query)), self._split(self.k_proj(key)), self._split(self.v_proj(key))
         dropout = self.dropout if self.training else 0.0
         if self.score.fused and not need_weights:
-            out, weights = self._fused(q, k, v, key_padding_mask, dropout), None
+            out, weights = self._fused(q, k, v, key_padding_mask, dropout, bias), None
         else:
-            out, weights = attend(self.score(q, k), v, q.shape[2], key_padding_mask, dropout, self.training)
+            out, weights = attend(self.score(q, k), v, q.shape[2], key_padding_mask, dropout, self.training, bias)
         batch, _, q_len, _ = out.shape
         out = out.transpose(1, 2).reshape(batch, q_len, self.n_heads * self.head_dim)
         return self.out_proj(out), weights if need_weights else None
 
-    def _fused(self, q, k, v, key_padding_mask, dropout):
-        """The dot rule through ``scaled_dot_product_attention`` (same numbers as :func:`attend`)."""
+    def _fused(self, q, k, v, key_padding_mask, dropout, bias):
+        """The dot rule through ``scaled_dot_product_attention`` (same numbers as :func:`attend`).
+
+        A bias becomes SDPA's float mask, with padded keys at the dtype's minimum.
+        """
+        mask = None if bias is None else bias.to(q.dtype)
+        if key_padding_mask is not None:
+            padded = key_padding_mask[:, None, None, :]
+            mask = ~padded if mask is None else mask.masked_fill(padded, torch.finfo(q.dtype).min)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
         if key_padding_mask is None:
-            return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
-        keep = ~key_padding_mask[:, None, None, :]
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=keep, dropout_p=dropout)
+            return out
         empty = key_padding_mask.all(dim=-1)
         if empty.any():  # SDPA leaves NaN where every key is padding; the plain path gives zeros
             out = out.masked_fill(empty[:, None, None, None], 0.0)

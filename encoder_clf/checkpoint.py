@@ -52,6 +52,11 @@ def save_model(directory: str | Path, model: TextClassifier, tokenizer: Tokenize
     return directory
 
 
+# Architecture keys added after model directories were first saved, each with the value that rebuilds a
+# directory saved before it existed (today's default may differ: the preset changes as it is re-measured).
+ADDED_KEYS = {"conv_kernel": 0, "relative_buckets": 0, "ngram_buckets": 0}
+
+
 def load_config(directory: str | Path) -> ModelConfig:
     directory = Path(directory)
     file = directory / CONFIG
@@ -62,7 +67,8 @@ def load_config(directory: str | Path) -> ModelConfig:
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise UsageError(f"{file} is not valid JSON ({err}); re-save the model") from None
     raw.pop("format", None)
-    raw.setdefault("conv_kernel", 0)  # directories saved before the convolution existed have none
+    for key, before in ADDED_KEYS.items():
+        raw.setdefault(key, before)
     return from_dict(ModelConfig, raw, where=str(file))
 
 

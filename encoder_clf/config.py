@@ -61,7 +61,9 @@ class ModelConfig:
     attention_dropout: float = 0.1
     activation_dropout: float = 0.0  # inside the feed-forward, after the activation (BERT has none: it costs ~15%)
     activation: str = "gelu"
+    relative_buckets: int = 0  # buckets of a learned relative-position bias in every block's attention (T5); 0 = none
     conv_kernel: int = 5  # a depthwise convolution of this odd width before each block's attention; 0 = none
+    ngram_buckets: int = 1_000_000  # hashed bigram buckets of a linear bag-of-n-grams beside the head; 0 = none
     layer_norm_eps: float = 1e-5
     type_vocab_size: int = 0
     vocab_size: int = 0
@@ -78,6 +80,11 @@ class ModelConfig:
         )
         _require(self.conv_kernel == 0 or (self.conv_kernel > 0 and self.conv_kernel % 2 == 1),
                  f"model.conv_kernel must be 0 (no convolution) or an odd width such as 3 or 5; got {self.conv_kernel}")
+        _require(self.relative_buckets == 0 or (self.relative_buckets >= 4 and self.relative_buckets % 2 == 0),
+                 f"model.relative_buckets must be 0 (no relative bias) or an even number >= 4 such as 32; "
+                 f"got {self.relative_buckets}")
+        _require(self.ngram_buckets >= 0, f"model.ngram_buckets must be >= 0 (0 = no n-gram logits); "
+                                          f"got {self.ngram_buckets}")
         _require_choice("model.attention", self.attention, SCORE_RULES)
         _require_choice("model.norm", self.norm, NORM_PLACEMENTS)
         _require_choice("model.positions", self.positions, POSITION_ENCODINGS)

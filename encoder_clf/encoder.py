@@ -48,9 +48,54 @@ class SinusoidalPositions(nn.Module):
         return self.table[:length]
 
 
+class NoPositions(nn.Module):
+    """No absolute positions: word order reaches the model only through a convolution or a relative bias."""
+
+    def __init__(self, max_positions: int, d_model: int) -> None:
+        super().__init__()
+        self.register_buffer("zero", torch.zeros(1, d_model), persistent=False)
+
+    def forward(self, length: int) -> torch.Tensor:
+        return self.zero
+
+
+class RelativePositionBias(nn.Module):
+    """A learned per-head score bias for each bucket of key-minus-query distance (T5, Raffel et al.).
+
+    Distances below ``buckets // 4`` in each direction get a bucket each;
+    longer ones share log-spaced buckets up to ``max_distance``, beyond which
+    all distances are alike. Unlike a table of absolute positions, every
+    bucket is trained on short texts too, so the bias carries over to
+    sentences longer than most training ones. It depends on distances only,
+    so appending padding changes no real token's bias.
+    """
+
+    max_distance = 128
+
+    def __init__(self, buckets: int, n_heads: int) -> None:
+        super().__init__()
+        self.buckets = buckets
+        self.table = nn.Embedding(buckets, n_heads)
+
+    def bucket(self, relative: torch.Tensor) -> torch.Tensor:
+        """Bucket index of each key-minus-query distance: one half of the buckets per direction."""
+        half = self.buckets // 2
+        exact = half // 2
+        distance = relative.abs()
+        spread = torch.log(distance.clamp(min=1).float() / exact) / math.log(self.max_distance / exact)
+        far = (exact + (spread * (half - exact)).long()).clamp(max=half - 1)
+        return (relative > 0).long() * half + torch.where(distance < exact, distance, far)
+
+    def forward(self, length: int) -> torch.Tensor:
+        """``(1, heads, length, length)`` biases for self-attention over ``length`` tokens."""
+        position = torch.arange(length, device=self.table.weight.device)
+        return self.table(self.bucket(position[None, :] - position[:, None])).permute(2, 0, 1)[None]
+
+
 POSITION_ENCODINGS: dict[str, type[nn.Module]] = {
     "learned": LearnedPositions,
     "sinusoidal": SinusoidalPositions,
+    "none": NoPositions,
 }
 
 NORM_PLACEMENTS = ("pre", "post")
@@ -75,6 +120,8 @@ class Embeddings(nn.Module):
         self.norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.dropout)
         self.max_positions = config.max_positions
+        self.relative = RelativePositionBias(config.relative_buckets, config.n_heads) \
+            if config.relative_buckets else None
 
     def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
         length = input_ids.shape[1]
@@ -86,6 +133,10 @@ class Embeddings(nn.Module):
             types = torch.zeros_like(input_ids) if token_type_ids is None else token_type_ids
             x = x + self.token_types(types)
         return self.dropout(self.norm(x))
+
+    def attention_bias(self, length: int) -> torch.Tensor | None:
+        """The relative position bias every block adds to its attention scores, if the model has one."""
+        return self.relative(length) if self.relative is not None else None
 
 
 class FeedForward(nn.Sequential):
@@ -137,11 +188,11 @@ class Block(nn.Module):
         self.conv = LocalConv(d, config.conv_kernel, config.activation) if config.conv_kernel else None
         self.conv_norm = nn.LayerNorm(d, eps=eps) if config.conv_kernel else None
 
-    def forward(self, x: torch.Tensor, padding_mask: torch.Tensor | None,
-                need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(self, x: torch.Tensor, padding_mask: torch.Tensor | None, need_weights: bool = False,
+                bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self.conv is not None:
             x = self._add(x, self.conv(self._input(x, self.conv_norm), padding_mask), self.conv_norm)
-        attended, weights = self.attention(self._input(x, self.attention_norm), None, padding_mask, need_weights)
+        attended, weights = self.attention(self._input(x, self.attention_norm), None, padding_mask, need_weights, bias)
         x = self._add(x, attended, self.attention_norm)
         x = self._add(x, self.feed_forward(self._input(x, self.feed_forward_norm)), self.feed_forward_norm)
         return x, weights
@@ -171,9 +222,10 @@ class Encoder(nn.Module):
                 need_weights: bool = False) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Return the final states and, if asked, one ``(batch, heads, seq, seq)`` weight tensor per layer."""
         x = self.embeddings(input_ids, token_type_ids)
+        bias = self.embeddings.attention_bias(input_ids.shape[1])
         attentions = []
         for block in self.blocks:
-            x, weights = block(x, padding_mask, need_weights)
+            x, weights = block(x, padding_mask, need_weights, bias)
             if need_weights:
                 attentions.append(weights)
         return self.final_norm(x), attentions

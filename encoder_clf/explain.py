@@ -120,7 +120,7 @@ def explain(model: TextClassifier, tokenizer: Tokenizer, text: str) -> Explanati
     device = next(model.parameters()).device
     ids = torch.tensor([encoding.ids], device=device)
     states, attentions = model.encoder(ids, None, need_weights=True)  # no padding: one text
-    logits = model.head(model.pooling(states, None))
+    logits = model.classify(states, ids, None).logits
     weights = TOKEN_WEIGHTS[model.config.pooling](model, states, attentions)
     probabilities = softmax(logits.float().cpu().numpy())[0]
     names = model.config.labels

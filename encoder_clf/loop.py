@@ -61,7 +61,7 @@ class TrainConfig:
     batch_size: int = 64  # examples per forward pass (per process in a multi-process run)
     grad_accum: int = 1  # forward passes per optimizer step: the step sees batch_size x grad_accum x processes
     lr: float = 1e-3
-    head_lr: float = 0.0  # learning rate of the pooling and classification head; 0 = same as lr
+    head_lr: float = 1e-2  # learning rate of the pooling, the classification head and the n-gram logits; 0 = lr
     layer_lr_decay: float = 1.0  # each block below the top learns at this factor times the one above
     freeze_layers: int = 0  # keep the embeddings and the first k blocks fixed (fine-tuning)
     weight_decay: float = 0.1
@@ -275,8 +275,9 @@ def fit(model: TextClassifier, tokenizer, train: TrainBatches, validation: Token
         if cfg.token_dropout:
             ids = _drop_tokens(ids, mask, cfg.token_dropout, unk, dropout_rng)
         with autocast(precision, device):
-            logits = runner(ids.to(device), mask.to(device)).logits
-        loss = loss_fn(logits.float(), labels.to(device))
+            out = runner(ids.to(device), mask.to(device))
+        labels = labels.to(device)
+        loss = torch.stack([loss_fn(part.float(), labels) for part in out.parts or (out.logits,)]).mean()
         (loss * weight).backward()
         return loss.item()
 

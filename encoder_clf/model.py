@@ -18,12 +18,39 @@ class ClassifierOutput:
 
     ``logits`` ``(batch, num_labels)``; ``pooled`` the sentence vectors
     ``(batch, d_model)``; ``attentions`` one ``(batch, heads, seq, seq)`` tensor
-    per layer when asked for, else empty.
+    per layer when asked for, else empty. ``parts`` holds each predictor's own
+    logits when the model has more than one (the encoder's head and the n-gram
+    model): training scores each against the labels on its own, and
+    ``logits`` is their mean.
     """
 
     logits: torch.Tensor
     pooled: torch.Tensor
     attentions: list[torch.Tensor] = field(default_factory=list)
+    parts: tuple[torch.Tensor, ...] = ()
+
+
+class NgramLogits(nn.Module):
+    """Class logits from a bag of the text's token unigrams and hashed bigrams: a linear model beside the encoder.
+
+    Wide & Deep (Cheng et al., 2016) with fastText's hashed bigrams: the
+    encoder learns composition, while rare but telling n-grams get a weight of
+    their own. Counts are divided by the square root of their number, so long
+    texts do not drown the encoder's logits; padding is left out.
+    """
+
+    def __init__(self, vocab_size: int, buckets: int, num_labels: int) -> None:
+        super().__init__()
+        self.vocab_size, self.buckets = vocab_size, buckets
+        self.weight = nn.Embedding(vocab_size + buckets, num_labels)
+
+    def forward(self, input_ids: torch.Tensor, padding_mask: torch.Tensor | None) -> torch.Tensor:
+        real = torch.ones_like(input_ids, dtype=torch.bool) if padding_mask is None else ~padding_mask
+        bigrams = self.vocab_size + (input_ids[:, :-1] * 1_000_003 + input_ids[:, 1:]) % self.buckets
+        index = torch.cat([input_ids, bigrams], dim=1)
+        keep = torch.cat([real, real[:, :-1] & real[:, 1:]], dim=1).float()
+        scale = keep / keep.sum(dim=1, keepdim=True).clamp(min=1).sqrt()
+        return torch.einsum("bn,bnc->bc", scale, self.weight(index).float())
 
 
 class TextClassifier(nn.Module):
@@ -38,14 +65,27 @@ class TextClassifier(nn.Module):
         self.encoder = Encoder(config)
         self.pooling = POOLINGS[config.pooling](config.d_model, config.n_heads)
         self.head = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(config.d_model, config.num_labels))
+        self.ngrams = NgramLogits(config.vocab_size, config.ngram_buckets, config.num_labels) \
+            if config.ngram_buckets else None
         self.apply(_init_weights)
+        if self.ngrams is not None:
+            nn.init.zeros_(self.ngrams.weight.weight)  # the encoder's logits alone, at first
 
     def forward(self, input_ids: torch.Tensor, padding_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None, need_weights: bool = False) -> ClassifierOutput:
         """input_ids ``(batch, seq)``; padding_mask ``(batch, seq)``, ``True`` at padding."""
         states, attentions = self.encoder(input_ids, padding_mask, token_type_ids, need_weights)
+        return self.classify(states, input_ids, padding_mask, attentions)
+
+    def classify(self, states: torch.Tensor, input_ids: torch.Tensor, padding_mask: torch.Tensor | None,
+                 attentions: list[torch.Tensor] | None = None) -> ClassifierOutput:
+        """Pool the encoder's ``states`` and score them, with the n-gram model's logits if there is one."""
         pooled = self.pooling(states, padding_mask)
-        return ClassifierOutput(self.head(pooled), pooled, attentions)
+        logits = self.head(pooled)
+        if self.ngrams is None:
+            return ClassifierOutput(logits, pooled, attentions or [])
+        parts = (logits, self.ngrams(input_ids, padding_mask).to(logits.dtype))
+        return ClassifierOutput(torch.stack(parts).mean(dim=0), pooled, attentions or [], parts)
 
 
 class MaskedLanguageModel(nn.Module):

@@ -52,6 +52,8 @@ def layerwise_adamw(model: TextClassifier, lr: float, weight_decay: float, head_
     depth = len(layers)
     scaled = [(module, lr * layer_lr_decay ** (depth - i)) for i, module in enumerate(layers)]
     scaled += [(encoder.final_norm, lr), (model.pooling, head_lr or lr), (model.head, head_lr or lr)]
+    if model.ngrams is not None:
+        scaled.append((model.ngrams, head_lr or lr))
     return adamw(scaled, weight_decay)
 
 

@@ -115,6 +115,29 @@ def test_matches_plain_reference(rule, need_weights):
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("rule", RULES)
+@pytest.mark.parametrize("need_weights", [False, True])
+def test_bias_is_added_to_every_rules_scores(rule, need_weights):
+    attn = make_attention(rule)
+    query, key = torch.randn(3, 5, D_MODEL), torch.randn(3, 6, D_MODEL)
+    mask, bias = padding_mask([6, 3, 1], 6), torch.randn(1, HEADS, 5, 6)
+    expected = reference(attn, query, key, mask, lambda q, k: REFERENCES[rule](attn, q, k) + bias)
+    out, _ = attn(query, key, key_padding_mask=mask, need_weights=need_weights, bias=bias)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    if need_weights:  # still a distribution over the real keys only
+        _, weights = attn(query, key, key_padding_mask=mask, need_weights=True, bias=bias)
+        torch.testing.assert_close(weights.sum(-1), torch.ones(3, HEADS, 5))
+        assert torch.equal(weights[2, :, :, 1:], torch.zeros(HEADS, 5, 5))
+
+
+@pytest.mark.parametrize("need_weights", [False, True])
+def test_biased_fully_padded_row_gives_zeros_not_nan(need_weights):
+    attn = make_attention("dot")
+    out, _ = attn(torch.randn(2, 3, D_MODEL), torch.randn(2, 4, D_MODEL), key_padding_mask=padding_mask([4, 0], 4),
+                  need_weights=need_weights, bias=torch.randn(1, HEADS, 3, 4))
+    torch.testing.assert_close(out[1], attn.out_proj.bias.expand(3, D_MODEL))
+
+
 def test_dot_fused_and_plain_paths_agree_in_training_mode_without_dropout():
     attn = make_attention("dot").train()
     x, mask = torch.randn(2, 6, D_MODEL), padding_mask([6, 2], 6)

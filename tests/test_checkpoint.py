@@ -6,7 +6,7 @@ import pytest
 import torch
 from tokenizers import Tokenizer
 
-from encoder_clf.checkpoint import load_model, save_model
+from encoder_clf.checkpoint import ADDED_KEYS, load_model, save_model
 from encoder_clf.errors import UsageError
 from encoder_clf.tokenization import TokenizerConfig, train_tokenizer
 
@@ -34,15 +34,16 @@ def test_round_trip_is_bit_identical(saved):
     assert loaded_tokenizer.encode("the film was fun").ids == tokenizer.encode("the film was fun").ids
 
 
-def test_directory_saved_before_the_convolution_existed_loads_without_one(tmp_path, tiny_model):
+@pytest.mark.parametrize("key", sorted(ADDED_KEYS))
+def test_directory_saved_before_a_key_existed_loads_without_it(tmp_path, tiny_model, key):
     tokenizer = train_tokenizer(CORPUS, TokenizerConfig(vocab_size=100, min_frequency=1, max_length=16))
-    model = tiny_model(vocab_size=tokenizer.get_vocab_size(), conv_kernel=0)
+    model = tiny_model(vocab_size=tokenizer.get_vocab_size(), **{key: ADDED_KEYS[key]})
     directory = save_model(tmp_path / "model", model, tokenizer)
     config = json.loads((directory / "config.json").read_text())
-    del config["conv_kernel"]
+    del config[key]
     (directory / "config.json").write_text(json.dumps(config))
     loaded, _ = load_model(directory)
-    assert loaded.config.conv_kernel == 0
+    assert getattr(loaded.config, key) == ADDED_KEYS[key]
     ids = torch.tensor([tokenizer.encode("the film was good").ids])
     assert torch.equal(loaded(ids).logits, model(ids).logits)
 

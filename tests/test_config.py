@@ -53,6 +53,16 @@ def test_conv_kernel_must_be_odd_or_zero(kernel):
     assert_refused(lambda: ModelConfig(conv_kernel=kernel), "model.conv_kernel must be 0", "odd", f"got {kernel}")
 
 
+@pytest.mark.parametrize("buckets", [2, 7, -4])
+def test_relative_buckets_must_be_even_and_at_least_four_or_zero(buckets):
+    assert_refused(lambda: ModelConfig(relative_buckets=buckets), "model.relative_buckets must be 0", "even",
+                   f"got {buckets}")
+
+
+def test_ngram_buckets_cannot_be_negative():
+    assert_refused(lambda: ModelConfig(ngram_buckets=-1), "model.ngram_buckets must be >= 0", "got -1")
+
+
 @pytest.mark.parametrize(
     ("field", "choices"),
     [("attention", SCORE_RULES), ("pooling", POOLINGS), ("norm", NORM_PLACEMENTS), ("positions", POSITION_ENCODINGS)],

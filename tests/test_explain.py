@@ -89,8 +89,11 @@ def test_token_weights_follow_their_definitions(tokenizer):
                                attentions[-1][0, :, 0].mean(0).numpy(), atol=1e-6)
 
 
-def test_prediction_matches_inference(tokenizer, tmp_path):
-    model = build(tokenizer, pooling="attention")
+@pytest.mark.parametrize("ngram_buckets", [0, 64])
+def test_prediction_matches_inference(tokenizer, tmp_path, ngram_buckets):
+    model = build(tokenizer, pooling="attention", ngram_buckets=ngram_buckets)
+    if model.ngrams is not None:  # it starts at zero: give it a say in the prediction
+        torch.nn.init.normal_(model.ngrams.weight.weight, std=3.0)
     save_model(tmp_path / "model", model, tokenizer)
     explanation = explain(model, tokenizer, TEXT)
     labels, probabilities, names = predict(tmp_path / "model", [TEXT], precision="fp32")

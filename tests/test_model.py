@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from encoder_clf.attention import SCORE_RULES
-from encoder_clf.encoder import NORM_PLACEMENTS, POSITION_ENCODINGS
+from encoder_clf.encoder import NORM_PLACEMENTS, POSITION_ENCODINGS, RelativePositionBias
 from encoder_clf.errors import UsageError
 from encoder_clf.pooling import POOLINGS
 
@@ -14,6 +14,8 @@ VARIANTS = [
     *({"attention": r} for r in SCORE_RULES), *({"pooling": p} for p in POOLINGS),
     *({"norm": n} for n in NORM_PLACEMENTS), *({"positions": p} for p in POSITION_ENCODINGS),
     {"type_vocab_size": 2}, {"conv_kernel": 3}, {"conv_kernel": 5, "norm": "post"},
+    *({"relative_buckets": 8, "attention": r, "positions": "none"} for r in SCORE_RULES),
+    {"ngram_buckets": 64}, {"ngram_buckets": 64, "pooling": "mean", "relative_buckets": 8},
 ]
 IDS = [",".join(f"{key}={value}" for key, value in variant.items()) for variant in VARIANTS]
 
@@ -27,9 +29,18 @@ def batch_with_padding(pad_to: int):
     return padded, mask
 
 
+def randomize_zero_starts(model):
+    """Tables that start at or near zero (relative bias, n-gram logits) would hide a masking bug: fill them."""
+    for table in (model.encoder.embeddings.relative, model.ngrams):
+        if table is not None:
+            for parameter in table.parameters():
+                torch.nn.init.normal_(parameter)
+    return model
+
+
 @pytest.mark.parametrize("variant", VARIANTS, ids=IDS)
 def test_logits_do_not_change_when_padding_is_appended(tiny_model, variant):
-    model = tiny_model(**variant)
+    model = randomize_zero_starts(tiny_model(**variant))
     short_ids, short_mask = batch_with_padding(5)
     long_ids, long_mask = batch_with_padding(12)
     long_ids[long_mask] = 17  # whatever sits in padded slots must not matter
@@ -58,6 +69,38 @@ def test_gradients_reach_every_parameter(tiny_model, variant):
     model(ids, mask).logits.logsumexp(-1).sum().backward()
     no_grad = [n for n, p in model.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
     assert no_grad == []
+
+
+def test_relative_buckets_are_exact_nearby_directed_and_saturate_far_away():
+    bias = RelativePositionBias(16, n_heads=2)  # 8 per direction: distances 0-3 exact, then log-spaced to 128
+    distance = torch.arange(0, 300)
+    ahead, behind = bias.bucket(distance), bias.bucket(-distance)
+    assert ahead[:4].tolist() == [0, 9, 10, 11] and behind[:4].tolist() == [0, 1, 2, 3]
+    assert set(ahead[1:].tolist()) == set(range(9, 16)) and set(behind[1:].tolist()) == set(range(1, 8))
+    assert (ahead.diff() >= 0).all() and (behind.diff() >= 0).all()  # farther never maps to a nearer bucket
+    assert ahead[128:].eq(15).all() and behind[128:].eq(7).all()
+
+
+def test_relative_bias_gives_order_without_absolute_positions(tiny_model):
+    ids, reversed_ids = torch.tensor([[2, 7, 8, 9, 3]]), torch.tensor([[2, 9, 8, 7, 3]])
+    plain = tiny_model(positions="none", pooling="mean", conv_kernel=0)
+    torch.testing.assert_close(plain(ids).logits, plain(reversed_ids).logits)  # a bag of tokens
+    relative = randomize_zero_starts(tiny_model(positions="none", pooling="mean", conv_kernel=0, relative_buckets=8))
+    assert not torch.allclose(relative(ids).logits, relative(reversed_ids).logits)
+
+
+def test_ngram_logits_add_unigrams_and_adjacent_bigrams_of_real_tokens(tiny_model):
+    model = randomize_zero_starts(tiny_model(ngram_buckets=64))
+    ngrams = model.ngrams
+    ids, mask = torch.tensor([[2, 7, 8, 3, 0]]), torch.tensor([[False, False, False, False, True]])
+    bigrams = [ngrams.vocab_size + (a * 1_000_003 + b) % ngrams.buckets for a, b in [(2, 7), (7, 8), (8, 3)]]
+    expected = ngrams.weight.weight[[2, 7, 8, 3, *bigrams]].sum(0) / 7 ** 0.5
+    torch.testing.assert_close(ngrams(ids, mask), expected[None])
+    out = model(ids, mask)
+    encoder_part, ngram_part = out.parts
+    torch.testing.assert_close(encoder_part, model.head(out.pooled))
+    torch.testing.assert_close(ngram_part, expected[None])
+    torch.testing.assert_close(out.logits, (encoder_part + ngram_part) / 2)
 
 
 def test_sequence_longer_than_positions_is_refused(tiny_model):

@@ -191,9 +191,11 @@ def test_cross_val_score_on_texts(data):
     assert scores.shape == (3,) and scores.min() > 0.8, scores
 
 
-def test_sentence_encoder_from_a_directory_gives_the_heads_inputs(fitted, data, tmp_path):
-    """With pooling=None the features are the vectors the head reads: the head on them is predict_proba."""
-    (X, _), (X_test, _) = data
+def test_sentence_encoder_from_a_directory_gives_the_heads_inputs(data, tmp_path):
+    """With pooling=None the features are the vectors the head reads: without n-gram logits beside it, the head
+    on them is predict_proba."""
+    (X, y), (X_test, _) = data
+    fitted = EncoderClassifier(**TINY, settings=["model.ngram_buckets=0"]).fit(X, y)
     directory = fitted.save(tmp_path / "model")
     encoder = SentenceEncoder(model=str(directory), pooling=None, precision="fp32").fit(X)  # y not needed
     features = encoder.transform(X_test)
