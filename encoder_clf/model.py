@@ -1,4 +1,4 @@
-"""The classifier: encoder → pooling → linear head, built from one :class:`ModelConfig`."""
+"""The classifier: encoder → pooling → linear head, with optional n-gram logits beside it, from one ModelConfig."""
 
 from __future__ import annotations
 
@@ -33,10 +33,12 @@ class ClassifierOutput:
 class NgramLogits(nn.Module):
     """Class logits from a bag of the text's token unigrams and hashed bigrams: a linear model beside the encoder.
 
-    Wide & Deep (Cheng et al., 2016) with fastText's hashed bigrams: the
-    encoder learns composition, while rare but telling n-grams get a weight of
-    their own. Counts are divided by the square root of their number, so long
-    texts do not drown the encoder's logits; padding is left out.
+    The encoder learns composition from a small dataset slowly, while a linear
+    model over n-grams (fastText's hashed bigrams) gives each telling phrase a
+    weight of its own; their errors differ, so the mean of the two beats either
+    (Wide & Deep, Cheng et al., 2016). The sum over the n-grams is divided by
+    the square root of their number, as a TF-IDF vector is normalised; padding
+    is left out.
     """
 
     def __init__(self, vocab_size: int, buckets: int, num_labels: int) -> None:
