@@ -106,11 +106,11 @@ def scored_parts(model_dir: Path, data: Path) -> list[dict]:
     ngrams_only = copy.deepcopy(model)  # a zero head leaves half the n-gram logits: the same argmax
     torch.nn.init.zeros_(ngrams_only.head[-1].weight)
     torch.nn.init.zeros_(ngrams_only.head[-1].bias)
+    splits = {split: read_split(str(data), split, model.config.labels) for split in ("validation", "test")}
     rows = []
     for name, variant in (("its encoder's head alone", encoder_only), ("its n-gram logits alone", ngrams_only)):
         scores = {split: evaluate_texts(variant, tokenizer, labelled.texts, labelled.labels)
-                  for split in ("validation", "test")
-                  for labelled in [read_split(str(data), split, model.config.labels)]}
+                  for split, labelled in splits.items()}
         rows.append({"name": f"... {name} (same trained weights)", **scores, "wall_s": None, "peak_mib": None})
     return rows
 

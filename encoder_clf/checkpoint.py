@@ -18,7 +18,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer
 
-from .config import ModelConfig, from_dict
+from .config import ADDITIONS_OFF, ModelConfig, from_dict
 from .encoder import Encoder
 from .errors import UsageError
 from .model import TextClassifier
@@ -52,11 +52,6 @@ def save_model(directory: str | Path, model: TextClassifier, tokenizer: Tokenize
     return directory
 
 
-# Architecture keys added after model directories were first saved, each with the value that rebuilds a
-# directory saved before it existed (today's default may differ: the preset changes as it is re-measured).
-ADDED_KEYS = {"conv_kernel": 0, "relative_buckets": 0, "ngram_buckets": 0}
-
-
 def load_config(directory: str | Path) -> ModelConfig:
     directory = Path(directory)
     file = directory / CONFIG
@@ -67,8 +62,8 @@ def load_config(directory: str | Path) -> ModelConfig:
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise UsageError(f"{file} is not valid JSON ({err}); re-save the model") from None
     raw.pop("format", None)
-    for key, before in ADDED_KEYS.items():
-        raw.setdefault(key, before)
+    for key, off in ADDITIONS_OFF.items():  # a directory saved before the key existed was built without it
+        raw.setdefault(key, off)
     return from_dict(ModelConfig, raw, where=str(file))
 
 

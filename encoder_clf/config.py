@@ -40,6 +40,12 @@ def _require_choice(where: str, value: str, choices) -> None:
     _require(value in choices, f"{where} must be one of {', '.join(sorted(choices))}; got {value!r}")
 
 
+# Architecture additions beyond a plain transformer encoder, each with the value that turns it off: what a
+# BERT import is built with, and what a model directory saved before the key existed was built with (today's
+# default may differ: the preset changes as it is re-measured).
+ADDITIONS_OFF = {"conv_kernel": 0, "relative_buckets": 0, "ngram_buckets": 0}
+
+
 @dataclass
 class ModelConfig:
     """Architecture of the encoder and its classification head.

@@ -22,7 +22,7 @@ from tokenizers import Tokenizer
 
 from .checkpoint import load_encoder as load_saved_encoder
 from .checkpoint import load_weights
-from .config import ModelConfig
+from .config import ADDITIONS_OFF, ModelConfig
 from .encoder import Encoder
 from .errors import UsageError
 from .tokenization import load_tokenizer, pad_id
@@ -110,7 +110,7 @@ def model_config(raw: dict, where: str) -> ModelConfig:
         return ModelConfig(
             d_model=raw["hidden_size"], n_heads=raw["num_attention_heads"], n_layers=raw["num_hidden_layers"],
             d_ff=raw["intermediate_size"], attention="dot", norm="post", positions="learned", pooling="mean",
-            conv_kernel=0, ngram_buckets=0, max_positions=raw["max_position_embeddings"],
+            **ADDITIONS_OFF, max_positions=raw["max_position_embeddings"],
             dropout=raw.get("hidden_dropout_prob", 0.1), attention_dropout=raw.get("attention_probs_dropout_prob", 0.1),
             activation=ACTIVATION_NAMES[activation], layer_norm_eps=raw.get("layer_norm_eps", 1e-12),
             type_vocab_size=raw.get("type_vocab_size", 2), vocab_size=raw["vocab_size"],

@@ -6,7 +6,8 @@ import pytest
 import torch
 from tokenizers import Tokenizer
 
-from encoder_clf.checkpoint import ADDED_KEYS, load_model, save_model
+from encoder_clf.checkpoint import load_model, save_model
+from encoder_clf.config import ADDITIONS_OFF
 from encoder_clf.errors import UsageError
 from encoder_clf.tokenization import TokenizerConfig, train_tokenizer
 
@@ -34,16 +35,16 @@ def test_round_trip_is_bit_identical(saved):
     assert loaded_tokenizer.encode("the film was fun").ids == tokenizer.encode("the film was fun").ids
 
 
-@pytest.mark.parametrize("key", sorted(ADDED_KEYS))
+@pytest.mark.parametrize("key", sorted(ADDITIONS_OFF))
 def test_directory_saved_before_a_key_existed_loads_without_it(tmp_path, tiny_model, key):
     tokenizer = train_tokenizer(CORPUS, TokenizerConfig(vocab_size=100, min_frequency=1, max_length=16))
-    model = tiny_model(vocab_size=tokenizer.get_vocab_size(), **{key: ADDED_KEYS[key]})
+    model = tiny_model(vocab_size=tokenizer.get_vocab_size(), **{key: ADDITIONS_OFF[key]})
     directory = save_model(tmp_path / "model", model, tokenizer)
     config = json.loads((directory / "config.json").read_text())
     del config[key]
     (directory / "config.json").write_text(json.dumps(config))
     loaded, _ = load_model(directory)
-    assert getattr(loaded.config, key) == ADDED_KEYS[key]
+    assert getattr(loaded.config, key) == ADDITIONS_OFF[key]
     ids = torch.tensor([tokenizer.encode("the film was good").ids])
     assert torch.equal(loaded(ids).logits, model(ids).logits)
 
