@@ -6,6 +6,7 @@ import torch
 from encoder_clf.attention import SCORE_RULES
 from encoder_clf.encoder import NORM_PLACEMENTS, POSITION_ENCODINGS, RelativePositionBias
 from encoder_clf.errors import UsageError
+from encoder_clf.model import bigram_buckets
 from encoder_clf.pooling import POOLINGS
 
 from conftest import tiny_config
@@ -93,7 +94,8 @@ def test_ngram_logits_add_unigrams_and_adjacent_bigrams_of_real_tokens(tiny_mode
     model = randomize_zero_starts(tiny_model(ngram_buckets=64))
     ngrams = model.ngrams
     ids, mask = torch.tensor([[2, 7, 8, 3, 0]]), torch.tensor([[False, False, False, False, True]])
-    bigrams = [ngrams.vocab_size + (a * 1_000_003 + b) % ngrams.buckets for a, b in [(2, 7), (7, 8), (8, 3)]]
+    bigrams = [ngrams.vocab_size + (a * ngrams.vocab_size + b) % (2**31 - 1) * 48_271 % (2**31 - 1) % ngrams.buckets
+               for a, b in [(2, 7), (7, 8), (8, 3)]]
     expected = ngrams.weight.weight[[2, 7, 8, 3, *bigrams]].sum(0) / 7 ** 0.5
     torch.testing.assert_close(ngrams(ids, mask), expected[None])
     out = model(ids, mask)
@@ -101,6 +103,15 @@ def test_ngram_logits_add_unigrams_and_adjacent_bigrams_of_real_tokens(tiny_mode
     torch.testing.assert_close(encoder_part, model.head(out.pooled))
     torch.testing.assert_close(ngram_part, expected[None])
     torch.testing.assert_close(out.logits, (encoder_part + ngram_part) / 2)
+
+
+def test_bigrams_spread_over_the_buckets_like_a_random_hash():
+    vocab, buckets = 16_000, 1_000_000
+    first, second = (x.flatten() for x in torch.meshgrid(torch.arange(300), torch.arange(300), indexing="ij"))
+    rows = bigram_buckets(first, second, vocab, buckets)
+    assert rows.min() >= 0 and rows.max() < buckets
+    # 90,000 pairs into a million rows: a random hash leaves ~4% of them sharing a row.
+    assert rows.unique().numel() / rows.numel() > 0.95
 
 
 def test_sequence_longer_than_positions_is_refused(tiny_model):
