@@ -142,7 +142,7 @@ def pretrain(config: PretrainRunConfig, out_dir: str | Path, overwrite: bool = F
 
     steps_per_epoch = math.ceil(len(sequences) / cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
-    optimizer = adamw([(model, cfg.lr)], cfg.weight_decay)
+    optimizer = adamw([(model, cfg.lr, cfg.weight_decay)])
     scheduler = warmup_then_decay(optimizer, cfg.warmup_ratio, total)
     generator = torch.Generator().manual_seed(cfg.seed)
     lengths = np.array([len(s) for s in sequences])

@@ -95,6 +95,16 @@ def test_layerwise_learning_rates_cover_every_parameter_once():
     assert lr_of[id(model.encoder.final_norm.weight)] == pytest.approx(1e-3)
 
 
+def test_weight_decay_spares_vectors_and_the_ngram_table():
+    model = TextClassifier(tiny_config(ngram_buckets=64))
+    decay_of = {id(p): group["weight_decay"] for group in layerwise_adamw(model, 1e-3, 0.1).param_groups
+                for p in group["params"]}
+    assert decay_of[id(model.encoder.blocks[0].feed_forward[0].weight)] == 0.1
+    assert decay_of[id(model.encoder.embeddings.tokens.weight)] == 0.1
+    assert decay_of[id(model.encoder.blocks[0].feed_forward[0].bias)] == 0.0
+    assert decay_of[id(model.ngrams.weight.weight)] == 0.0
+
+
 def test_freezing_more_layers_than_the_model_has_is_refused(pretrained, tmp_path, capsys):
     from conftest import toy_rows, write_tsv
 
