@@ -70,6 +70,9 @@ class ModelConfig:
     relative_buckets: int = 0  # buckets of a learned relative-position bias in every block's attention (T5); 0 = none
     conv_kernel: int = 5  # a depthwise convolution of this odd width before each block's attention; 0 = none
     ngram_buckets: int = 1_000_000  # hashed bigram buckets of a linear bag-of-n-grams beside the head; 0 = none
+    # Each part's weight in the logits (the encoder's head, then the n-gram model), fitted on the validation
+    # split after training; [] = their mean (before the fit, and in directories saved before the key existed).
+    part_weights: list[float] = field(default_factory=list)
     layer_norm_eps: float = 1e-5
     type_vocab_size: int = 0
     vocab_size: int = 0
@@ -91,6 +94,9 @@ class ModelConfig:
                  f"got {self.relative_buckets}")
         _require(self.ngram_buckets >= 0, f"model.ngram_buckets must be >= 0 (0 = no n-gram logits); "
                                           f"got {self.ngram_buckets}")
+        _require(not self.part_weights or (self.ngram_buckets > 0 and len(self.part_weights) == 2),
+                 "model.part_weights must be [] (the mean of the parts) or, with n-gram logits, two weights "
+                 f"(the encoder's head, the n-gram logits); got {self.part_weights}")
         _require_choice("model.attention", self.attention, SCORE_RULES)
         _require_choice("model.norm", self.norm, NORM_PLACEMENTS)
         _require_choice("model.positions", self.positions, POSITION_ENCODINGS)
@@ -175,14 +181,22 @@ def check_type(tp, value: Any, where: str) -> Any:
         _require(optional, f"{where} may not be null")
         return None
     if typing.get_origin(inner) is list:
-        ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
-        _require(ok, f"{where} must be a list of strings; got {value!r}")
-        return list(value)
+        (item,) = typing.get_args(inner)
+        message = f"{where} must be a list of {_plural(item)}; got {value!r}"
+        _require(isinstance(value, list), message)
+        try:
+            return [check_type(item, v, where) for v in value]
+        except UsageError:
+            raise UsageError(message) from None
     if inner is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     ok = isinstance(value, inner) and not (inner is int and isinstance(value, bool))
     _require(ok, f"{where} must be of type {inner.__name__}; got {value!r}")
     return value
+
+
+def _plural(tp) -> str:
+    return {str: "strings", float: "numbers", int: "integers"}.get(tp, tp.__name__)
 
 
 def parse_value(tp, text: str, where: str) -> Any:
@@ -191,12 +205,13 @@ def parse_value(tp, text: str, where: str) -> Any:
     if optional and text.lower() in ("none", "null", ""):
         return None
     if typing.get_origin(inner) is list:
+        (item,) = typing.get_args(inner)
         if text.startswith("["):
             try:
                 return check_type(tp, json.loads(text), where)
             except json.JSONDecodeError:
-                raise UsageError(f"--set {where}: {text!r} is not a JSON list of strings") from None
-        return [part.strip() for part in text.split(",") if part.strip()]
+                raise UsageError(f"--set {where}: {text!r} is not a JSON list of {_plural(item)}") from None
+        return [parse_value(item, part.strip(), where) for part in text.split(",") if part.strip()]
     if inner is bool:
         lowered = text.lower()
         _require(lowered in ("true", "false", "1", "0", "yes", "no"),

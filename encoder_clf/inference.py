@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import copy
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -60,23 +61,35 @@ def for_inference(module: torch.nn.Module, precision: str) -> torch.nn.Module:
     return copy.deepcopy(module).to(torch.bfloat16) if precision == "bf16" else module
 
 
+class Forwarded(NamedTuple):
+    """Float32 outputs of :func:`forward_batches`, in input order."""
+
+    logits: np.ndarray  # (n, num_labels)
+    pooled: np.ndarray  # (n, d_model)
+    parts: np.ndarray  # (parts, n, num_labels): each predictor's own logits; (0, n, num_labels) with one predictor
+
+
 @torch.inference_mode()
 def forward_batches(model: TextClassifier, sequences: list[list[int]], pad: int, batch_size: int,
-                    precision: str = "fp32") -> tuple[np.ndarray, np.ndarray]:
-    """Logits ``(n, num_labels)`` and pooled vectors ``(n, d_model)``, float32, in input order."""
+                    precision: str = "fp32") -> Forwarded:
+    """The model's logits, pooled vectors and parts' logits for every sequence."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    logits = np.zeros((len(sequences), model.config.num_labels), dtype=np.float32)
-    pooled = np.zeros((len(sequences), model.config.d_model), dtype=np.float32)
+    n, labels = len(sequences), model.config.num_labels
+    logits = np.zeros((n, labels), dtype=np.float32)
+    pooled = np.zeros((n, model.config.d_model), dtype=np.float32)
+    parts = np.zeros((0 if model.ngrams is None else 2, n, labels), dtype=np.float32)
     runner = for_inference(model, precision)
     with autocast(precision, device):
         for index, ids, mask in sorted_batches(sequences, pad, batch_size):
             out = runner(ids.to(device), mask.to(device))
             logits[index] = out.logits.float().cpu().numpy()
             pooled[index] = out.pooled.float().cpu().numpy()
+            for k, part in enumerate(out.parts):
+                parts[k, index] = part.float().cpu().numpy()
     model.train(was_training)
-    return logits, pooled
+    return Forwarded(logits, pooled, parts)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -87,7 +100,7 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 def score_sequences(model: TextClassifier, sequences: list[list[int]], labels: np.ndarray, pad: int,
                     batch_size: int = 256, precision: str = "fp32") -> dict:
     """Metrics of the model on already-encoded labelled sequences."""
-    logits, _ = forward_batches(model, sequences, pad, batch_size, precision)
+    logits = forward_batches(model, sequences, pad, batch_size, precision).logits
     return compute_metrics(labels, logits.argmax(axis=1), model.config.labels)
 
 
@@ -117,7 +130,8 @@ def predict(model_dir: str | Path, texts: list[str], batch_size: int = 256,
     device = default_device()
     model.to(device)
     sequences, _ = encode(tokenizer, texts)
-    logits, _ = forward_batches(model, sequences, pad_id(tokenizer), batch_size, resolve_precision(precision, device))
+    logits = forward_batches(model, sequences, pad_id(tokenizer), batch_size,
+                             resolve_precision(precision, device)).logits
     probabilities = softmax(logits)
     names = model.config.labels
     return [names[i] for i in probabilities.argmax(axis=1)], probabilities, names

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
@@ -35,7 +35,8 @@ class ClassifierOutput:
     per layer when asked for, else empty. ``parts`` holds each predictor's own
     logits when the model has more than one (the encoder's head and the n-gram
     model): training scores each against the labels on its own, and
-    ``logits`` is their mean.
+    ``logits`` is their sum weighted by ``ModelConfig.part_weights`` (their
+    mean until the weights are fitted, see :func:`encoder_clf.loop.stacking_weights`).
     """
 
     logits: torch.Tensor
@@ -86,6 +87,12 @@ class TextClassifier(nn.Module):
         self.apply(_init_weights)
         if self.ngrams is not None:
             nn.init.zeros_(self.ngrams.weight.weight)  # the encoder's logits alone, at first
+        self.register_buffer("part_weights", torch.tensor(config.part_weights or [0.5, 0.5]), persistent=False)
+
+    def weigh_parts(self, weights: list[float]) -> None:
+        """Set each part's weight in the logits (in the config too, so that a saved model keeps them)."""
+        self.config = replace(self.config, part_weights=list(weights))
+        self.part_weights.copy_(torch.tensor(weights))
 
     def forward(self, input_ids: torch.Tensor, padding_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None, need_weights: bool = False) -> ClassifierOutput:
@@ -101,7 +108,8 @@ class TextClassifier(nn.Module):
         if self.ngrams is None:
             return ClassifierOutput(logits, pooled, attentions or [])
         parts = (logits, self.ngrams(input_ids, padding_mask).to(logits.dtype))
-        return ClassifierOutput(torch.stack(parts).mean(dim=0), pooled, attentions or [], parts)
+        combined = torch.einsum("p,pbc->bc", self.part_weights.to(logits.dtype), torch.stack(parts))
+        return ClassifierOutput(combined, pooled, attentions or [], parts)
 
 
 class MaskedLanguageModel(nn.Module):

@@ -239,9 +239,8 @@ class EncoderClassifier(ClassifierMixin, BaseEstimator):
         device = default_device()
         self.model_.to(device)
         sequences, _ = tokenize(self.tokenizer_, texts)
-        logits, _ = forward_batches(self.model_, sequences, pad_id(self.tokenizer_), TrainConfig.eval_batch_size,
-                                    resolve_precision(self.precision, device))
-        return softmax(logits)
+        return softmax(forward_batches(self.model_, sequences, pad_id(self.tokenizer_), TrainConfig.eval_batch_size,
+                                       resolve_precision(self.precision, device)).logits)
 
     def predict(self, X) -> np.ndarray:
         best = self.predict_proba(X).argmax(axis=1)

@@ -125,7 +125,7 @@ def _build(config: RunConfig, label_names: list[str],
     if start is not None:  # the architecture and tokenizer come with the pretrained encoder
         tokenizer = start.tokenizer
         model_config = replace(start.config, pooling=config.model.pooling, dropout=config.model.dropout,
-                               attention_dropout=config.model.attention_dropout, labels=label_names)
+                               attention_dropout=config.model.attention_dropout, labels=label_names, part_weights=[])
     else:
         if config.tokenizer.path:
             tokenizer = load_tokenizer(config.tokenizer.path, config.tokenizer.max_length)
@@ -213,7 +213,8 @@ def _run(config: RunConfig, model: TextClassifier, tokenizer: Tokenizer, splits:
     best_model = load_model(out_dir / "model")[0].to(device)
     results = {name: validate(best_model, split, cfg.eval_batch_size, precision, world)
                for name, split in tokens.items() if name != "train"}
-    metrics = {**results, **summary, "precision": precision, "device": str(device),
+    fitted = {"part_weights": best_model.config.part_weights} if best_model.config.part_weights else {}
+    metrics = {**results, **summary, **fitted, "precision": precision, "device": str(device),
                "data": {name: {"rows": len(split), "truncated": split.truncated} for name, split in tokens.items()},
                "parameters": sum(p.numel() for p in model.parameters())}
     if not world.main:

@@ -49,6 +49,21 @@ def test_directory_saved_before_a_key_existed_loads_without_it(tmp_path, tiny_mo
     assert torch.equal(loaded(ids).logits, model(ids).logits)
 
 
+def test_fitted_part_weights_round_trip_and_older_directories_take_the_mean(tmp_path, tiny_model):
+    tokenizer = train_tokenizer(CORPUS, TokenizerConfig(vocab_size=100, min_frequency=1, max_length=16))
+    model = tiny_model(vocab_size=tokenizer.get_vocab_size(), ngram_buckets=64)
+    torch.nn.init.normal_(model.ngrams.weight.weight)
+    model.weigh_parts([0.3, 1.7])
+    directory = save_model(tmp_path / "model", model, tokenizer)
+    ids = torch.tensor([tokenizer.encode("the film was good").ids])
+    assert torch.equal(load_model(directory)[0](ids).logits, model(ids).logits)
+    config = json.loads((directory / "config.json").read_text())
+    del config["part_weights"]
+    (directory / "config.json").write_text(json.dumps(config))
+    encoder_part, ngram_part = model(ids).parts
+    torch.testing.assert_close(load_model(directory)[0](ids).logits, (encoder_part + ngram_part) / 2)
+
+
 def test_saving_again_replaces_the_directory_whole(saved):
     directory, model, tokenizer = saved
     save_model(directory, model, tokenizer)

@@ -37,7 +37,7 @@ def test_default_features_are_the_vectors_the_head_sees(classifier_dir):
     from encoder_clf.checkpoint import load_model
 
     classifier, tokenizer = load_model(classifier_dir)
-    _, pooled = forward_batches(classifier, tokenize(tokenizer, TEXTS)[0], pad_id(tokenizer), 2)
+    pooled = forward_batches(classifier, tokenize(tokenizer, TEXTS)[0], pad_id(tokenizer), 2).pooled
     np.testing.assert_allclose(features, pooled, atol=1e-6)
 
 

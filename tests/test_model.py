@@ -102,7 +102,10 @@ def test_ngram_logits_add_unigrams_and_adjacent_bigrams_of_real_tokens(tiny_mode
     encoder_part, ngram_part = out.parts
     torch.testing.assert_close(encoder_part, model.head(out.pooled))
     torch.testing.assert_close(ngram_part, expected[None])
-    torch.testing.assert_close(out.logits, (encoder_part + ngram_part) / 2)
+    torch.testing.assert_close(out.logits, (encoder_part + ngram_part) / 2)  # the mean until weights are fitted
+    model.weigh_parts([0.25, 2.0])
+    torch.testing.assert_close(model(ids, mask).logits, 0.25 * encoder_part + 2.0 * ngram_part)
+    assert model.config.part_weights == [0.25, 2.0]
 
 
 def test_bigrams_spread_over_the_buckets_like_a_random_hash():

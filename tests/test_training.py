@@ -4,8 +4,12 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
+from encoder_clf.checkpoint import load_model
 from encoder_clf.config import with_overrides
+from encoder_clf.inference import evaluate
+from encoder_clf.loop import stacking_weights
 from encoder_clf.training import RunConfig, train
 
 from conftest import TINY
@@ -50,6 +54,34 @@ def test_same_seed_gives_identical_metrics(sst2_sample, tmp_path):
     second = train(pinned, tmp_path / "b", progress=False)
     third = train(pinned, tmp_path / "c", progress=False)
     assert first["validation"] == second["validation"] == third["validation"]
+
+
+def test_stacking_recovers_the_weights_that_drew_the_labels():
+    generator = torch.Generator().manual_seed(0)
+    parts = torch.randn(3, 20_000, 3, generator=generator)  # three parts' logits over three classes
+    true = torch.tensor([0.5, 2.0, 0.0], dtype=torch.float64)
+    probabilities = torch.einsum("p,pnc->nc", true.float(), parts).softmax(dim=1)
+    labels = torch.multinomial(probabilities, 1, generator=generator).squeeze(1)
+    torch.testing.assert_close(torch.tensor(stacking_weights(parts, labels), dtype=torch.float64), true, atol=0.05,
+                               rtol=0)
+
+
+def test_stacking_keeps_weights_finite_when_one_part_separates_the_rows():
+    parts = torch.randn(2, 40, 2, generator=torch.Generator().manual_seed(0))
+    labels = parts[0].argmax(dim=1)
+    weights = torch.tensor(stacking_weights(parts, labels))
+    assert weights.isfinite().all() and weights[0] > 1.0 > abs(weights[1])
+    assert torch.equal(torch.einsum("p,pnc->nc", weights.float(), parts).argmax(dim=1), labels)
+
+
+def test_run_fits_the_part_weights_on_validation_and_saves_them(toy_data, tmp_path, one_thread):
+    settings = [f"data.path={toy_data}", *TINY, "model.ngram_buckets=256", "train.precision=fp32"]
+    metrics = train(with_overrides(RunConfig(), settings), tmp_path / "run", progress=False)
+    model, _ = load_model(tmp_path / "run" / "model")
+    assert len(metrics["part_weights"]) == 2 and model.config.part_weights == metrics["part_weights"]
+    assert model.config.part_weights != [0.5, 0.5]
+    for split in ("validation", "test"):  # the saved model is the one that was scored
+        assert evaluate(tmp_path / "run" / "model", str(toy_data), split, precision="fp32") == metrics[split]
 
 
 def test_token_dropout_spares_special_tokens_and_padding():
