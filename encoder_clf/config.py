@@ -71,7 +71,7 @@ class ModelConfig:
     conv_kernel: int = 5  # a depthwise convolution of this odd width before each block's attention; 0 = none
     ngram_buckets: int = 1_000_000  # hashed bigram buckets of a linear bag-of-n-grams beside the head; 0 = none
     # Each part's weight in the logits (the encoder's head, then the n-gram model), fitted on the validation
-    # split after training; [] = their mean (before the fit, and in directories saved before the key existed).
+    # split at each evaluation; [] = their mean (before the first fit, and in directories saved before the key).
     part_weights: list[float] = field(default_factory=list)
     layer_norm_eps: float = 1e-5
     type_vocab_size: int = 0
