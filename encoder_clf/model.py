@@ -87,7 +87,7 @@ class TextClassifier(nn.Module):
         self.apply(_init_weights)
         if self.ngrams is not None:
             nn.init.zeros_(self.ngrams.weight.weight)  # the encoder's logits alone, at first
-        self.register_buffer("part_weights", torch.tensor(config.part_weights or [0.5, 0.5]), persistent=False)
+            self.register_buffer("part_weights", torch.tensor(config.part_weights or [0.5, 0.5]), persistent=False)
 
     def weigh_parts(self, weights: list[float]) -> None:
         """Set each part's weight in the logits (in the config too, so that a saved model keeps them)."""
