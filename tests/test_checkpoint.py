@@ -1,15 +1,18 @@
 """Model directories: exact round-trip, and clear refusals for broken ones."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from tokenizers import Tokenizer
 
 from encoder_clf.checkpoint import load_model, save_model
 from encoder_clf.config import ADDITIONS_OFF
 from encoder_clf.errors import UsageError
-from encoder_clf.tokenization import TokenizerConfig, train_tokenizer
+from encoder_clf.inference import forward_batches
+from encoder_clf.tokenization import TokenizerConfig, encode, pad_id, train_tokenizer
 
 CORPUS = [f"the film number {i} was {'good' if i % 2 else 'bad'} and {'fun' if i % 3 else 'slow'}" for i in range(60)]
 
@@ -121,3 +124,19 @@ def test_invalid_config_value_in_saved_model(saved):
 def test_tokenizer_file_is_plain_tokenizers_json(saved):
     directory, _, tokenizer = saved
     assert Tokenizer.from_file(str(directory / "tokenizer.json")).get_vocab() == tokenizer.get_vocab()
+
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.mark.parametrize("name", ["model-ngrams", "model-plain"])
+def test_directory_saved_by_an_older_release_predicts_bit_identically(name):
+    """tests/fixtures/model-*: saved by the code of commit 200ca8d, with the logits it gave then."""
+    directory = FIXTURES / name
+    model, tokenizer = load_model(directory)
+    texts = json.loads((directory / "expected.json").read_text())["texts"]
+    expected = load_file(str(directory / "expected.safetensors"))
+    ids, _ = encode(tokenizer, texts)
+    out = forward_batches(model, ids, pad_id(tokenizer), 2, "fp32")
+    assert torch.equal(torch.from_numpy(out.logits), expected["logits"])
+    assert torch.equal(torch.from_numpy(out.pooled), expected["pooled"])
