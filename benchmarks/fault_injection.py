@@ -99,7 +99,7 @@ def main() -> None:
     parser.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"))
     args = parser.parse_args()
 
-    from encoder_clf.tokenization import TokenizerConfig, train_tokenizer
+    from encoder_clf.data.tokenization import TokenizerConfig, train_tokenizer
 
     work = OUT / "fault-injection"
     sample(Path(args.data), work / "data", args.rows, args.seed)

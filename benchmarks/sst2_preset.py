@@ -95,9 +95,9 @@ def scored_parts(model_dir: Path, data: Path) -> list[dict]:
 
     import torch
 
-    from encoder_clf.checkpoint import load_model
-    from encoder_clf.data import read_split
+    from encoder_clf.data.splits import read_split
     from encoder_clf.inference import evaluate_texts
+    from encoder_clf.persistence.model_dir import load_model
 
     model, tokenizer = load_model(model_dir)
     if model.ngrams is None:

@@ -13,16 +13,16 @@ import sys
 import time
 from pathlib import Path
 
-from .config import load_json, with_overrides
-from .data import FLAG_HINTS, read_texts
-from .distributed import SOLO, World, broadcast_text, init_from_env, shutdown
+from .data.splits import FLAG_HINTS, read_texts
 from .errors import UsageError
 from .explain import TOKEN_WEIGHT_MEANINGS, explain_text, layer_index
 from .features import FEATURE_POOLINGS, OUTPUT_FORMATS, encode, write_features
 from .inference import PRECISIONS, evaluate, predict
 from .metrics import format_report
-from .pretraining import PretrainRunConfig, pretrain
-from .training import FINETUNE_PRESET, RunConfig, resume, train
+from .model.config import load_json, with_overrides
+from .train.distributed import SOLO, World, broadcast_text, init_from_env, shutdown
+from .train.pretraining import PretrainRunConfig, pretrain
+from .train.run import FINETUNE_PRESET, RunConfig, resume, train
 from .viz import explanation_figure, save
 
 

@@ -29,10 +29,10 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer
 
-from .checkpoint import load_model
 from .errors import UsageError
 from .inference import softmax
-from .model import TextClassifier
+from .model.classifier import TextClassifier
+from .persistence.model_dir import load_model
 
 
 def _attention_pooling(model: TextClassifier, states: torch.Tensor, attentions: list[torch.Tensor]) -> torch.Tensor:

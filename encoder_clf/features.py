@@ -19,15 +19,15 @@ from tokenizers import Tokenizer
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import pretrained
-from .checkpoint import load_config, load_model
-from .data import sorted_batches
-from .encoder import Encoder
+from .data.splits import sorted_batches
+from .data.tokenization import encode as tokenize
+from .data.tokenization import pad_id
 from .errors import UsageError
 from .inference import autocast, default_device, for_inference, resolve_precision
-from .pooling import POOLINGS
-from .tokenization import encode as tokenize
-from .tokenization import pad_id
+from .model.encoder import Encoder
+from .model.pooling import POOLINGS
+from .persistence import bert as pretrained
+from .persistence.model_dir import load_config, load_model
 
 FEATURE_POOLINGS = ("mean", "cls", "max")
 OUTPUT_FORMATS = (".npy", ".parquet")

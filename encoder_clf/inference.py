@@ -15,12 +15,12 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer
 
-from .checkpoint import load_model
-from .data import read_split, sorted_batches
+from .data.splits import read_split, sorted_batches
+from .data.tokenization import encode, pad_id
 from .errors import UsageError
 from .metrics import compute_metrics
-from .model import TextClassifier
-from .tokenization import encode, pad_id
+from .model.classifier import TextClassifier
+from .persistence.model_dir import load_model
 
 PRECISIONS = ("auto", "bf16", "fp32")
 

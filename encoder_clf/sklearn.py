@@ -1,8 +1,8 @@
 """scikit-learn estimators: :class:`EncoderClassifier` (texts → labels) and :class:`SentenceEncoder` (texts → vectors).
 
 One thin layer over the workflows, as skorch adapts torch: ``fit`` turns the
-estimator's plain parameters into a :class:`~encoder_clf.training.RunConfig`
-and calls :func:`~encoder_clf.training.train_on_splits`; ``predict_proba`` and
+estimator's plain parameters into a :class:`~encoder_clf.train.run.RunConfig`
+and calls :func:`~encoder_clf.train.run.train_on_splits`; ``predict_proba`` and
 ``transform`` call :func:`~encoder_clf.inference.forward_batches` and
 :func:`encoder_clf.features.encode`. ``X`` is a 1-D list, array or Series of
 strings (a one-column 2-D array or DataFrame also works), so both estimators
@@ -70,15 +70,15 @@ from sklearn.utils.validation import check_consistent_length, check_is_fitted
 from tokenizers import Tokenizer
 
 from . import features
-from .checkpoint import load_model, save_model
-from .config import ModelConfig, from_dict, with_overrides
-from .data import DataConfig, Split, Splits
+from .data.splits import DataConfig, Split, Splits
+from .data.tokenization import TokenizerConfig, pad_id
+from .data.tokenization import encode as tokenize
 from .errors import UsageError
 from .inference import default_device, forward_batches, resolve_precision, softmax
-from .model import TextClassifier
-from .tokenization import TokenizerConfig, pad_id
-from .tokenization import encode as tokenize
-from .training import RunConfig, TrainConfig, train_on_splits
+from .model.classifier import TextClassifier
+from .model.config import ModelConfig, from_dict, with_overrides
+from .persistence.model_dir import load_model, save_model
+from .train.run import RunConfig, TrainConfig, train_on_splits
 
 ESTIMATOR_FILE = "estimator.json"
 FORMAT = "encoder-clf-sklearn/1"

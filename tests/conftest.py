@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from encoder_clf.config import ModelConfig
-from encoder_clf.model import TextClassifier
+from encoder_clf.model.classifier import TextClassifier
+from encoder_clf.model.config import ModelConfig
 
 SST2 = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "sst2"
 

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from encoder_clf.attention import SCORE_RULES, AdditiveScore, MultiHeadAttention
+from encoder_clf.model.attention import SCORE_RULES, AdditiveScore, MultiHeadAttention
 
 RULES = sorted(SCORE_RULES)
 D_MODEL, HEADS = 16, 4

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from encoder_clf.checkpoint import save_model
 from encoder_clf.cli import main
-from encoder_clf.tokenization import TOKENIZER_MODELS, TokenizerConfig, encode, train_tokenizer
-from encoder_clf.training import RunConfig
+from encoder_clf.data.tokenization import TOKENIZER_MODELS, TokenizerConfig, encode, train_tokenizer
+from encoder_clf.persistence.model_dir import save_model
+from encoder_clf.train.run import RunConfig
 
 from conftest import TINY, toy_rows, write_tsv
 
@@ -43,8 +43,8 @@ def model_dir(tmp_path_factory):
     """A small saved model (untrained: only its files matter here)."""
     import torch
 
-    from encoder_clf.config import ModelConfig
-    from encoder_clf.model import TextClassifier
+    from encoder_clf.model.classifier import TextClassifier
+    from encoder_clf.model.config import ModelConfig
 
     tokenizer = train_tokenizer(CORPUS, TokenizerConfig(vocab_size=100, min_frequency=1, max_length=16))
     torch.manual_seed(0)

@@ -8,11 +8,11 @@ import torch
 from safetensors.torch import load_file
 from tokenizers import Tokenizer
 
-from encoder_clf.checkpoint import load_model, save_model
-from encoder_clf.config import ADDITIONS_OFF
+from encoder_clf.data.tokenization import TokenizerConfig, encode, pad_id, train_tokenizer
 from encoder_clf.errors import UsageError
 from encoder_clf.inference import forward_batches
-from encoder_clf.tokenization import TokenizerConfig, encode, pad_id, train_tokenizer
+from encoder_clf.model.config import ADDITIONS_OFF
+from encoder_clf.persistence.model_dir import load_model, save_model
 
 CORPUS = [f"the film number {i} was {'good' if i % 2 else 'bad'} and {'fun' if i % 3 else 'slow'}" for i in range(60)]
 

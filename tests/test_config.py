@@ -5,12 +5,12 @@ import json
 
 import pytest
 
-from encoder_clf.attention import SCORE_RULES
-from encoder_clf.config import ModelConfig, from_dict, load_json, with_overrides
-from encoder_clf.encoder import NORM_PLACEMENTS, POSITION_ENCODINGS
 from encoder_clf.errors import UsageError
-from encoder_clf.pooling import POOLINGS
-from encoder_clf.training import RunConfig
+from encoder_clf.model.attention import SCORE_RULES
+from encoder_clf.model.config import ModelConfig, from_dict, load_json, with_overrides
+from encoder_clf.model.encoder import NORM_PLACEMENTS, POSITION_ENCODINGS
+from encoder_clf.model.pooling import POOLINGS
+from encoder_clf.train.run import RunConfig
 
 
 def assert_refused(call, *fragments: str) -> str:

@@ -11,10 +11,10 @@ import pytest
 import torch
 from tokenizers import Tokenizer
 
-from encoder_clf import corpus
-from encoder_clf.data import DataConfig, Split, bucket_batches, load_splits
+from encoder_clf.data import corpus
+from encoder_clf.data.splits import DataConfig, Split, bucket_batches, load_splits
+from encoder_clf.data.tokenization import TokenizerConfig, train_tokenizer
 from encoder_clf.errors import UsageError
-from encoder_clf.tokenization import TokenizerConfig, train_tokenizer
 
 from conftest import toy_rows, write_tsv
 

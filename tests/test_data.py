@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from encoder_clf.data import READERS, DataConfig, bucket_batches, collate, load_splits, read_split
+from encoder_clf.data.splits import READERS, DataConfig, bucket_batches, collate, load_splits, read_split
 from encoder_clf.errors import UsageError
 
 TEXTS = ["a fine film", "dull and slow", "great acting", "weak plot", "loved it", "not again"]
@@ -222,7 +222,7 @@ def test_rows_with_empty_text_are_dropped_with_a_warning(tmp_path, caplog):
     file = tmp_path / "train.csv"
     file.write_text("text,label\ngood one,pos\n,neg\n   ,pos\nbad one,neg\nfine,pos\nawful,neg\n", encoding="utf-8")
     write(tmp_path / "dev.csv", frame())
-    with caplog.at_level(logging.WARNING, logger="encoder_clf.data"):
+    with caplog.at_level(logging.WARNING, logger="encoder_clf.data.splits"):
         splits = load_splits(DataConfig(path=str(tmp_path)))
     assert splits.train.texts == ["good one", "bad one", "fine", "awful"]
     assert len(splits.train.labels) == 4

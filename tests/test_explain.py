@@ -4,14 +4,14 @@ import numpy as np
 import pytest
 import torch
 
-from encoder_clf.attention import SCORE_RULES
-from encoder_clf.checkpoint import save_model
 from encoder_clf.cli import main
+from encoder_clf.data.tokenization import TokenizerConfig, pad_id, train_tokenizer
 from encoder_clf.explain import TOKEN_WEIGHT_MEANINGS, TOKEN_WEIGHTS, explain
 from encoder_clf.inference import predict
-from encoder_clf.model import TextClassifier
-from encoder_clf.pooling import POOLINGS
-from encoder_clf.tokenization import TokenizerConfig, pad_id, train_tokenizer
+from encoder_clf.model.attention import SCORE_RULES
+from encoder_clf.model.classifier import TextClassifier
+from encoder_clf.model.pooling import POOLINGS
+from encoder_clf.persistence.model_dir import save_model
 
 from conftest import tiny_config
 

@@ -5,14 +5,14 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from encoder_clf.checkpoint import save_model
 from encoder_clf.cli import main
+from encoder_clf.data.tokenization import TokenizerConfig, pad_id, train_tokenizer
+from encoder_clf.data.tokenization import encode as tokenize
 from encoder_clf.errors import UsageError
 from encoder_clf.features import encode, load_encoder, write_features
 from encoder_clf.inference import forward_batches
-from encoder_clf.model import TextClassifier
-from encoder_clf.tokenization import TokenizerConfig, pad_id, train_tokenizer
-from encoder_clf.tokenization import encode as tokenize
+from encoder_clf.model.classifier import TextClassifier
+from encoder_clf.persistence.model_dir import save_model
 
 from conftest import tiny_config
 
@@ -34,7 +34,7 @@ def classifier_dir(request, tmp_path_factory):
 def test_default_features_are_the_vectors_the_head_sees(classifier_dir):
     model = load_encoder(classifier_dir)
     features = encode(model, TEXTS, batch_size=2, precision="fp32")
-    from encoder_clf.checkpoint import load_model
+    from encoder_clf.persistence.model_dir import load_model
 
     classifier, tokenizer = load_model(classifier_dir)
     pooled = forward_batches(classifier, tokenize(tokenizer, TEXTS)[0], pad_id(tokenizer), 2).pooled

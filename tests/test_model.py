@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-from encoder_clf.attention import SCORE_RULES
-from encoder_clf.encoder import NORM_PLACEMENTS, POSITION_ENCODINGS, RelativePositionBias
 from encoder_clf.errors import UsageError
-from encoder_clf.model import bigram_buckets
-from encoder_clf.pooling import POOLINGS
+from encoder_clf.model.attention import SCORE_RULES
+from encoder_clf.model.classifier import bigram_buckets
+from encoder_clf.model.encoder import NORM_PLACEMENTS, POSITION_ENCODINGS, RelativePositionBias
+from encoder_clf.model.pooling import POOLINGS
 
 from conftest import tiny_config
 
@@ -124,8 +124,8 @@ def test_sequence_longer_than_positions_is_refused(tiny_model):
 
 
 def test_model_needs_vocabulary_and_labels():
-    from encoder_clf.config import ModelConfig
-    from encoder_clf.model import TextClassifier
+    from encoder_clf.model.classifier import TextClassifier
+    from encoder_clf.model.config import ModelConfig
 
     with pytest.raises(ValueError, match="vocab_size > 0 and at least 2 labels"):
         TextClassifier(ModelConfig(vocab_size=0, labels=["a", "b"]))

@@ -8,11 +8,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from encoder_clf.data.tokenization import TokenizerConfig, train_tokenizer
+from encoder_clf.data.tokenization import encode as tokenize
 from encoder_clf.errors import UsageError
 from encoder_clf.features import encode, load_encoder
-from encoder_clf.pretrained import load_checkpoint, resolve
-from encoder_clf.tokenization import TokenizerConfig, train_tokenizer
-from encoder_clf.tokenization import encode as tokenize
+from encoder_clf.persistence.bert import load_checkpoint, resolve
 
 CORPUS = ["the film was great", "a dull and lifeless plot", "superb acting , lovely score",
           "poor writing", "i loved it", "the cast was fine but the plot was bad"] * 20

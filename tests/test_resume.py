@@ -16,10 +16,11 @@ import torch
 from safetensors.torch import load_file
 
 import encoder_clf
-from encoder_clf import state, training
 from encoder_clf.cli import main
+from encoder_clf.data.tokenization import TokenizerConfig, train_tokenizer
 from encoder_clf.errors import UsageError
-from encoder_clf.tokenization import TokenizerConfig, train_tokenizer
+from encoder_clf.persistence import checkpoints as state
+from encoder_clf.train import run as training
 
 from conftest import TINY
 
@@ -137,7 +138,7 @@ def test_truncated_checkpoint_is_detected_and_the_previous_one_used(reference, t
     run = interrupted_run(monkeypatch, toy_data, tmp_path / "run", pinned)
     newest = run / state.CHECKPOINTS / "step-00000036" / "state.safetensors"
     newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
-    with caplog.at_level(logging.WARNING, logger="encoder_clf.state"):
+    with caplog.at_level(logging.WARNING, logger="encoder_clf.persistence.checkpoints"):
         assert main(["train", "--resume", str(run), "--quiet"]) == 0
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any("step-00000036 is unusable" in w and "falling back to the previous checkpoint" in w for w in warnings)
@@ -260,7 +261,7 @@ def test_broken_checkpoint_is_set_aside_for_the_one_before(trainables, tmp_path,
     else:
         file.write_bytes(file.read_bytes()[:-10])
     (tmp_path / ".step-00000004.x1y2z3").mkdir()  # the staging directory of a write cut short
-    with caplog.at_level(logging.WARNING, logger="encoder_clf.state"):
+    with caplog.at_level(logging.WARNING, logger="encoder_clf.persistence.checkpoints"):
         assert state.load_latest(tmp_path, 16).progress.step == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == [".step-00000003.broken", "step-00000002"]
     assert "step-00000003 is unusable" in caplog.text

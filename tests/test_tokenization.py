@@ -6,8 +6,7 @@ import random
 import pytest
 from tokenizers import Tokenizer, models
 
-from encoder_clf.errors import UsageError
-from encoder_clf.tokenization import (
+from encoder_clf.data.tokenization import (
     CLS,
     PAD,
     SEP,
@@ -20,6 +19,7 @@ from encoder_clf.tokenization import (
     pad_id,
     train_tokenizer,
 )
+from encoder_clf.errors import UsageError
 
 MAX_LENGTH = 12
 SUBJECTS = ["the movie", "this film", "the plot", "her performance", "the soundtrack", "every scene", "the ending"]

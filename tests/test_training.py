@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from encoder_clf.checkpoint import load_model
-from encoder_clf.config import with_overrides
 from encoder_clf.inference import evaluate
-from encoder_clf.loop import stacking_weights
-from encoder_clf.training import RunConfig, train
+from encoder_clf.model.config import with_overrides
+from encoder_clf.persistence.model_dir import load_model
+from encoder_clf.train.loop import stacking_weights
+from encoder_clf.train.run import RunConfig, train
 
 from conftest import TINY
 
@@ -87,7 +87,7 @@ def test_run_fits_the_part_weights_on_validation_and_saves_them(toy_data, tmp_pa
 def test_token_dropout_spares_special_tokens_and_padding():
     import torch
 
-    from encoder_clf.loop import _drop_tokens
+    from encoder_clf.train.loop import _drop_tokens
 
     ids = torch.tensor([[2, 10, 11, 12, 13, 3], [2, 20, 21, 3, 0, 0]])
     mask = ids == 0
@@ -100,9 +100,9 @@ def test_weight_averaging_keeps_the_moving_average(tmp_path):
     """With ema_decay, the saved model is the average of the training weights, not the last step's."""
     import torch
 
-    from encoder_clf.checkpoint import load_model
-    from encoder_clf.data import Split, Splits
-    from encoder_clf.training import train_on_splits
+    from encoder_clf.data.splits import Split, Splits
+    from encoder_clf.persistence.model_dir import load_model
+    from encoder_clf.train.run import train_on_splits
 
     from conftest import TINY, toy_rows
 
@@ -121,7 +121,7 @@ def test_weight_averaging_keeps_the_moving_average(tmp_path):
 
 
 def test_token_cache_gives_the_in_memory_run_and_is_reused(toy_data, tmp_path, monkeypatch, one_thread):
-    from encoder_clf import corpus
+    from encoder_clf.data import corpus
 
     settings = [f"data.path={toy_data}", *TINY, "train.epochs=2", "train.precision=fp32"]
     plain = train(with_overrides(RunConfig(), settings), tmp_path / "plain", progress=False)
@@ -139,7 +139,7 @@ def test_token_cache_gives_the_in_memory_run_and_is_reused(toy_data, tmp_path, m
 
 
 def test_streaming_trains_for_max_steps_without_holding_the_train_split(toy_data, tmp_path, monkeypatch, one_thread):
-    from encoder_clf import training
+    from encoder_clf.train import run as training
 
     monkeypatch.setattr(training, "load_splits", lambda *a, **k: pytest.fail("the train split was read whole"))
     settings = [f"data.path={toy_data}", *TINY, "data.streaming=true", "train.max_steps=60", "train.eval_every=20",

@@ -2,7 +2,7 @@
 
 A checkpoint directory holds a BERT-style ``config.json``, ``model.safetensors``
 and ``tokenizer.json``; a Hub name is downloaded to the local cache first. The
-weights are renamed onto :class:`~encoder_clf.encoder.Encoder` (post-LN blocks,
+weights are renamed onto :class:`~encoder_clf.model.encoder.Encoder` (post-LN blocks,
 learned positions, token types, the checkpoint's LayerNorm epsilon and
 activation) and loaded strictly: a missing or mis-shaped weight is named, and a
 pickled ``pytorch_model.bin`` is refused, never unpickled.
@@ -20,12 +20,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from tokenizers import Tokenizer
 
-from .checkpoint import load_encoder as load_saved_encoder
-from .checkpoint import load_weights
-from .config import ADDITIONS_OFF, ModelConfig
-from .encoder import Encoder
-from .errors import UsageError
-from .tokenization import load_tokenizer, pad_id
+from ..data.tokenization import load_tokenizer, pad_id
+from ..errors import UsageError
+from ..model.config import ADDITIONS_OFF, ModelConfig
+from ..model.encoder import Encoder
+from .model_dir import load_encoder as load_saved_encoder
+from .model_dir import load_weights
 
 CONFIG, WEIGHTS, TOKENIZER = "config.json", "model.safetensors", "tokenizer.json"
 HUB_FILES = [CONFIG, WEIGHTS, TOKENIZER, "sentence_bert_config.json", "1_Pooling/config.json"]

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from .model import TextClassifier
+from ..model.classifier import TextClassifier
 
 SCHEDULES = {
     "linear": lambda progress: max(0.0, 1.0 - progress),

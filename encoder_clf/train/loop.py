@@ -6,7 +6,7 @@ pass over token ids in memory or memory-mapped, or a stream read pool by
 pool), takes ``grad_accum`` forward passes per optimizer step, and under
 torchrun deals each step's batches to the ranks (DistributedDataParallel
 averages the gradients; only rank 0 writes). Checkpoints
-(:mod:`encoder_clf.state`) are written at step 0, at every evaluation and
+(:mod:`encoder_clf.persistence.checkpoints`) are written at step 0, at every evaluation and
 every ``checkpoint_every`` steps, with each rank's random streams, so a
 resumed run replays the rest of an uninterrupted one bit for bit.
 """
@@ -32,18 +32,18 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
-from .checkpoint import save_model
-from .config import check_fields
-from .corpus import TokenizedSplit
-from .data import bucket_batches
+from ..data.corpus import TokenizedSplit
+from ..data.splits import bucket_batches
+from ..data.tokenization import UNK, pad_id
+from ..errors import UsageError
+from ..inference import PRECISIONS, autocast, forward_batches
+from ..metrics import compute_metrics
+from ..model.classifier import TextClassifier
+from ..model.config import check_fields
+from ..persistence.checkpoints import CHECKPOINTS, Checkpoint, Progress, Trainables, restore, save_checkpoint
+from ..persistence.model_dir import save_model
 from .distributed import SOLO, World, all_sum, barrier, gather_rows, gather_tensors, shard
-from .errors import UsageError
-from .inference import PRECISIONS, autocast, forward_batches
-from .metrics import compute_metrics
-from .model import TextClassifier
-from .optimization import SCHEDULES, layerwise_adamw, warmup_then_decay
-from .state import CHECKPOINTS, Checkpoint, Progress, Trainables, restore, save_checkpoint
-from .tokenization import UNK, pad_id
+from .optim import SCHEDULES, layerwise_adamw, warmup_then_decay
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ class TrainBatches:
 
 
 def bucketed(tokens: TokenizedSplit, batch_size: int, seed: int, key: str) -> TrainBatches:
-    """Length-bucketed batches over token ids held in memory or memory-mapped (:mod:`encoder_clf.corpus`)."""
+    """Length-bucketed batches over token ids held in memory or memory-mapped (:mod:`encoder_clf.data.corpus`)."""
 
     def epoch(number: int) -> Iterator[Batch]:
         for index in bucket_batches(tokens.lengths, batch_size, shuffle=True, seed=seed * 1000 + number):

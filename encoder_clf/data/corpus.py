@@ -1,7 +1,7 @@
 """Token ids for corpora too large to tokenize into Python lists on every run, or to hold in memory at all.
 
 Both ways end in the same batches, ``(ids (batch, seq), padding mask (batch, seq) True at padding,
-labels (batch,))``, padded per batch by :func:`encoder_clf.data.collate`:
+labels (batch,))``, padded per batch by :func:`encoder_clf.data.splits.collate`:
 
 * :func:`tokenize_split` tokenizes a split that is already read (``data.load_splits``). With
   ``DataConfig.cache_dir`` the ids go once into an Arrow file named by a hash of the tokenizer's JSON and of
@@ -9,7 +9,7 @@ labels (batch,))``, padded per batch by :func:`encoder_clf.data.collate`:
   it the same :class:`TokenizedSplit` holds Python lists.
 * :func:`stream_batches` reads the train split as a ``datasets`` stream and never holds it whole: rows pass a
   seeded shuffle buffer, gather in a pool of ``batch_size * pool_batches``, are tokenized, cut into batches of
-  similar length (as :func:`encoder_clf.data.bucket_batches` does) and yielded in a seeded order. The class
+  similar length (as :func:`encoder_clf.data.splits.bucket_batches` does) and yielded in a seeded order. The class
   names cannot come from the train split without reading all of it, so :func:`stream_splits` takes them from
   ``DataConfig.labels``, else from the validation split, which is small and read in memory with the test split.
 """
@@ -32,7 +32,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from .data import (
+from ..errors import UsageError
+from .splits import (
     LABEL_COLUMNS,
     READERS,
     SPLIT_NAMES,
@@ -51,7 +52,6 @@ from .data import (
     collate,
     split_files,
 )
-from .errors import UsageError
 from .tokenization import encode, pad_id
 
 log = logging.getLogger(__name__)

@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..errors import UsageError
 from .attention import SCORE_RULES
 from .encoder import ACTIVATIONS, NORM_PLACEMENTS, POSITION_ENCODINGS
-from .errors import UsageError
 from .pooling import POOLINGS
 
 

@@ -2,7 +2,7 @@
 
 :func:`train` reads the data, trains or loads the tokenizer (or takes a
 pretrained encoder's), builds the model and hands the token ids to the loop
-(:func:`encoder_clf.loop.fit`); then it scores the best model and writes the
+(:func:`encoder_clf.train.loop.fit`); then it scores the best model and writes the
 run directory. Everything that can be wrong with the input is checked before
 the run directory is created, so a bad input leaves nothing behind.
 
@@ -30,19 +30,19 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer
 
-from .checkpoint import load_model
-from .config import ModelConfig, load_json
-from .corpus import StreamingSplits, TokenizedSplit, stream_batches, stream_splits, stream_texts, tokenize_split
-from .data import DataConfig, Split, Splits, load_splits
+from ..data.corpus import StreamingSplits, TokenizedSplit, stream_batches, stream_splits, stream_texts, tokenize_split
+from ..data.splits import DataConfig, Split, Splits, load_splits
+from ..data.tokenization import TokenizerConfig, load_tokenizer, pad_id, train_tokenizer
+from ..errors import UsageError
+from ..inference import default_device, resolve_precision
+from ..metrics import format_report, plot_confusion_matrix, plot_training_curves
+from ..model.classifier import TextClassifier
+from ..model.config import ModelConfig, load_json
+from ..persistence.bert import load_encoder
+from ..persistence.checkpoints import CHECKPOINTS, Checkpoint, fingerprint, load_latest
+from ..persistence.model_dir import load_model
 from .distributed import World, barrier, broadcast_text, current
-from .errors import UsageError
-from .inference import default_device, resolve_precision
 from .loop import TrainBatches, TrainConfig, bucketed, class_weighted_loss, fit, validate
-from .metrics import format_report, plot_confusion_matrix, plot_training_curves
-from .model import TextClassifier
-from .pretrained import load_encoder
-from .state import CHECKPOINTS, Checkpoint, fingerprint, load_latest
-from .tokenization import TokenizerConfig, load_tokenizer, pad_id, train_tokenizer
 
 log = logging.getLogger(__name__)
 

@@ -36,7 +36,7 @@ class ClassifierOutput:
     logits when the model has more than one (the encoder's head and the n-gram
     model): training scores each against the labels on its own, and
     ``logits`` is their sum weighted by ``ModelConfig.part_weights`` (their
-    mean until the weights are fitted, see :func:`encoder_clf.loop.stacking_weights`).
+    mean until the weights are fitted, see :func:`encoder_clf.train.loop.stacking_weights`).
     """
 
     logits: torch.Tensor

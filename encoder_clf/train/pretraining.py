@@ -21,14 +21,14 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .checkpoint import save_model
-from .config import ModelConfig, check_fields
-from .data import bucket_batches, collate, read_texts, sorted_batches
-from .errors import UsageError
-from .inference import PRECISIONS, autocast, default_device, resolve_precision
-from .model import MaskedLanguageModel
-from .optimization import adamw, warmup_then_decay
-from .tokenization import CLS, MASK, PAD, SEP, TokenizerConfig, encode, pad_id, train_tokenizer
+from ..data.splits import bucket_batches, collate, read_texts, sorted_batches
+from ..data.tokenization import CLS, MASK, PAD, SEP, TokenizerConfig, encode, pad_id, train_tokenizer
+from ..errors import UsageError
+from ..inference import PRECISIONS, autocast, default_device, resolve_precision
+from ..model.classifier import MaskedLanguageModel
+from ..model.config import ModelConfig, check_fields
+from ..persistence.model_dir import save_model
+from .optim import adamw, warmup_then_decay
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ def mask_tokens(ids: torch.Tensor, padding_mask: torch.Tensor, special: torch.Te
 
 def pretrain(config: PretrainRunConfig, out_dir: str | Path, overwrite: bool = False, progress: bool = True) -> dict:
     """Train a tokenizer and an MLM on the text; write ``model/``, ``log.jsonl``, ``metrics.json``."""
-    from .training import prepare_output  # one rule for refusing to overwrite runs
+    from .run import prepare_output  # one rule for refusing to overwrite runs
 
     out_dir = Path(out_dir)
     prepare_output(out_dir, overwrite)

@@ -18,11 +18,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer
 
-from .config import ADDITIONS_OFF, ModelConfig, from_dict
-from .encoder import Encoder
-from .errors import UsageError
-from .model import TextClassifier
-from .tokenization import load_tokenizer
+from ..data.tokenization import load_tokenizer
+from ..errors import UsageError
+from ..model.classifier import TextClassifier
+from ..model.config import ADDITIONS_OFF, ModelConfig, from_dict
+from ..model.encoder import Encoder
 
 CONFIG, WEIGHTS, TOKENIZER = "config.json", "model.safetensors", "tokenizer.json"
 FORMAT = "encoder-clf/1"

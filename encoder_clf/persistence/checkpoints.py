@@ -31,9 +31,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load, save
 from tokenizers import Tokenizer
 
-from .checkpoint import load_weights
-from .errors import UsageError
-from .tokenization import load_tokenizer
+from ..data.tokenization import load_tokenizer
+from ..errors import UsageError
+from .model_dir import load_weights
 
 log = logging.getLogger(__name__)
 

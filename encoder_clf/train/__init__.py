@@ -1,0 +1,1 @@
+"""Training: the run, its loop, the optimizer and schedule, several processes, MLM pretraining."""
