@@ -45,11 +45,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
-from encoder_clf.inference import autocast, for_inference
 from encoder_clf.model.classifier import TextClassifier
 from encoder_clf.model.config import ModelConfig
+from encoder_clf.runtime import autocast, for_inference
+from encoder_clf.train.config import TrainConfig
 from encoder_clf.train.optim import layerwise_adamw
-from encoder_clf.train.run import TrainConfig
 
 from common import OUT, ROOT, machine, write_section
 

@@ -17,12 +17,14 @@ from .data.splits import FLAG_HINTS, read_texts
 from .errors import UsageError
 from .explain import TOKEN_WEIGHT_MEANINGS, explain_text, layer_index
 from .features import FEATURE_POOLINGS, OUTPUT_FORMATS, encode, write_features
-from .inference import PRECISIONS, evaluate, predict
+from .inference import evaluate, predict
 from .metrics import format_report
-from .model.config import load_json, with_overrides
+from .runtime import PRECISIONS
+from .settings import load_json, with_overrides
+from .train.config import FINETUNE_PRESET, RunConfig
 from .train.distributed import SOLO, World, broadcast_text, init_from_env, shutdown
 from .train.pretraining import PretrainRunConfig, pretrain
-from .train.run import FINETUNE_PRESET, RunConfig, resume, train
+from .train.run import resume, train
 from .viz import explanation_figure, save
 
 

@@ -23,11 +23,11 @@ from .data.splits import sorted_batches
 from .data.tokenization import encode as tokenize
 from .data.tokenization import pad_id
 from .errors import UsageError
-from .inference import autocast, default_device, for_inference, resolve_precision
 from .model.encoder import Encoder
 from .model.pooling import POOLINGS
 from .persistence import bert as pretrained
 from .persistence.model_dir import load_config, load_model
+from .runtime import autocast, default_device, for_inference, resolve_precision
 
 FEATURE_POOLINGS = ("mean", "cls", "max")
 OUTPUT_FORMATS = (".npy", ".parquet")

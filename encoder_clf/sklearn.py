@@ -70,15 +70,19 @@ from sklearn.utils.validation import check_consistent_length, check_is_fitted
 from tokenizers import Tokenizer
 
 from . import features
-from .data.splits import DataConfig, Split, Splits
+from .data.config import DataConfig
+from .data.splits import Split, Splits
 from .data.tokenization import TokenizerConfig, pad_id
 from .data.tokenization import encode as tokenize
 from .errors import UsageError
-from .inference import default_device, forward_batches, resolve_precision, softmax
+from .inference import forward_batches, softmax
 from .model.classifier import TextClassifier
-from .model.config import ModelConfig, from_dict, with_overrides
+from .model.config import ModelConfig
 from .persistence.model_dir import load_model, save_model
-from .train.run import RunConfig, TrainConfig, train_on_splits
+from .runtime import default_device, resolve_precision
+from .settings import from_dict, with_overrides
+from .train.config import RunConfig, TrainConfig
+from .train.run import train_on_splits
 
 ESTIMATOR_FILE = "estimator.json"
 FORMAT = "encoder-clf-sklearn/1"

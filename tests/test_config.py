@@ -7,10 +7,11 @@ import pytest
 
 from encoder_clf.errors import UsageError
 from encoder_clf.model.attention import SCORE_RULES
-from encoder_clf.model.config import ModelConfig, from_dict, load_json, with_overrides
+from encoder_clf.model.config import ModelConfig
 from encoder_clf.model.encoder import NORM_PLACEMENTS, POSITION_ENCODINGS
 from encoder_clf.model.pooling import POOLINGS
-from encoder_clf.train.run import RunConfig
+from encoder_clf.settings import from_dict, load_json, with_overrides
+from encoder_clf.train.config import RunConfig
 
 
 def assert_refused(call, *fragments: str) -> str:

@@ -12,7 +12,8 @@ import torch
 from tokenizers import Tokenizer
 
 from encoder_clf.data import corpus
-from encoder_clf.data.splits import DataConfig, Split, bucket_batches, load_splits
+from encoder_clf.data.config import DataConfig
+from encoder_clf.data.splits import Split, bucket_batches, load_splits
 from encoder_clf.data.tokenization import TokenizerConfig, train_tokenizer
 from encoder_clf.errors import UsageError
 

@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 import torch
 
-from encoder_clf.data.splits import READERS, DataConfig, bucket_batches, collate, load_splits, read_split
+from encoder_clf.data.config import DataConfig
+from encoder_clf.data.splits import READERS, bucket_batches, collate, load_splits, read_split
 from encoder_clf.errors import UsageError
 
 TEXTS = ["a fine film", "dull and slow", "great acting", "weak plot", "loved it", "not again"]

@@ -15,11 +15,12 @@ from safetensors.torch import load_file
 from encoder_clf.cli import main
 from encoder_clf.data.tokenization import TokenizerConfig, train_tokenizer
 from encoder_clf.errors import UsageError
-from encoder_clf.model.config import with_overrides
+from encoder_clf.settings import with_overrides
 from encoder_clf.train import loop
 from encoder_clf.train import run as training
+from encoder_clf.train.config import RunConfig
 from encoder_clf.train.distributed import World
-from encoder_clf.train.run import RunConfig, train
+from encoder_clf.train.run import train
 
 from conftest import TINY
 

@@ -7,9 +7,9 @@ import torch
 
 from encoder_clf.cli import main
 from encoder_clf.model.classifier import TextClassifier
-from encoder_clf.model.config import with_overrides
 from encoder_clf.persistence.model_dir import load_encoder as load_saved_encoder
 from encoder_clf.persistence.model_dir import load_model
+from encoder_clf.settings import with_overrides
 from encoder_clf.train.optim import layerwise_adamw
 from encoder_clf.train.pretraining import PretrainRunConfig, mask_tokens, pretrain
 

@@ -7,10 +7,11 @@ import pytest
 import torch
 
 from encoder_clf.inference import evaluate
-from encoder_clf.model.config import with_overrides
 from encoder_clf.persistence.model_dir import load_model
+from encoder_clf.settings import with_overrides
+from encoder_clf.train.config import RunConfig
 from encoder_clf.train.loop import stacking_weights
-from encoder_clf.train.run import RunConfig, train
+from encoder_clf.train.run import train
 
 from conftest import TINY
 

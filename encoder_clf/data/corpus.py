@@ -33,12 +33,12 @@ import pyarrow.compute as pc
 import torch
 
 from ..errors import UsageError
+from .config import DataConfig
 from .splits import (
     LABEL_COLUMNS,
     READERS,
     SPLIT_NAMES,
     TEXT_COLUMNS,
-    DataConfig,
     Split,
     _classes,
     _columns,

@@ -21,8 +21,9 @@ from tokenizers import Tokenizer
 from ..data.tokenization import load_tokenizer
 from ..errors import UsageError
 from ..model.classifier import TextClassifier
-from ..model.config import ADDITIONS_OFF, ModelConfig, from_dict
+from ..model.config import ADDITIONS_OFF, ModelConfig
 from ..model.encoder import Encoder
+from ..settings import from_dict
 
 CONFIG, WEIGHTS, TOKENIZER = "config.json", "model.safetensors", "tokenizer.json"
 FORMAT = "encoder-clf/1"

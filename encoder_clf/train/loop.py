@@ -36,80 +36,20 @@ from ..data.corpus import TokenizedSplit
 from ..data.splits import bucket_batches
 from ..data.tokenization import UNK, pad_id
 from ..errors import UsageError
-from ..inference import PRECISIONS, autocast, forward_batches
+from ..inference import forward_batches
 from ..metrics import compute_metrics
 from ..model.classifier import TextClassifier
-from ..model.config import check_fields
 from ..persistence.checkpoints import CHECKPOINTS, Checkpoint, Progress, Trainables, restore, save_checkpoint
 from ..persistence.model_dir import save_model
+from ..runtime import autocast
+from .config import TrainConfig
 from .distributed import SOLO, World, all_sum, barrier, gather_rows, gather_tensors, shard
-from .optim import SCHEDULES, layerwise_adamw, warmup_then_decay
+from .optim import layerwise_adamw, warmup_then_decay
 
 log = logging.getLogger(__name__)
 
-METRICS = ("accuracy", "macro_f1")
 T = TypeVar("T")
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # ids (b, seq), padding mask (b, seq), labels (b,)
-
-
-@dataclass
-class TrainConfig:
-    """Optimisation, evaluation and stopping."""
-
-    init: str = ""  # start from this encoder (our model dir, a BERT-family dir or a Hub id); "" = from scratch
-    epochs: int = 2
-    batch_size: int = 64  # examples per forward pass (per process in a multi-process run)
-    grad_accum: int = 1  # forward passes per optimizer step: the step sees batch_size x grad_accum x processes
-    lr: float = 1e-3
-    head_lr: float = 1e-2  # learning rate of the pooling, the classification head and the n-gram logits; 0 = lr
-    layer_lr_decay: float = 1.0  # each block below the top learns at this factor times the one above
-    freeze_layers: int = 0  # keep the embeddings and the first k blocks fixed (fine-tuning)
-    weight_decay: float = 0.1
-    warmup_ratio: float = 0.06
-    schedule: str = "linear"
-    grad_clip: float = 1.0
-    label_smoothing: float = 0.0
-    token_dropout: float = 0.0  # chance that a word piece is replaced by [UNK] during training
-    ema_decay: float = 0.0  # evaluate and keep an exponential moving average of the weights; 0 = off
-    max_steps: int = 0  # stop after this many optimizer steps (the schedule ends there); 0 = epochs decide
-    eval_every: int = 0  # optimizer steps between evaluations; 0 = once per epoch (a stream: ten per run)
-    metric: str = "accuracy"
-    patience: int = 0  # evaluations without improvement before stopping; 0 = never stop early
-    precision: str = "auto"
-    seed: int = 0
-    max_minutes: float = 0.0  # wall-clock budget for the loop; 0 = none
-    eval_batch_size: int = 256
-    checkpoint_every: int = 0  # optimizer steps between checkpoints; 0 = at evaluations only
-    keep_checkpoints: int = 2  # the newest K checkpoints are kept while the run goes on
-    compile: bool = False  # torch.compile the training forward pass (pays off on long runs; first steps are slow)
-
-    def __post_init__(self) -> None:
-        checks = [
-            (self.epochs > 0, "epochs", "a positive integer"),
-            (self.batch_size > 0, "batch_size", "a positive integer"),
-            (self.grad_accum > 0, "grad_accum", "a positive integer (1 = no accumulation)"),
-            (self.eval_batch_size > 0, "eval_batch_size", "a positive integer"),
-            (self.lr > 0, "lr", "positive"),
-            (self.head_lr >= 0, "head_lr", ">= 0 (0 = same as lr)"),
-            (0 < self.layer_lr_decay <= 1, "layer_lr_decay", "in (0, 1] (1 = no decay)"),
-            (self.freeze_layers >= 0, "freeze_layers", ">= 0"),
-            (0 <= self.warmup_ratio < 1, "warmup_ratio", "in [0, 1)"),
-            (0 <= self.label_smoothing < 1, "label_smoothing", "in [0, 1)"),
-            (0 <= self.token_dropout < 1, "token_dropout", "in [0, 1)"),
-            (0 <= self.ema_decay < 1, "ema_decay", "in [0, 1) (0 turns averaging off)"),
-            (self.weight_decay >= 0, "weight_decay", ">= 0"),
-            (self.grad_clip >= 0, "grad_clip", ">= 0 (0 turns clipping off)"),
-            (self.max_steps >= 0, "max_steps", ">= 0 (0 = train.epochs decides)"),
-            (self.eval_every >= 0, "eval_every", ">= 0 (0 = each epoch)"),
-            (self.patience >= 0, "patience", ">= 0 (0 = no early stopping)"),
-            (self.max_minutes >= 0, "max_minutes", ">= 0 (0 = no budget)"),
-            (self.checkpoint_every >= 0, "checkpoint_every", ">= 0 (0 = at evaluations only)"),
-            (self.keep_checkpoints >= 1, "keep_checkpoints", "a positive integer"),
-            (self.schedule in SCHEDULES, "schedule", f"one of {', '.join(SCHEDULES)}"),
-            (self.metric in METRICS, "metric", f"one of {', '.join(METRICS)}"),
-            (self.precision in PRECISIONS, "precision", f"one of {', '.join(PRECISIONS)}"),
-        ]
-        check_fields("train", self, checks)
 
 
 @dataclass

@@ -24,10 +24,11 @@ from tqdm.auto import tqdm
 from ..data.splits import bucket_batches, collate, read_texts, sorted_batches
 from ..data.tokenization import CLS, MASK, PAD, SEP, TokenizerConfig, encode, pad_id, train_tokenizer
 from ..errors import UsageError
-from ..inference import PRECISIONS, autocast, default_device, resolve_precision
 from ..model.classifier import MaskedLanguageModel
-from ..model.config import ModelConfig, check_fields
+from ..model.config import ModelConfig
 from ..persistence.model_dir import save_model
+from ..runtime import PRECISIONS, autocast, default_device, resolve_precision
+from ..settings import check_fields
 from .optim import adamw, warmup_then_decay
 
 log = logging.getLogger(__name__)

@@ -23,48 +23,31 @@ import logging
 import os
 import shutil
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from tokenizers import Tokenizer
 
+from ..data.config import DataConfig
 from ..data.corpus import StreamingSplits, TokenizedSplit, stream_batches, stream_splits, stream_texts, tokenize_split
-from ..data.splits import DataConfig, Split, Splits, load_splits
+from ..data.splits import Split, Splits, load_splits
 from ..data.tokenization import TokenizerConfig, load_tokenizer, pad_id, train_tokenizer
 from ..errors import UsageError
-from ..inference import default_device, resolve_precision
 from ..metrics import format_report, plot_confusion_matrix, plot_training_curves
 from ..model.classifier import TextClassifier
-from ..model.config import ModelConfig, load_json
 from ..persistence.bert import load_encoder
 from ..persistence.checkpoints import CHECKPOINTS, Checkpoint, fingerprint, load_latest
 from ..persistence.model_dir import load_model
+from ..runtime import default_device, resolve_precision
+from ..settings import load_json
+from .config import RunConfig
 from .distributed import World, barrier, broadcast_text, current
-from .loop import TrainBatches, TrainConfig, bucketed, class_weighted_loss, fit, validate
+from .loop import TrainBatches, bucketed, class_weighted_loss, fit, validate
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FINETUNE_PRESET", "RunConfig", "TrainConfig", "resume", "train", "train_on_splits"]
-
-# What `train --init` starts from, before any config file or --set: the usual recipe for fine-tuning
-# a pretrained BERT-family encoder (small learning rate with warmup, a faster head, little dropout).
-FINETUNE_PRESET = [
-    "model.pooling=mean", "model.dropout=0.1", "model.attention_dropout=0.1",
-    "train.epochs=2", "train.batch_size=32", "train.lr=1e-4", "train.head_lr=1e-3", "train.weight_decay=0.01",
-    "train.warmup_ratio=0.1",
-]
-
-
-@dataclass
-class RunConfig:
-    """Everything one run needs; saved as ``run_config.json`` in the run directory."""
-
-    model: ModelConfig = field(default_factory=ModelConfig)
-    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
 
 
 def prepare_output(out_dir: Path, overwrite: bool) -> None:
