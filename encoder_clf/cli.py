@@ -16,7 +16,7 @@ from pathlib import Path
 from .data.splits import FLAG_HINTS, read_texts
 from .errors import UsageError
 from .explain import TOKEN_WEIGHT_MEANINGS, explain_text, layer_index
-from .features import FEATURE_POOLINGS, OUTPUT_FORMATS, encode, write_features
+from .features import FEATURE_POOLINGS, OUTPUT_FORMATS, embed, write_features
 from .inference import evaluate, predict
 from .metrics import format_report
 from .runtime import PRECISIONS
@@ -106,7 +106,7 @@ def _embed(args: argparse.Namespace) -> None:
     texts = read_texts(args.data, args.split, args.text_column, FLAG_HINTS)
     if not texts:
         raise UsageError(f"{args.data}: no texts to embed in split {args.split!r}")
-    vectors = encode(args.model, texts, args.pooling, args.normalize, args.batch_size, args.precision,
+    vectors = embed(args.model, texts, args.pooling, args.normalize, args.batch_size, args.precision,
                      progress=not args.quiet)
     write_features(vectors, output, texts if output.suffix.lower() == ".parquet" else None)
     print(f"{vectors.shape[0]} vectors of dimension {vectors.shape[1]} written to {output}")
@@ -150,6 +150,13 @@ def _explain(args: argparse.Namespace) -> None:
     save(explanation_figure(explanation, number), out)
     shown = "  ".join(f"{name}={p:.3f}" for name, p in explanation.probabilities.items())
     print(f"{explanation.label}\t{shown}")
+    if len(explanation.parts) > 1:
+        print(f"what each part adds to the logit of {explanation.label!r} (centred over the labels):")
+        for part in explanation.parts:
+            print(f"  {part.name:<8} weight {part.weight:.2f}  {part.logit:+.3f}  ({part.share:+.0%})")
+        print(f"n-grams that add most to the n-gram part's logit of {explanation.label!r}:")
+        for rank, ngram in enumerate(explanation.ngrams[: args.top], 1):
+            print(f"{rank:>3}. {ngram.name:<24} {ngram.logit:+.3f}  ({ngram.share:+.0%} of the n-gram part)")
     print(f"tokens the {explanation.pooling} pooling attends to most "
           f"({TOKEN_WEIGHT_MEANINGS[explanation.pooling]}):")
     for rank, (position, token, weight) in enumerate(explanation.top(args.top), 1):

@@ -1,4 +1,4 @@
-"""What a trained classifier looks at in one text: per-layer attention maps and per-token pooling weights.
+"""What a trained classifier looks at in one text: attention maps, pooling weights, and what each part adds.
 
 The attention maps are the encoder's own weights, one ``(heads, T, T)`` array
 per layer (rows: queries, columns: keys, each row summing to 1), over the
@@ -17,6 +17,14 @@ token that sums to 1:
 - ``mean``: the last layer's attention averaged over all queries and heads.
   Every token counts equally in the mean itself; this is the weight with which
   each token's value vector enters the mean of the last attention output.
+
+A model with n-gram logits beside its head predicts from both, mixed by
+fitted weights, and the attention maps explain only the encoder's part. So an
+explanation also says what each part adds to the predicted label's logit
+(:class:`Contribution`), and for the n-gram part which n-grams add most. A
+logit is taken *centred* over the labels (minus their mean), which the softmax
+ignores, so the contributions of the parts (and of the n-grams within their
+part) sum to the model's own centred logit of that label.
 """
 
 from __future__ import annotations
@@ -71,11 +79,27 @@ TOKEN_WEIGHT_MEANINGS = {
 
 
 @dataclass
+class Contribution:
+    """What one part of the head (or one n-gram) adds to the centred logit of the predicted label.
+
+    ``share`` is ``logit`` over the sum of the absolute logits of its kind (the
+    parts, or the text's n-grams): signed, and the absolute shares sum to 1.
+    """
+
+    name: str  # the part ("encoder", "ngrams"), or the n-gram's tokens ("great", "not great")
+    logit: float
+    share: float
+    weight: float = 1.0  # a part's mixing weight (already in ``logit``)
+
+
+@dataclass
 class Explanation:
     """One text as the model saw it.
 
     ``attentions``: one ``(heads, T, T)`` float32 array per layer; ``token_weights``
-    ``(T,)`` sums to 1 (see the module docstring for what it means per pooling).
+    ``(T,)`` sums to 1 (see the module docstring for what it means per pooling);
+    ``parts``: one :class:`Contribution` per part of the head; ``ngrams``: one
+    per unigram and bigram of the text, largest first (empty without n-gram logits).
     """
 
     text: str
@@ -85,6 +109,8 @@ class Explanation:
     pooling: str
     label: str
     probabilities: dict[str, float]
+    parts: list[Contribution]
+    ngrams: list[Contribution]
 
     @property
     def n_layers(self) -> int:
@@ -120,10 +146,11 @@ def explain(model: TextClassifier, tokenizer: Tokenizer, text: str) -> Explanati
     device = next(model.parameters()).device
     ids = torch.tensor([encoding.ids], device=device)
     states, attentions = model.encoder(ids, None, need_weights=True)  # no padding: one text
-    logits = model.classify(states, ids, None).logits
+    out = model.classify(states, ids, None)
     weights = TOKEN_WEIGHTS[model.config.pooling](model, states, attentions)
-    probabilities = softmax(logits.float().cpu().numpy())[0]
+    probabilities = softmax(out.logits.float().cpu().numpy())[0]
     names = model.config.labels
+    predicted = int(probabilities.argmax())
     model.train(was_training)
     return Explanation(
         text=text,
@@ -131,9 +158,41 @@ def explain(model: TextClassifier, tokenizer: Tokenizer, text: str) -> Explanati
         attentions=[a[0].float().cpu().numpy() for a in attentions],
         token_weights=weights.float().cpu().numpy(),
         pooling=model.config.pooling,
-        label=names[int(probabilities.argmax())],
+        label=names[predicted],
         probabilities={name: float(p) for name, p in zip(names, probabilities)},
+        parts=_part_contributions(model, out.parts[:, 0], predicted),
+        ngrams=_ngram_contributions(model, ids, list(encoding.tokens), predicted),
     )
+
+
+def _centred(logits: torch.Tensor, label: int) -> torch.Tensor:
+    """``logits[..., label]`` minus the mean over the labels."""
+    logits = logits.float()
+    return logits[..., label] - logits.mean(dim=-1)
+
+
+def _shares(names: list[str], logits: list[float], weights: list[float]) -> list[Contribution]:
+    total = sum(abs(v) for v in logits) or 1.0
+    return [Contribution(name, value, value / total, weight) for name, value, weight in zip(names, logits, weights)]
+
+
+def _part_contributions(model: TextClassifier, parts: torch.Tensor, label: int) -> list[Contribution]:
+    """Each part's weighted, centred logit of ``label`` (``parts`` is ``(parts, num_labels)``)."""
+    weights = model.head.weights.float().cpu()
+    logits = (weights * _centred(parts.cpu(), label)).tolist()
+    return _shares(model.head.names, logits, weights.tolist())
+
+
+def _ngram_contributions(model: TextClassifier, ids: torch.Tensor, tokens: list[str],
+                         label: int) -> list[Contribution]:
+    """Each unigram's and bigram's share of the n-gram part's centred logit of ``label``, largest first."""
+    if "ngrams" not in model.head.parts:
+        return []
+    weight = float(model.head.weights[model.head.names.index("ngrams")])
+    logits = (weight * _centred(model.head.parts["ngrams"].contributions(ids).cpu(), label)).tolist()
+    names = tokens + [f"{a} {b}" for a, b in zip(tokens, tokens[1:])]  # the order of NgramLogits.terms
+    found = _shares(names, logits, [weight] * len(names))
+    return sorted(found, key=lambda c: -abs(c.logit))
 
 
 def explain_text(model_dir: str | Path, text: str) -> Explanation:

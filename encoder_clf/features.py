@@ -20,13 +20,13 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .data.splits import sorted_batches
-from .data.tokenization import encode as tokenize
-from .data.tokenization import pad_id
+from .data.tokenization import encode, pad_id
 from .errors import UsageError
+from .model.classifier import TextClassifier
 from .model.encoder import Encoder
 from .model.pooling import POOLINGS
-from .persistence import bert as pretrained
-from .persistence.model_dir import load_config, load_model
+from .persistence.encoders import is_bert_checkpoint, load_encoder, resolve
+from .persistence.model_dir import load_model, load_model_config
 from .runtime import autocast, default_device, for_inference, resolve_precision
 
 FEATURE_POOLINGS = ("mean", "cls", "max")
@@ -59,6 +59,11 @@ class FeatureEncoder:
             raise UsageError(f"pooling {name!r} is not available here; choose one of {', '.join(FEATURE_POOLINGS)}")
         return POOLINGS[name](self.dim, 1)
 
+    @classmethod
+    def of_classifier(cls, model: TextClassifier, tokenizer: Tokenizer) -> FeatureEncoder:
+        """A classifier's encoder, with its own pooling: its default features are what its head reads."""
+        return cls(model.encoder, tokenizer, model.config.pooling, model.pooling)
+
     def to(self, device: torch.device) -> FeatureEncoder:
         self.encoder.to(device)
         if self.trained_pooling is not None:
@@ -66,21 +71,24 @@ class FeatureEncoder:
         return self
 
 
-def load_encoder(source: str | Path) -> FeatureEncoder:
-    """One of our model directories, a BERT-family checkpoint directory, or a Hub model id."""
-    directory = pretrained.resolve(source)
-    if not pretrained.is_bert_checkpoint(directory) and load_config(directory).labels:
-        model, tokenizer = load_model(directory)
-        return FeatureEncoder(model.encoder, tokenizer, model.config.pooling, model.pooling)
-    checkpoint = pretrained.load_encoder(directory)
-    pooling = checkpoint.pooling if checkpoint.pooling in FEATURE_POOLINGS else "mean"
-    return FeatureEncoder(checkpoint.encoder, checkpoint.tokenizer, pooling)
+def load_feature_encoder(source: str | Path) -> FeatureEncoder:
+    """One of our model directories, a BERT-family checkpoint directory, or a Hub model id.
+
+    A classifier's features are its encoder's (the n-gram logits beside its
+    head are a bag of words, not a vector of the sentence).
+    """
+    directory = resolve(source)
+    if not is_bert_checkpoint(directory) and load_model_config(directory).labels:
+        return FeatureEncoder.of_classifier(*load_model(directory))
+    pretrained = load_encoder(directory)
+    pooling = pretrained.pooling if pretrained.pooling in FEATURE_POOLINGS else "mean"
+    return FeatureEncoder(pretrained.encoder, pretrained.tokenizer, pooling)
 
 
 @torch.inference_mode()
-def encode(source: str | Path | FeatureEncoder, texts: list[str], pooling: str | None = None,
-           normalize: bool = False, batch_size: int = 64, precision: str = "auto",
-           progress: bool = False) -> np.ndarray:
+def embed(source: str | Path | FeatureEncoder, texts: list[str], pooling: str | None = None,
+          normalize: bool = False, batch_size: int = 64, precision: str = "auto",
+          progress: bool = False) -> np.ndarray:
     """Sentence vectors ``(len(texts), dim)`` float32, in the order of ``texts``.
 
     ``pooling`` ``None`` uses the model's own (a classifier's pooling, the
@@ -89,13 +97,13 @@ def encode(source: str | Path | FeatureEncoder, texts: list[str], pooling: str |
     """
     if batch_size <= 0:
         raise UsageError(f"batch size must be positive; got {batch_size}")
-    model = source if isinstance(source, FeatureEncoder) else load_encoder(source)
+    model = source if isinstance(source, FeatureEncoder) else load_feature_encoder(source)
     device = default_device()
     model.to(device)
     precision = resolve_precision(precision, device)
     pool = model.pooling_module(pooling).to(device).eval()
     model.encoder.eval()
-    sequences, _ = tokenize(model.tokenizer, texts)
+    sequences, _ = encode(model.tokenizer, texts)
     pad = pad_id(model.tokenizer)
     out = np.zeros((len(sequences), model.dim), dtype=np.float32)
     batches = sorted_batches(sequences, pad, batch_size)

@@ -27,7 +27,7 @@ class Forwarded(NamedTuple):
 
     logits: np.ndarray  # (n, num_labels)
     pooled: np.ndarray  # (n, d_model)
-    parts: np.ndarray  # (parts, n, num_labels): each predictor's own logits; (0, n, num_labels) with one predictor
+    parts: np.ndarray  # (parts, n, num_labels): each part of the head's own logits
 
 
 @torch.inference_mode()
@@ -40,15 +40,14 @@ def forward_batches(model: TextClassifier, sequences: list[list[int]], pad: int,
     n, labels = len(sequences), model.config.num_labels
     logits = np.zeros((n, labels), dtype=np.float32)
     pooled = np.zeros((n, model.config.d_model), dtype=np.float32)
-    parts = np.zeros((0 if model.ngrams is None else 2, n, labels), dtype=np.float32)
+    parts = np.zeros((len(model.head.names), n, labels), dtype=np.float32)
     runner = for_inference(model, precision)
     with autocast(precision, device):
         for index, ids, mask in sorted_batches(sequences, pad, batch_size):
             out = runner(ids.to(device), mask.to(device))
             logits[index] = out.logits.float().cpu().numpy()
             pooled[index] = out.pooled.float().cpu().numpy()
-            for k, part in enumerate(out.parts):
-                parts[k, index] = part.float().cpu().numpy()
+            parts[:, index] = out.parts.float().cpu().numpy()
     model.train(was_training)
     return Forwarded(logits, pooled, parts)
 

@@ -37,14 +37,30 @@ def require_choice(where: str, value: str, choices) -> None:
     require(value in choices, f"{where} must be one of {', '.join(sorted(choices))}; got {value!r}")
 
 
+def field_types(cls: type) -> dict[str, Any]:
+    """The settable fields of a config dataclass and their types, refusing keys it retired (``cls.RETIRED``).
+
+    A retired key was a setting once; its value now lives elsewhere, and saying where beats "unknown key".
+    """
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _refuse_retired(cls: type, key: str, where: str) -> None:
+    reason = getattr(cls, "RETIRED", {}).get(key)
+    require(reason is None, f"{where}: {key!r} is no longer a setting: {reason}; drop it")
+
+
 def from_dict(cls: type, raw: Any, where: str, base=None):
     """Build a config dataclass (nested ones included) from a dict, refusing unknown keys and wrong types.
 
     Keys the dict leaves out keep their value in ``base`` (a ``cls`` instance), else the defaults.
     """
     require(isinstance(raw, dict), f"{where} must be a JSON object; got {raw!r}")
-    hints = typing.get_type_hints(cls)
+    hints = field_types(cls)
     unknown = sorted(set(raw) - set(hints))
+    for key in unknown:
+        _refuse_retired(cls, key, where)
     if unknown:
         raise UsageError(f"{where}: unknown key {unknown[0]!r}; known keys: {', '.join(hints)}")
     values = {}
@@ -77,8 +93,9 @@ def with_overrides(config, assignments: list[str]):
         require(bool(sep) and all(path), f"--set {assignment!r}: expected key=value, e.g. model.d_model=256")
         target, cls = raw, type(config)
         for depth, name in enumerate(path):
-            hints = typing.get_type_hints(cls)
+            hints = field_types(cls)
             prefix = ".".join(path[:depth])
+            _refuse_retired(cls, name, f"--set {assignment!r}")
             require(name in hints, f"--set {assignment!r}: unknown key {'.'.join(path[:depth + 1])!r}; "
                                     f"known keys{' of ' + prefix if prefix else ''}: {', '.join(hints)}")
             if depth == len(path) - 1:

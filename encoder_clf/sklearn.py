@@ -4,7 +4,7 @@ One thin layer over the workflows, as skorch adapts torch: ``fit`` turns the
 estimator's plain parameters into a :class:`~encoder_clf.train.run.RunConfig`
 and calls :func:`~encoder_clf.train.run.train_on_splits`; ``predict_proba`` and
 ``transform`` call :func:`~encoder_clf.inference.forward_batches` and
-:func:`encoder_clf.features.encode`. ``X`` is a 1-D list, array or Series of
+:func:`encoder_clf.features.embed`. ``X`` is a 1-D list, array or Series of
 strings (a one-column 2-D array or DataFrame also works), so both estimators
 compose with ``Pipeline``, ``cross_val_score`` and ``GridSearchCV``.
 
@@ -56,18 +56,14 @@ import io
 import json
 import os
 import tempfile
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
-from safetensors.torch import load as load_safetensors
-from safetensors.torch import save as save_safetensors
 from sklearn.base import BaseEstimator, ClassifierMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, clone
 from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_consistent_length, check_is_fitted
-from tokenizers import Tokenizer
 
 from . import features
 from .data.config import DataConfig
@@ -76,11 +72,10 @@ from .data.tokenization import TokenizerConfig, pad_id
 from .data.tokenization import encode as tokenize
 from .errors import UsageError
 from .inference import forward_batches, softmax
-from .model.classifier import TextClassifier
 from .model.config import ModelConfig
-from .persistence.model_dir import load_model, save_model
+from .persistence.model_dir import load_model, model_files, model_from_files, save_model
 from .runtime import default_device, resolve_precision
-from .settings import from_dict, with_overrides
+from .settings import with_overrides
 from .train.config import RunConfig, TrainConfig
 from .train.run import train_on_splits
 
@@ -296,30 +291,23 @@ class EncoderClassifier(ClassifierMixin, BaseEstimator):
         return estimator
 
     def __getstate__(self) -> dict:
-        """Plain data for pickle: the weights as safetensors bytes, the config and tokenizer as JSON text."""
+        """Plain data for pickle: the model directory's files as bytes (safetensors and JSON), as save_model writes."""
         state = dict(super().__getstate__())
         model, tokenizer = state.pop("model_", None), state.pop("tokenizer_", None)
         if model is not None:
-            tensors = {name: t.detach().contiguous().cpu() for name, t in model.state_dict().items()}
-            state["_weights"] = save_safetensors(tensors)
-            state["_model_config"] = json.dumps(asdict(model.config))
-            state["_tokenizer"] = tokenizer.to_str()
+            state["_model_files"] = model_files(model, tokenizer)
         return state
 
     def __setstate__(self, state: dict) -> None:
         state = dict(state)
-        weights = state.pop("_weights", None)
-        if weights is not None:
-            config = from_dict(ModelConfig, json.loads(state.pop("_model_config")), where="pickled EncoderClassifier")
-            model = TextClassifier(config)
-            model.load_state_dict(load_safetensors(weights), strict=True)
-            state["model_"] = model.eval()
-            state["tokenizer_"] = Tokenizer.from_str(state.pop("_tokenizer"))
+        files = state.pop("_model_files", None)
+        if files is not None:
+            state["model_"], state["tokenizer_"] = model_from_files(files, "pickled EncoderClassifier")
         super().__setstate__(state)
 
 
 class SentenceEncoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
-    """Texts → sentence vectors ``(n, d)`` float32, through :func:`encoder_clf.features.encode`.
+    """Texts → sentence vectors ``(n, d)`` float32, through :func:`encoder_clf.features.embed`.
 
     ``model`` is where the encoder comes from:
 
@@ -373,17 +361,16 @@ class SentenceEncoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         """The loaded encoder, rebuilt after unpickling (from ``classifier_`` or by loading ``model`` again)."""
         if getattr(self, "_encoder", None) is None:
             if hasattr(self, "classifier_"):
-                model = self.classifier_.model_
-                self._encoder = features.FeatureEncoder(model.encoder, self.classifier_.tokenizer_,
-                                                        model.config.pooling, model.pooling)
+                self._encoder = features.FeatureEncoder.of_classifier(self.classifier_.model_,
+                                                                      self.classifier_.tokenizer_)
             else:
-                self._encoder = features.load_encoder(self.model)
+                self._encoder = features.load_feature_encoder(self.model)
         return self._encoder
 
     def transform(self, X) -> np.ndarray:
         check_is_fitted(self)
-        return features.encode(self._feature_encoder(), _texts(X), pooling=self.pooling, normalize=self.normalize,
-                               batch_size=self.batch_size, precision=self.precision)
+        return features.embed(self._feature_encoder(), _texts(X), pooling=self.pooling, normalize=self.normalize,
+                              batch_size=self.batch_size, precision=self.precision)
 
     @property
     def _n_features_out(self) -> int:

@@ -1,4 +1,4 @@
-"""Plots: attention heatmaps, token weights, confusion matrices, training curves and 2-D feature maps.
+"""Plots: attention heatmaps, token weights, parts' contributions, confusion matrices, training curves, feature maps.
 
 Every function builds a :class:`matplotlib.figure.Figure` on its own Agg
 canvas and returns it; :func:`save` writes one to PNG. Nothing goes through
@@ -99,6 +99,30 @@ def token_weights_figure(tokens: Sequence[str], weights: np.ndarray, title: str 
     ax.invert_yaxis()  # first token at the top, as the text reads
     ax.set_xlabel(xlabel)
     ax.set_title(title, fontsize=10)
+    return fig
+
+
+def contributions_figure(explanation, top: int = 10) -> Figure:
+    """What each part of the head adds to the predicted label's logit and, with n-gram logits, the top n-grams.
+
+    Bars are centred logits (see :mod:`encoder_clf.explain`): to the right for
+    the predicted label, to the left against it.
+    """
+    ngrams = explanation.ngrams[:top]
+    rows = [explanation.parts] + ([ngrams] if ngrams else [])
+    fig = new_figure(6.0, 1.2 + 0.3 * sum(len(r) for r in rows) + 0.8 * len(rows))
+    axes = np.atleast_1d(fig.subplots(len(rows), 1, squeeze=False,
+                                      height_ratios=[len(r) + 1 for r in rows]).ravel())
+    titles = [f"parts of the head (weight in the mix) for {explanation.label!r}", f"top {len(ngrams)} n-grams"]
+    for ax, items, title in zip(axes, rows, titles):
+        names = [f"{c.name} ({c.weight:.2f})" if items is explanation.parts else c.name for c in items]
+        values = [c.logit for c in items]
+        ax.barh(range(len(items)), values, color=["tab:blue" if v >= 0 else "tab:red" for v in values])
+        ax.set_yticks(range(len(items)), labels=names, fontsize=9)
+        ax.invert_yaxis()
+        ax.axvline(0.0, color="grey", linewidth=0.8)
+        ax.set_title(title, fontsize=10)
+    axes[-1].set_xlabel("centred logit added")
     return fig
 
 

@@ -1,6 +1,7 @@
 """Model directories: exact round-trip, and clear refusals for broken ones."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -52,19 +53,37 @@ def test_directory_saved_before_a_key_existed_loads_without_it(tmp_path, tiny_mo
     assert torch.equal(loaded(ids).logits, model(ids).logits)
 
 
-def test_fitted_part_weights_round_trip_and_older_directories_take_the_mean(tmp_path, tiny_model):
+def test_fitted_mixing_weights_are_saved_with_the_weights_not_the_config(tmp_path, tiny_model):
     tokenizer = train_tokenizer(CORPUS, TokenizerConfig(vocab_size=100, min_frequency=1, max_length=16))
     model = tiny_model(vocab_size=tokenizer.get_vocab_size(), ngram_buckets=64)
-    torch.nn.init.normal_(model.ngrams.weight.weight)
-    model.weigh_parts([0.3, 1.7])
+    torch.nn.init.normal_(model.head.parts["ngrams"].table.weight)
+    model.head.weights.copy_(torch.tensor([0.3, 1.7]))
     directory = save_model(tmp_path / "model", model, tokenizer)
+    assert "part_weights" not in json.loads((directory / "config.json").read_text())
+    assert load_file(str(directory / "model.safetensors"))["head.weights"].tolist() == pytest.approx([0.3, 1.7])
     ids = torch.tensor([tokenizer.encode("the film was good").ids])
     assert torch.equal(load_model(directory)[0](ids).logits, model(ids).logits)
+
+
+def test_a_format_1_directory_without_part_weights_takes_the_mean(tmp_path):
+    """Format 1 kept the weights in config.json, and a directory saved before they existed had none."""
+    directory = tmp_path / "model"
+    shutil.copytree(FIXTURES / "model-ngrams", directory)
     config = json.loads((directory / "config.json").read_text())
     del config["part_weights"]
     (directory / "config.json").write_text(json.dumps(config))
-    encoder_part, ngram_part = model(ids).parts
-    torch.testing.assert_close(load_model(directory)[0](ids).logits, (encoder_part + ngram_part) / 2)
+    assert load_model(directory)[0].head.weights.tolist() == [0.5, 0.5]
+
+
+def test_a_directory_of_an_unknown_format_is_refused_in_one_line(tmp_path):
+    directory = tmp_path / "model"
+    shutil.copytree(FIXTURES / "model-plain", directory)
+    config = json.loads((directory / "config.json").read_text())
+    (directory / "config.json").write_text(json.dumps({**config, "format": "encoder-clf/9"}))
+    with pytest.raises(UsageError, match=r"format 'encoder-clf/9' was written by another version of encoder-clf "
+                                         r"\(this one reads encoder-clf/2, encoder-clf/1\); load it with that "
+                                         r"version, or upgrade"):
+        load_model(directory)
 
 
 def test_saving_again_replaces_the_directory_whole(saved):
@@ -98,9 +117,9 @@ def test_missing_weight_is_named(saved):
 
     directory, _, _ = saved
     state = load_file(directory / "model.safetensors")
-    del state["head.1.weight"]
+    del state["head.parts.encoder.linear.weight"]
     save_file(state, directory / "model.safetensors")
-    with pytest.raises(UsageError, match="missing head.1.weight"):
+    with pytest.raises(UsageError, match="missing head.parts.encoder.linear.weight"):
         load_model(directory)
 
 

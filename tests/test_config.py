@@ -64,19 +64,16 @@ def test_ngram_buckets_cannot_be_negative():
     assert_refused(lambda: ModelConfig(ngram_buckets=-1), "model.ngram_buckets must be >= 0", "got -1")
 
 
-@pytest.mark.parametrize(("settings", "got"), [
-    ({"part_weights": [0.5, 0.5], "ngram_buckets": 0}, "[0.5, 0.5]"),  # one part: nothing to weigh
-    ({"part_weights": [1.0]}, "[1.0]"),
-    ({"part_weights": [0.2, 0.3, 0.5]}, "[0.2, 0.3, 0.5]"),
-])
-def test_part_weights_need_one_weight_for_each_part(settings, got):
-    assert_refused(lambda: ModelConfig(**settings), "model.part_weights must be [] (the mean of the parts) or",
-                   "two weights (the encoder's head, the n-gram logits)", f"got {got}")
-
-
-def test_part_weights_parse_from_set_as_numbers():
-    assert with_overrides(RunConfig(), ["model.part_weights=0.3, 1"]).model.part_weights == [0.3, 1.0]
-    assert with_overrides(RunConfig(), ["model.part_weights=[0.3, 1]"]).model.part_weights == [0.3, 1.0]
+@pytest.mark.parametrize("where", ["--set", "file"])
+def test_a_retired_key_is_refused_saying_where_its_value_went(where, tmp_path):
+    if where == "--set":
+        call = lambda: with_overrides(RunConfig(), ["model.part_weights=0.3,1"])  # noqa: E731
+    else:
+        file = tmp_path / "config.json"
+        file.write_text(json.dumps({"model": {"part_weights": [0.3, 1.0]}}))
+        call = lambda: load_json(RunConfig, file)  # noqa: E731
+    assert_refused(call, "'part_weights' is no longer a setting", "saved in model.safetensors as head.weights",
+                   "drop it")
 
 
 @pytest.mark.parametrize(
@@ -228,8 +225,6 @@ def test_later_overrides_win():
         ("tokenizer.lowercase=maybe", ["tokenizer.lowercase", "expected true or false", "'maybe'"]),
         ("data.labels=[oops", ["data.labels", "not a JSON list of strings"]),
         ("data.labels=[1, 2]", ["data.labels must be a list of strings"]),
-        ("model.part_weights=[0.3, \"a\"]", ["model.part_weights must be a list of numbers"]),
-        ("model.part_weights=0.3,a", ["model.part_weights", "expected float", "'a'"]),
         ("model.d_model", ["expected key=value"]),
         ("=3", ["expected key=value"]),
         ("model..d_model=3", ["expected key=value"]),

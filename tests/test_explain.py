@@ -92,8 +92,8 @@ def test_token_weights_follow_their_definitions(tokenizer):
 @pytest.mark.parametrize("ngram_buckets", [0, 64])
 def test_prediction_matches_inference(tokenizer, tmp_path, ngram_buckets):
     model = build(tokenizer, pooling="attention", ngram_buckets=ngram_buckets)
-    if model.ngrams is not None:  # it starts at zero: give it a say in the prediction
-        torch.nn.init.normal_(model.ngrams.weight.weight, std=3.0)
+    if "ngrams" in model.head.parts:  # it starts at zero: give it a say in the prediction
+        torch.nn.init.normal_(model.head.parts["ngrams"].table.weight, std=3.0)
     save_model(tmp_path / "model", model, tokenizer)
     explanation = explain(model, tokenizer, TEXT)
     labels, probabilities, names = predict(tmp_path / "model", [TEXT], precision="fp32")
@@ -101,10 +101,45 @@ def test_prediction_matches_inference(tokenizer, tmp_path, ngram_buckets):
     np.testing.assert_allclose([explanation.probabilities[n] for n in names], probabilities[0], atol=1e-5)
 
 
+def with_ngrams(tokenizer) -> TextClassifier:
+    model = build(tokenizer, pooling="max", ngram_buckets=64)
+    torch.nn.init.normal_(model.head.parts["ngrams"].table.weight, std=3.0)  # it starts at zero
+    model.head.weights.copy_(torch.tensor([0.4, 1.3]))
+    return model
+
+
+def test_contributions_of_the_parts_and_the_ngrams_add_up_to_the_logit(tokenizer):
+    model = with_ngrams(tokenizer)
+    explanation = explain(model, tokenizer, TEXT)
+    ids = torch.tensor([tokenizer.encode(TEXT).ids])
+    with torch.no_grad():
+        out = model(ids)
+    label = model.config.labels.index(explanation.label)
+    centred = lambda logits: float(logits[..., label] - logits.mean(-1))  # noqa: E731
+    assert [p.name for p in explanation.parts] == ["encoder", "ngrams"]
+    assert [p.weight for p in explanation.parts] == pytest.approx([0.4, 1.3])
+    assert sum(p.logit for p in explanation.parts) == pytest.approx(centred(out.logits[0]), abs=1e-5)
+    assert explanation.parts[1].logit == pytest.approx(1.3 * centred(out.parts[1, 0]), abs=1e-5)
+    tokens = tokenizer.encode(TEXT).tokens
+    assert len(explanation.ngrams) == 2 * len(tokens) - 1  # every unigram and bigram, largest first
+    assert {n.name for n in explanation.ngrams} >= {"dull", "the plot", tokens[0]}
+    assert sum(n.logit for n in explanation.ngrams) == pytest.approx(explanation.parts[1].logit, abs=1e-5)
+    assert sum(abs(n.share) for n in explanation.ngrams) == pytest.approx(1.0)
+    magnitudes = [abs(n.logit) for n in explanation.ngrams]
+    assert magnitudes == sorted(magnitudes, reverse=True)
+
+
+def test_a_model_of_one_part_has_no_ngram_contributions(tokenizer):
+    explanation = explain(build(tokenizer, ngram_buckets=0), tokenizer, TEXT)
+    (part,) = explanation.parts
+    assert (part.name, part.weight, abs(part.share)) == ("encoder", 1.0, pytest.approx(1.0))
+    assert explanation.ngrams == []
+
+
 @pytest.fixture(scope="module")
 def model_dir(tokenizer, tmp_path_factory):
     directory = tmp_path_factory.mktemp("explain") / "model"
-    save_model(directory, build(tokenizer, pooling="attention"), tokenizer)
+    save_model(directory, build(tokenizer, pooling="attention", ngram_buckets=0), tokenizer)
     return directory
 
 
@@ -119,6 +154,20 @@ def test_cli_explain_writes_a_heatmap_and_lists_top_tokens(model_dir, tmp_path, 
     ranked = [line for line in lines if line.strip()[:2] in ("1.", "2.", "3.", "4.")]
     assert len(ranked) == 3
     assert lines[-1] == f"attention heatmap of layer 1 of 2 written to {out}"
+
+
+def test_cli_explain_of_a_model_with_ngram_logits_lists_what_each_part_adds(tokenizer, tmp_path, capsys):
+    save_model(tmp_path / "model", with_ngrams(tokenizer), tokenizer)
+    out = tmp_path / "attention.png"
+    assert main(["explain", "--model", str(tmp_path / "model"), TEXT, "--top", "2", "--out", str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    label = lines[0].split("\t")[0]
+    assert lines[1] == f"what each part adds to the logit of {label!r} (centred over the labels):"
+    assert lines[2].split()[:3] == ["encoder", "weight", "0.40"]
+    assert lines[3].split()[:3] == ["ngrams", "weight", "1.30"]
+    assert lines[4] == f"n-grams that add most to the n-gram part's logit of {label!r}:"
+    assert [line.split()[0] for line in lines[5:7]] == ["1.", "2."] and "of the n-gram part" in lines[5]
+    assert "tokens the max pooling attends to most" in lines[7]
 
 
 @pytest.mark.parametrize("args, message", [

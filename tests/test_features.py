@@ -9,7 +9,7 @@ from encoder_clf.cli import main
 from encoder_clf.data.tokenization import TokenizerConfig, pad_id, train_tokenizer
 from encoder_clf.data.tokenization import encode as tokenize
 from encoder_clf.errors import UsageError
-from encoder_clf.features import encode, load_encoder, write_features
+from encoder_clf.features import embed, load_feature_encoder, write_features
 from encoder_clf.inference import forward_batches
 from encoder_clf.model.classifier import TextClassifier
 from encoder_clf.persistence.model_dir import save_model
@@ -32,8 +32,8 @@ def classifier_dir(request, tmp_path_factory):
 
 
 def test_default_features_are_the_vectors_the_head_sees(classifier_dir):
-    model = load_encoder(classifier_dir)
-    features = encode(model, TEXTS, batch_size=2, precision="fp32")
+    model = load_feature_encoder(classifier_dir)
+    features = embed(model, TEXTS, batch_size=2, precision="fp32")
     from encoder_clf.persistence.model_dir import load_model
 
     classifier, tokenizer = load_model(classifier_dir)
@@ -43,20 +43,20 @@ def test_default_features_are_the_vectors_the_head_sees(classifier_dir):
 
 @pytest.mark.parametrize("pooling", ["mean", "cls", "max"])
 def test_batches_come_back_in_input_order(classifier_dir, pooling):
-    model = load_encoder(classifier_dir)
-    together = encode(model, TEXTS, pooling=pooling, batch_size=4, precision="fp32")
-    one_by_one = np.concatenate([encode(model, [t], pooling=pooling, precision="fp32") for t in TEXTS])
+    model = load_feature_encoder(classifier_dir)
+    together = embed(model, TEXTS, pooling=pooling, batch_size=4, precision="fp32")
+    one_by_one = np.concatenate([embed(model, [t], pooling=pooling, precision="fp32") for t in TEXTS])
     np.testing.assert_allclose(together, one_by_one, atol=1e-5)
 
 
 def test_normalised_vectors_have_unit_length(classifier_dir):
-    vectors = encode(load_encoder(classifier_dir), TEXTS, pooling="mean", normalize=True, precision="fp32")
+    vectors = embed(load_feature_encoder(classifier_dir), TEXTS, pooling="mean", normalize=True, precision="fp32")
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
 
 
 def test_unknown_pooling_is_refused(classifier_dir):
     with pytest.raises(UsageError, match="pooling 'sum' is not available here; choose one of mean, cls, max"):
-        encode(load_encoder(classifier_dir), TEXTS, pooling="sum")
+        embed(load_feature_encoder(classifier_dir), TEXTS, pooling="sum")
 
 
 def test_outputs_round_trip(tmp_path):

@@ -5,8 +5,8 @@ import torch
 
 from encoder_clf.errors import UsageError
 from encoder_clf.model.attention import SCORE_RULES
-from encoder_clf.model.classifier import bigram_buckets
 from encoder_clf.model.encoder import NORM_PLACEMENTS, POSITION_ENCODINGS, RelativePositionBias
+from encoder_clf.model.ngrams import bigram_buckets
 from encoder_clf.model.pooling import POOLINGS
 
 from conftest import tiny_config
@@ -32,7 +32,7 @@ def batch_with_padding(pad_to: int):
 
 def randomize_zero_starts(model):
     """Tables that start at or near zero (relative bias, n-gram logits) would hide a masking bug: fill them."""
-    for table in (model.encoder.embeddings.relative, model.ngrams):
+    for table in (model.encoder.embeddings.relative, dict(model.head.parts).get("ngrams")):
         if table is not None:
             for parameter in table.parameters():
                 torch.nn.init.normal_(parameter)
@@ -92,20 +92,29 @@ def test_relative_bias_gives_order_without_absolute_positions(tiny_model):
 
 def test_ngram_logits_add_unigrams_and_adjacent_bigrams_of_real_tokens(tiny_model):
     model = randomize_zero_starts(tiny_model(ngram_buckets=64))
-    ngrams = model.ngrams
+    ngrams = model.head.parts["ngrams"]
     ids, mask = torch.tensor([[2, 7, 8, 3, 0]]), torch.tensor([[False, False, False, False, True]])
     bigrams = [ngrams.vocab_size + (a * ngrams.vocab_size + b) % (2**31 - 1) * 48_271 % (2**31 - 1) % ngrams.buckets
                for a, b in [(2, 7), (7, 8), (8, 3)]]
-    expected = ngrams.weight.weight[[2, 7, 8, 3, *bigrams]].sum(0) / 7 ** 0.5
+    expected = ngrams.table.weight[[2, 7, 8, 3, *bigrams]].sum(0) / 7 ** 0.5
     torch.testing.assert_close(ngrams(ids, mask), expected[None])
+    torch.testing.assert_close(ngrams.contributions(ids[:, :4]).sum(0), expected)  # one text, its n-grams' shares
     out = model(ids, mask)
     encoder_part, ngram_part = out.parts
-    torch.testing.assert_close(encoder_part, model.head(out.pooled))
+    torch.testing.assert_close(encoder_part, model.head.parts["encoder"](out.pooled))
     torch.testing.assert_close(ngram_part, expected[None])
     torch.testing.assert_close(out.logits, (encoder_part + ngram_part) / 2)  # the mean until weights are fitted
-    model.weigh_parts([0.25, 2.0])
+    model.head.weights.copy_(torch.tensor([0.25, 2.0]))
     torch.testing.assert_close(model(ids, mask).logits, 0.25 * encoder_part + 2.0 * ngram_part)
-    assert model.config.part_weights == [0.25, 2.0]
+    assert model.state_dict()["head.weights"].tolist() == [0.25, 2.0]  # a learned value: in the weights file
+
+
+def test_a_head_of_one_part_gives_that_part_s_logits(tiny_model):
+    model = tiny_model(ngram_buckets=0)
+    ids = torch.tensor([[2, 7, 8, 3]])
+    out = model(ids)
+    assert model.head.names == ["encoder"] and model.head.weights.tolist() == [1.0]
+    assert torch.equal(out.logits, model.head.parts["encoder"](out.pooled))
 
 
 def test_bigrams_spread_over_the_buckets_like_a_random_hash():

@@ -11,8 +11,8 @@ from safetensors.torch import load_file, save_file
 from encoder_clf.data.tokenization import TokenizerConfig, train_tokenizer
 from encoder_clf.data.tokenization import encode as tokenize
 from encoder_clf.errors import UsageError
-from encoder_clf.features import encode, load_encoder
-from encoder_clf.persistence.bert import load_checkpoint, resolve
+from encoder_clf.features import embed, load_feature_encoder
+from encoder_clf.persistence.encoders import import_bert, resolve
 
 CORPUS = ["the film was great", "a dull and lifeless plot", "superb acting , lovely score",
           "poor writing", "i loved it", "the cast was fine but the plot was bad"] * 20
@@ -36,14 +36,14 @@ def tiny_bert(tmp_path_factory):
 
 def test_hidden_states_match_transformers(tiny_bert):
     directory, reference = tiny_bert
-    checkpoint = load_checkpoint(directory)
-    assert checkpoint.config.activation == "gelu_tanh" and checkpoint.config.layer_norm_eps == 1e-7
-    ids, _ = tokenize(checkpoint.tokenizer, ["the film was great", "poor writing"])
+    imported = import_bert(directory)
+    assert imported.config.activation == "gelu_tanh" and imported.config.layer_norm_eps == 1e-7
+    ids, _ = tokenize(imported.tokenizer, ["the film was great", "poor writing"])
     width = max(map(len, ids))
     batch = torch.tensor([s + [0] * (width - len(s)) for s in ids])
     padding = batch == 0
     with torch.no_grad():
-        ours, _ = checkpoint.encoder(batch, padding)
+        ours, _ = imported.encoder(batch, padding)
         theirs = reference(input_ids=batch, attention_mask=(~padding).long()).last_hidden_state
     torch.testing.assert_close(ours[~padding], theirs[~padding], atol=1e-5, rtol=1e-5)
 
@@ -59,8 +59,8 @@ def test_prefixed_names_and_task_heads_are_accepted(tiny_bert, tmp_path):
     state = load_file(str(directory / "model.safetensors"))
     state = {f"bert.{k}": v for k, v in state.items()} | {"classifier.weight": torch.zeros(2, 32)}
     save_file(state, str(directory / "model.safetensors"))
-    plain = load_checkpoint(tiny_bert[0]).encoder.state_dict()
-    for name, tensor in load_checkpoint(directory).encoder.state_dict().items():
+    plain = import_bert(tiny_bert[0]).encoder.state_dict()
+    for name, tensor in import_bert(directory).encoder.state_dict().items():
         assert torch.equal(tensor, plain[name]), name
 
 
@@ -71,7 +71,7 @@ def test_missing_weight_is_named(tiny_bert, tmp_path):
     save_file(state, str(directory / "model.safetensors"))
     missing = r"weights do not match the config \(missing blocks\.1\.feed_forward\.0\.weight\)"
     with pytest.raises(UsageError, match=missing):
-        load_checkpoint(directory)
+        import_bert(directory)
 
 
 def test_unexpected_weight_is_named(tiny_bert, tmp_path):
@@ -79,14 +79,14 @@ def test_unexpected_weight_is_named(tiny_bert, tmp_path):
     state = load_file(str(directory / "model.safetensors")) | {"encoder.adapter.weight": torch.zeros(2)}
     save_file(state, str(directory / "model.safetensors"))
     with pytest.raises(UsageError, match=r"unexpected weights encoder\.adapter\.weight;"):
-        load_checkpoint(directory)
+        import_bert(directory)
 
 
 def test_pickled_weights_are_refused(tiny_bert, tmp_path):
     directory = _copy(tiny_bert[0], tmp_path)
     (directory / "model.safetensors").rename(directory / "pytorch_model.bin")
     with pytest.raises(UsageError, match="only pytorch_model.bin found; encoder-clf does not unpickle weights"):
-        load_checkpoint(directory)
+        import_bert(directory)
 
 
 def test_unsupported_architecture_is_refused(tiny_bert, tmp_path):
@@ -94,7 +94,7 @@ def test_unsupported_architecture_is_refused(tiny_bert, tmp_path):
     raw = json.loads((directory / "config.json").read_text()) | {"model_type": "roberta"}
     (directory / "config.json").write_text(json.dumps(raw))
     with pytest.raises(UsageError, match="model_type 'roberta' is not supported"):
-        load_checkpoint(directory)
+        import_bert(directory)
 
 
 def test_hub_ids_go_through_the_hub_cache(tiny_bert, monkeypatch):
@@ -129,9 +129,9 @@ def test_minilm_sentence_vectors_match_sentence_transformers(sst2_dir):
     texts = pd.read_csv(sst2_dir / "validation.tsv", sep="\t", quoting=3)["sentence"].tolist()
     assert len(texts) == 872
     path = minilm.get_model_path()
-    model = load_encoder(path)
+    model = load_feature_encoder(path)
     assert model.pooling == "mean"
-    ours = encode(model, texts, normalize=True, batch_size=64, precision="fp32")
+    ours = embed(model, texts, normalize=True, batch_size=64, precision="fp32")
     theirs = st.SentenceTransformer(str(path), device="cpu").encode(texts, batch_size=64, normalize_embeddings=True)
     cosine = (ours * theirs).sum(axis=1)
     assert cosine.min() >= 0.9999, (cosine.min(), texts[int(cosine.argmin())])

@@ -7,8 +7,7 @@ import torch
 
 from encoder_clf.cli import main
 from encoder_clf.model.classifier import TextClassifier
-from encoder_clf.persistence.model_dir import load_encoder as load_saved_encoder
-from encoder_clf.persistence.model_dir import load_model
+from encoder_clf.persistence.model_dir import load_model, load_saved_encoder
 from encoder_clf.settings import with_overrides
 from encoder_clf.train.optim import layerwise_adamw
 from encoder_clf.train.pretraining import PretrainRunConfig, mask_tokens, pretrain
@@ -91,7 +90,7 @@ def test_layerwise_learning_rates_cover_every_parameter_once():
     lr_of = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
     assert lr_of[id(model.encoder.blocks[2].feed_forward[0].weight)] == pytest.approx(1e-3 * 0.5)
     assert lr_of[id(model.encoder.blocks[1].feed_forward[0].weight)] == pytest.approx(1e-3 * 0.25)
-    assert lr_of[id(model.head[1].weight)] == pytest.approx(1e-2)
+    assert lr_of[id(model.head.parts["encoder"].linear.weight)] == pytest.approx(1e-2)
     assert lr_of[id(model.encoder.final_norm.weight)] == pytest.approx(1e-3)
 
 
@@ -102,7 +101,7 @@ def test_weight_decay_spares_vectors_and_the_ngram_table():
     assert decay_of[id(model.encoder.blocks[0].feed_forward[0].weight)] == 0.1
     assert decay_of[id(model.encoder.embeddings.tokens.weight)] == 0.1
     assert decay_of[id(model.encoder.blocks[0].feed_forward[0].bias)] == 0.0
-    assert decay_of[id(model.ngrams.weight.weight)] == 0.0
+    assert decay_of[id(model.head.parts["ngrams"].table.weight)] == 0.0
 
 
 def test_freezing_more_layers_than_the_model_has_is_refused(pretrained, tmp_path, capsys):

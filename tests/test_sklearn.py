@@ -201,7 +201,7 @@ def test_sentence_encoder_from_a_directory_gives_the_heads_inputs(data, tmp_path
     features = encoder.transform(X_test)
     assert features.shape == (len(X_test), 16) and features.dtype == np.float32
     with torch.no_grad():
-        logits = fitted.model_.head(torch.from_numpy(features))
+        logits = fitted.model_.head.parts["encoder"](torch.from_numpy(features))
     np.testing.assert_allclose(torch.softmax(logits, -1).numpy(), fitted.predict_proba(X_test), atol=1e-5)
     assert list(encoder.get_feature_names_out()) == [f"sentenceencoder{i}" for i in range(16)]
     frame = encoder.set_output(transform="pandas").transform(X_test[:3])

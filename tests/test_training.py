@@ -10,8 +10,8 @@ from encoder_clf.inference import evaluate
 from encoder_clf.persistence.model_dir import load_model
 from encoder_clf.settings import with_overrides
 from encoder_clf.train.config import RunConfig
-from encoder_clf.train.loop import stacking_weights
 from encoder_clf.train.run import train
+from encoder_clf.train.stacking import stacking_weights
 
 from conftest import TINY
 
@@ -79,8 +79,9 @@ def test_run_fits_the_part_weights_on_validation_and_saves_them(toy_data, tmp_pa
     settings = [f"data.path={toy_data}", *TINY, "model.ngram_buckets=256", "train.precision=fp32"]
     metrics = train(with_overrides(RunConfig(), settings), tmp_path / "run", progress=False)
     model, _ = load_model(tmp_path / "run" / "model")
-    assert len(metrics["part_weights"]) == 2 and model.config.part_weights == metrics["part_weights"]
-    assert model.config.part_weights != [0.5, 0.5]
+    weights = model.head.weights.tolist()
+    assert metrics["part_weights"] == {"encoder": weights[0], "ngrams": weights[1]}
+    assert weights != [0.5, 0.5]
     for split in ("validation", "test"):  # the saved model is the one that was scored
         assert evaluate(tmp_path / "run" / "model", str(toy_data), split, precision="fp32") == metrics[split]
 

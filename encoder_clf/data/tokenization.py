@@ -113,10 +113,15 @@ def load_tokenizer(path: str | Path, max_length: int | None = None) -> Tokenizer
     file = path / "tokenizer.json" if path.is_dir() else path
     if not file.is_file():
         raise UsageError(f"tokenizer file {file} not found; pass a tokenizer.json or a directory holding one")
+    return tokenizer_from_json(file.read_bytes().decode("utf-8", "replace"), f"tokenizer file {file}", max_length)
+
+
+def tokenizer_from_json(text: str, where: str, max_length: int | None = None) -> Tokenizer:
+    """A tokenizer from the text of a ``tokenizer.json`` (``where`` names it in errors); padding off."""
     try:
-        tokenizer = Tokenizer.from_file(str(file))
+        tokenizer = Tokenizer.from_str(text)
     except Exception as err:  # tokenizers raises a bare Exception for malformed files
-        raise UsageError(f"tokenizer file {file} could not be read ({err}); re-save it with tokenizers") from None
+        raise UsageError(f"{where} could not be read ({err}); re-save it with tokenizers") from None
     tokenizer.no_padding()
     if max_length is not None:
         tokenizer.enable_truncation(max_length)

@@ -7,6 +7,7 @@ value for any field wins (``--set model.KEY=VALUE``).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from ..settings import require, require_choice
 from .attention import SCORE_RULES
@@ -43,14 +44,15 @@ class ModelConfig:
     relative_buckets: int = 0  # buckets of a learned relative-position bias in every block's attention (T5); 0 = none
     conv_kernel: int = 5  # a depthwise convolution of this odd width before each block's attention; 0 = none
     ngram_buckets: int = 1_000_000  # hashed bigram buckets of a linear bag-of-n-grams beside the head; 0 = none
-    # Each part's weight in the logits (the encoder's head, then the n-gram model), fitted on the validation
-    # split at each evaluation; [] = their mean (before the first fit, and in directories saved before the key).
-    part_weights: list[float] = field(default_factory=list)
     layer_norm_eps: float = 1e-5
     type_vocab_size: int = 0
     vocab_size: int = 0
     pad_token_id: int = 0
     labels: list[str] = field(default_factory=list)
+
+    RETIRED: ClassVar[dict[str, str]] = {
+        "part_weights": "the weights that mix the head's parts are learned (fitted on the validation split) and "
+                        "saved in model.safetensors as head.weights"}
 
     def __post_init__(self) -> None:
         for name in ("d_model", "n_heads", "n_layers", "d_ff", "max_positions"):
@@ -67,9 +69,6 @@ class ModelConfig:
                  f"got {self.relative_buckets}")
         require(self.ngram_buckets >= 0, f"model.ngram_buckets must be >= 0 (0 = no n-gram logits); "
                                           f"got {self.ngram_buckets}")
-        require(not self.part_weights or (self.ngram_buckets > 0 and len(self.part_weights) == 2),
-                 "model.part_weights must be [] (the mean of the parts) or, with n-gram logits, two weights "
-                 f"(the encoder's head, the n-gram logits); got {self.part_weights}")
         require_choice("model.attention", self.attention, SCORE_RULES)
         require_choice("model.norm", self.norm, NORM_PLACEMENTS)
         require_choice("model.positions", self.positions, POSITION_ENCODINGS)

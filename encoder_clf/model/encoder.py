@@ -151,10 +151,9 @@ class LocalConv(nn.Module):
     """Depthwise convolution over each token's neighbours, the activation, then a pointwise projection.
 
     It hands every token its n-gram context directly, as in Conformer and
-    ConvBERT: attention alone learns locality slowly from a small dataset
-    (on SST-2 from scratch, a kernel of 5 added 0.4 to 3.4 points of test
-    accuracy over three seeds). Padded positions are zeroed first, so they add
-    nothing and appending padding changes no real token.
+    ConvBERT: attention alone learns locality slowly from a small dataset (the
+    SST-2 ablation is in docs/BENCHMARKS.md). Padded positions are zeroed
+    first, so they add nothing and appending padding changes no real token.
     """
 
     def __init__(self, d_model: int, kernel: int, activation: str = "gelu") -> None:
@@ -229,3 +228,14 @@ class Encoder(nn.Module):
             if need_weights:
                 attentions.append(weights)
         return self.final_norm(x), attentions
+
+
+def init_weights(module: nn.Module) -> None:
+    """BERT's initialisation, for ``model.apply``: N(0, 0.02) linear and embedding weights, zero biases."""
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+        if isinstance(module, nn.Embedding) and module.padding_idx is not None:
+            with torch.no_grad():
+                module.weight[module.padding_idx].zero_()

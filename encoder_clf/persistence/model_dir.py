@@ -1,7 +1,14 @@
 """A saved model is one directory: ``config.json``, ``model.safetensors``, ``tokenizer.json``.
 
-Nothing is ever unpickled. Saving writes into a temporary sibling directory
-and renames it into place, so a crash never leaves a half-written model.
+``config.json`` holds what a person chose (the architecture, the label names)
+and ``model.safetensors`` every learned value (the weights, the head's mixing
+weights). Nothing is ever unpickled. Saving writes into a temporary sibling
+directory and renames it into place, so a crash never leaves a half-written
+model; the same three files, as bytes, are what a pickled estimator carries.
+
+Directories of older formats load as they were saved: format 1 kept the
+head's mixing weights in ``config.json`` (``part_weights``) and named the
+head's tensors ``head.1.*`` and ``ngrams.weight.*``.
 """
 
 from __future__ import annotations
@@ -15,10 +22,10 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, save
 from tokenizers import Tokenizer
 
-from ..data.tokenization import load_tokenizer
+from ..data.tokenization import tokenizer_from_json
 from ..errors import UsageError
 from ..model.classifier import TextClassifier
 from ..model.config import ADDITIONS_OFF, ModelConfig
@@ -26,20 +33,28 @@ from ..model.encoder import Encoder
 from ..settings import from_dict
 
 CONFIG, WEIGHTS, TOKENIZER = "config.json", "model.safetensors", "tokenizer.json"
-FORMAT = "encoder-clf/1"
+FILES = (CONFIG, WEIGHTS, TOKENIZER)
+FORMAT = "encoder-clf/2"
+OLDER_FORMATS = ("encoder-clf/1",)
+
+
+def model_files(model: TextClassifier, tokenizer: Tokenizer) -> dict[str, bytes]:
+    """The bytes of the three files of ``model``'s directory."""
+    config = json.dumps({"format": FORMAT, **asdict(model.config)}, indent=2) + "\n"
+    state = {name: tensor.detach().contiguous().cpu() for name, tensor in model.state_dict().items()}
+    return {CONFIG: config.encode("utf-8"), WEIGHTS: save(state, metadata={"format": FORMAT}),
+            TOKENIZER: tokenizer.to_str(pretty=True).encode("utf-8")}
 
 
 def save_model(directory: str | Path, model: TextClassifier, tokenizer: Tokenizer) -> Path:
     """Write the model directory atomically, replacing an older one at the same place."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
+    files = model_files(model, tokenizer)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
-        config = {"format": FORMAT, **asdict(model.config)}
-        (staging / CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-        state = {name: tensor.detach().contiguous().cpu() for name, tensor in model.state_dict().items()}
-        save_file(state, str(staging / WEIGHTS), metadata={"format": FORMAT})
-        tokenizer.save(str(staging / TOKENIZER))
+        for name, data in files.items():
+            (staging / name).write_bytes(data)
         if directory.exists():
             old = directory.with_name(f".{directory.name}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -53,54 +68,60 @@ def save_model(directory: str | Path, model: TextClassifier, tokenizer: Tokenize
     return directory
 
 
-def load_config(directory: str | Path) -> ModelConfig:
-    directory = Path(directory)
-    file = directory / CONFIG
-    if not file.is_file():
-        raise UsageError(f"{directory}: no {CONFIG}; pass a model directory written by encoder-clf train")
-    try:
-        raw = json.loads(file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise UsageError(f"{file} is not valid JSON ({err}); re-save the model") from None
-    raw.pop("format", None)
-    for key, off in ADDITIONS_OFF.items():  # a directory saved before the key existed was built without it
-        raw.setdefault(key, off)
-    return from_dict(ModelConfig, raw, where=str(file))
-
-
-def _tokenizer_for(directory: Path, config: ModelConfig) -> Tokenizer:
-    tokenizer = load_tokenizer(directory / TOKENIZER)
-    if tokenizer.get_vocab_size() != config.vocab_size:
-        raise UsageError(f"{directory}: tokenizer.json has {tokenizer.get_vocab_size()} tokens but the model "
-                         f"expects {config.vocab_size}; save the tokenizer the model was trained with")
-    return tokenizer
-
-
 def load_model(directory: str | Path) -> tuple[TextClassifier, Tokenizer]:
     """Rebuild the model and its tokenizer from a model directory, in eval mode."""
     directory = Path(directory)
     if not directory.is_dir():
         raise UsageError(f"model directory {directory} not found; pass the model/ folder of a training run")
-    config = load_config(directory)
-    tokenizer = _tokenizer_for(directory, config)
+    files = {name: _read_file(directory / name) for name in FILES}
+    return model_from_files(files, str(directory))
+
+
+def model_from_files(files: dict[str, bytes], where: str) -> tuple[TextClassifier, Tokenizer]:
+    """The model and tokenizer held by the bytes of a model directory's files (``where`` names them in errors)."""
+    raw = _config_json(files[CONFIG], f"{where}/{CONFIG}")
+    config = _model_config(raw, f"{where}/{CONFIG}")
+    tokenizer = _tokenizer(files[TOKENIZER], where, config)
+    state = _weights(files[WEIGHTS], f"{where}/{WEIGHTS}")
+    if raw.get("format") in OLDER_FORMATS:
+        state = _upgrade_format_1(state, raw.get("part_weights", []))
     model = TextClassifier(config)
-    load_weights(model, directory / WEIGHTS)
+    load_weights(model, f"{where}/{WEIGHTS}", state)
     return model.eval(), tokenizer
+
+
+def load_model_config(directory: str | Path) -> ModelConfig:
+    """The ``config.json`` of a model directory (a classifier's, or a pretrained encoder's with no labels)."""
+    directory = Path(directory)
+    file = directory / CONFIG
+    if not file.is_file():
+        raise UsageError(f"{directory}: no {CONFIG}; pass a model directory written by encoder-clf train")
+    return _model_config(_config_json(file.read_bytes(), str(file)), str(file))
+
+
+def load_saved_encoder(directory: Path) -> tuple[Encoder, ModelConfig, Tokenizer]:
+    """Only the encoder of one of our model directories (a classifier or a pretrained encoder), in eval mode.
+
+    The ``encoder.*`` weights are loaded strictly; heads (classification,
+    masked-LM) are ignored, so any of our model directories can seed a new model.
+    """
+    config = load_model_config(directory)
+    tokenizer = _tokenizer(_read_file(directory / TOKENIZER), str(directory), config)
+    prefix = "encoder."
+    state = {name[len(prefix):]: tensor for name, tensor in read_weights(directory / WEIGHTS).items()
+             if name.startswith(prefix)}
+    encoder = Encoder(config)
+    load_weights(encoder, directory / WEIGHTS, state)
+    return encoder.eval(), config, tokenizer
 
 
 def read_weights(file: Path) -> dict[str, torch.Tensor]:
     """The tensors of a safetensors file, or a one-line error naming the file."""
-    if not file.is_file():
-        raise UsageError(f"{file} not found; the model directory is incomplete, re-save or re-train the model")
-    try:
-        return load_file(str(file))
-    except (SafetensorError, OSError, ValueError) as err:
-        raise UsageError(f"{file} is corrupted ({err}); re-save or re-train the model") from None
+    return _weights(_read_file(file), str(file))
 
 
-def load_weights(model: torch.nn.Module, file: Path, state: dict[str, torch.Tensor] | None = None) -> None:
-    """Load safetensors weights strictly, naming any missing, unexpected or mis-shaped tensor."""
-    state = read_weights(file) if state is None else state
+def load_weights(model: torch.nn.Module, file: str | Path, state: dict[str, torch.Tensor]) -> None:
+    """Load ``state`` (read from ``file``) strictly, naming any missing, unexpected or mis-shaped tensor."""
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -116,18 +137,60 @@ def load_weights(model: torch.nn.Module, file: Path, state: dict[str, torch.Tens
     model.load_state_dict(state, strict=True)
 
 
-def load_encoder(directory: str | Path) -> tuple[Encoder, ModelConfig, Tokenizer]:
-    """Only the encoder of a saved model (a classifier or a pretrained encoder), in eval mode.
+def _read_file(file: Path) -> bytes:
+    if not file.is_file():
+        if file.name == CONFIG:
+            raise UsageError(f"{file.parent}: no {CONFIG}; pass a model directory written by encoder-clf train")
+        raise UsageError(f"{file} not found; the model directory is incomplete, re-save or re-train the model")
+    return file.read_bytes()
 
-    The ``encoder.*`` weights are loaded strictly; heads (classification,
-    masked-LM) are ignored, so any of our model directories can seed a new model.
-    """
-    directory = Path(directory)
-    config = load_config(directory)
-    tokenizer = _tokenizer_for(directory, config)
-    prefix = "encoder."
-    state = {name[len(prefix):]: tensor for name, tensor in read_weights(directory / WEIGHTS).items()
-             if name.startswith(prefix)}
-    encoder = Encoder(config)
-    load_weights(encoder, directory / WEIGHTS, state)
-    return encoder.eval(), config, tokenizer
+
+def _config_json(data: bytes, where: str) -> dict:
+    try:
+        raw = json.loads(data.decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UsageError(f"{where} is not valid JSON ({err}); re-save the model") from None
+    if not isinstance(raw, dict):
+        raise UsageError(f"{where} is not an encoder-clf model config (a JSON object); re-save the model")
+    saved = raw.get("format", FORMAT)
+    if saved != FORMAT and saved not in OLDER_FORMATS:
+        raise UsageError(f"{where}: format {saved!r} was written by another version of encoder-clf (this one reads "
+                         f"{', '.join((FORMAT, *OLDER_FORMATS))}); load it with that version, or upgrade")
+    return raw
+
+
+def _model_config(raw: dict, where: str) -> ModelConfig:
+    values = {key: value for key, value in raw.items() if key not in ("format", "part_weights")}
+    for key, off in ADDITIONS_OFF.items():  # a directory saved before the key existed was built without it
+        values.setdefault(key, off)
+    return from_dict(ModelConfig, values, where=where)
+
+
+def _tokenizer(data: bytes, where: str, config: ModelConfig) -> Tokenizer:
+    tokenizer = tokenizer_from_json(data.decode("utf-8", "replace"), f"tokenizer file {where}/{TOKENIZER}")
+    if tokenizer.get_vocab_size() != config.vocab_size:
+        raise UsageError(f"{where}: tokenizer.json has {tokenizer.get_vocab_size()} tokens but the model "
+                         f"expects {config.vocab_size}; save the tokenizer the model was trained with")
+    return tokenizer
+
+
+def _weights(data: bytes, where: str) -> dict[str, torch.Tensor]:
+    try:
+        return load(data)
+    except (SafetensorError, OSError, ValueError) as err:
+        raise UsageError(f"{where} is corrupted ({err}); re-save or re-train the model") from None
+
+
+def _upgrade_format_1(state: dict[str, torch.Tensor], part_weights: list[float]) -> dict[str, torch.Tensor]:
+    """Format-1 tensor names in today's layout, with the mixing weights that format kept in ``config.json``."""
+    renamed = {}
+    for name, tensor in state.items():
+        if name.startswith("head.1."):
+            name = "head.parts.encoder.linear." + name[len("head.1."):]
+        elif name.startswith("ngrams.weight."):
+            name = "head.parts.ngrams.table." + name[len("ngrams.weight."):]
+        renamed[name] = tensor
+    if "head.parts.encoder.linear.weight" in renamed:  # a classifier (a pretrained encoder has no head)
+        parts = 2 if "head.parts.ngrams.table.weight" in renamed else 1
+        renamed["head.weights"] = torch.tensor(part_weights or [1.0 / parts] * parts, dtype=torch.float32)
+    return renamed

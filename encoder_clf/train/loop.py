@@ -45,6 +45,7 @@ from ..runtime import autocast
 from .config import TrainConfig
 from .distributed import SOLO, World, all_sum, barrier, gather_rows, gather_tensors, shard
 from .optim import layerwise_adamw, warmup_then_decay
+from .stacking import fit_mixing_weights
 
 log = logging.getLogger(__name__)
 
@@ -148,45 +149,20 @@ def _restore_rank_rng(checkpoint: Checkpoint, generator: torch.Generator, world:
 
 
 def validate(model: TextClassifier, tokens: TokenizedSplit, batch_size: int, precision: str,
-             world: World = SOLO, weigh_parts: bool = False) -> dict:
+             world: World = SOLO, refit_mixing: bool = False) -> dict:
     """Metrics on a labelled split, each rank scoring its share and the logits gathered, so all ranks agree.
 
-    With ``weigh_parts``, a model with several parts first gets their weights fitted on this split
-    (:func:`stacking_weights`), and is scored with them.
+    With ``refit_mixing``, the mixing weights of the head's parts are first fitted on this split
+    (:func:`~encoder_clf.train.stacking.fit_mixing_weights`), and the split is scored with them.
     """
     mine = shard(len(tokens), world)
     out = forward_batches(model, [tokens.sequences[i] for i in mine], tokens.pad_id, batch_size, precision)
     logits = gather_rows(out.logits, len(tokens), world)
-    if weigh_parts and len(out.parts):
+    if refit_mixing and len(out.parts) > 1:
         parts = gather_rows(out.parts.transpose(1, 0, 2), len(tokens), world).transpose(1, 0, 2)
-        weights = stacking_weights(torch.from_numpy(parts), torch.as_tensor(np.asarray(tokens.labels)))
-        model.weigh_parts(weights)
-        logits = np.einsum("p,pnc->nc", np.asarray(weights, dtype=np.float32), parts)
+        fit_mixing_weights(model, parts, tokens.labels)
+        logits = model.head.mix(torch.from_numpy(parts)).numpy()
     return compute_metrics(tokens.labels, logits.argmax(axis=1), model.config.labels)
-
-
-def stacking_weights(parts: torch.Tensor, labels: torch.Tensor) -> list[float]:
-    """The weight of each part (``parts`` is ``(parts, n, num_labels)``) whose weighted sum best predicts ``labels``.
-
-    A multinomial logistic regression of the labels on the parts' logits, without bias, fitted on held-out rows
-    (stacking). Each part is trained on its own loss, and they end up with different confidence: on SST-2 the
-    encoder's head (mean |logit difference| about 3.8) drowned the n-gram model (about 1.4) in a plain mean,
-    although the n-gram model alone is the more accurate. A small L2 penalty keeps the weights finite when the
-    held-out rows are separable.
-    """
-    parts, labels = parts.double(), labels.long()
-    weights = torch.full((len(parts),), 1 / len(parts), dtype=torch.float64, requires_grad=True)
-    optimizer = torch.optim.LBFGS([weights], max_iter=100, line_search_fn="strong_wolfe")
-
-    def loss() -> torch.Tensor:
-        optimizer.zero_grad()
-        value = nn.functional.cross_entropy(torch.einsum("p,pnc->nc", weights, parts), labels)
-        value = value + 1e-3 * weights.square().sum()
-        value.backward()
-        return value
-
-    optimizer.step(loss)
-    return weights.detach().tolist()
 
 
 def fit(model: TextClassifier, tokenizer, train: TrainBatches, validation: TokenizedSplit, cfg: TrainConfig,
@@ -250,7 +226,7 @@ def fit(model: TextClassifier, tokenizer, train: TrainBatches, validation: Token
         with autocast(precision, device):
             out = runner(ids.to(device), mask.to(device))
         labels = labels.to(device)
-        loss = torch.stack([loss_fn(part.float(), labels) for part in out.parts or (out.logits,)]).mean()
+        loss = torch.stack([loss_fn(part.float(), labels) for part in out.parts]).mean()
         (loss * weight).backward()
         return loss.item()
 
@@ -308,7 +284,7 @@ def fit(model: TextClassifier, tokenizer, train: TrainBatches, validation: Token
                 if evaluating:
                     # the parts' weights only mix the logits, not the training losses: fitting them on validation
                     # at each evaluation picks the best model as it will be used
-                    val = validate(evaluated, validation, cfg.eval_batch_size, precision, world, weigh_parts=True)
+                    val = validate(evaluated, validation, cfg.eval_batch_size, precision, world, refit_mixing=True)
                     epochs = round(at.step / steps_per_epoch, 3) if steps_per_epoch else None  # a stream: unknown
                     record = {"step": at.step, "epoch": epochs,
                               "train_loss": at.running_loss / at.running_n, "lr": scheduler.get_last_lr()[0],

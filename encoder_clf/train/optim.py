@@ -48,9 +48,7 @@ def layerwise_adamw(model: TextClassifier, lr: float, weight_decay: float, head_
 
     The n-gram table is not decayed: decoupled decay shrinks every row at every
     step, while a rare bigram's row is pushed back only in the few batches that
-    hold it, so its weight drifted to zero. Without decay the n-gram logits
-    are less timid and the preset gained about a point on SST-2 (measured with
-    two seeds, see docs/BENCHMARKS.md).
+    hold it, so its weight would drift to zero (measured in docs/BENCHMARKS.md).
     """
     encoder = model.encoder
     layers = [encoder.embeddings, *encoder.blocks]
@@ -58,10 +56,10 @@ def layerwise_adamw(model: TextClassifier, lr: float, weight_decay: float, head_
         module.requires_grad_(False)
     depth = len(layers)
     scaled = [(module, lr * layer_lr_decay ** (depth - i)) for i, module in enumerate(layers)]
-    scaled += [(encoder.final_norm, lr), (model.pooling, head_lr or lr), (model.head, head_lr or lr)]
+    scaled += [(encoder.final_norm, lr), (model.pooling, head_lr or lr), (model.head.parts["encoder"], head_lr or lr)]
     groups = [(module, module_lr, weight_decay) for module, module_lr in scaled]
-    if model.ngrams is not None:
-        groups.append((model.ngrams, head_lr or lr, 0.0))
+    if "ngrams" in model.head.parts:
+        groups.append((model.head.parts["ngrams"], head_lr or lr, 0.0))
     return adamw(groups)
 
 

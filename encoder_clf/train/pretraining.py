@@ -24,8 +24,8 @@ from tqdm.auto import tqdm
 from ..data.splits import bucket_batches, collate, read_texts, sorted_batches
 from ..data.tokenization import CLS, MASK, PAD, SEP, TokenizerConfig, encode, pad_id, train_tokenizer
 from ..errors import UsageError
-from ..model.classifier import MaskedLanguageModel
 from ..model.config import ModelConfig
+from ..model.mlm import MaskedLanguageModel
 from ..persistence.model_dir import save_model
 from ..runtime import PRECISIONS, autocast, default_device, resolve_precision
 from ..settings import check_fields

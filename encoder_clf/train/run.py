@@ -37,8 +37,8 @@ from ..data.tokenization import TokenizerConfig, load_tokenizer, pad_id, train_t
 from ..errors import UsageError
 from ..metrics import format_report, plot_confusion_matrix, plot_training_curves
 from ..model.classifier import TextClassifier
-from ..persistence.bert import load_encoder
 from ..persistence.checkpoints import CHECKPOINTS, Checkpoint, fingerprint, load_latest
+from ..persistence.encoders import load_encoder
 from ..persistence.model_dir import load_model
 from ..runtime import default_device, resolve_precision
 from ..settings import load_json
@@ -108,7 +108,7 @@ def _build(config: RunConfig, label_names: list[str],
     if start is not None:  # the architecture and tokenizer come with the pretrained encoder
         tokenizer = start.tokenizer
         model_config = replace(start.config, pooling=config.model.pooling, dropout=config.model.dropout,
-                               attention_dropout=config.model.attention_dropout, labels=label_names, part_weights=[])
+                               attention_dropout=config.model.attention_dropout, labels=label_names)
     else:
         if config.tokenizer.path:
             tokenizer = load_tokenizer(config.tokenizer.path, config.tokenizer.max_length)
@@ -196,7 +196,8 @@ def _run(config: RunConfig, model: TextClassifier, tokenizer: Tokenizer, splits:
     best_model = load_model(out_dir / "model")[0].to(device)
     results = {name: validate(best_model, split, cfg.eval_batch_size, precision, world)
                for name, split in tokens.items() if name != "train"}
-    fitted = {"part_weights": best_model.config.part_weights} if best_model.config.part_weights else {}
+    head = best_model.head
+    fitted = {"part_weights": dict(zip(head.names, head.weights.tolist()))} if len(head.names) > 1 else {}
     metrics = {**results, **summary, **fitted, "precision": precision, "device": str(device),
                "data": {name: {"rows": len(split), "truncated": split.truncated} for name, split in tokens.items()},
                "parameters": sum(p.numel() for p in model.parameters())}

@@ -1,11 +1,13 @@
-"""BERT-family checkpoints (BERT, MiniLM, …) loaded into our encoder, without ``transformers``.
+"""Pretrained encoders to start from or embed with: our model directories, BERT-family checkpoints, Hub ids.
 
-A checkpoint directory holds a BERT-style ``config.json``, ``model.safetensors``
-and ``tokenizer.json``; a Hub name is downloaded to the local cache first. The
-weights are renamed onto :class:`~encoder_clf.model.encoder.Encoder` (post-LN blocks,
-learned positions, token types, the checkpoint's LayerNorm epsilon and
-activation) and loaded strictly: a missing or mis-shaped weight is named, and a
-pickled ``pytorch_model.bin`` is refused, never unpickled.
+:func:`load_encoder` takes any of them. A BERT-family checkpoint directory
+(BERT, MiniLM, …) holds a BERT-style ``config.json``, ``model.safetensors`` and
+``tokenizer.json``; a Hub name is downloaded to the local cache first. Its
+weights are renamed onto :class:`~encoder_clf.model.encoder.Encoder` (post-LN
+blocks, learned positions, token types, the checkpoint's LayerNorm epsilon and
+activation) without ``transformers``, and loaded strictly: a missing or
+mis-shaped weight is named, and a pickled ``pytorch_model.bin`` is refused,
+never unpickled.
 """
 
 from __future__ import annotations
@@ -24,10 +26,8 @@ from ..data.tokenization import load_tokenizer, pad_id
 from ..errors import UsageError
 from ..model.config import ADDITIONS_OFF, ModelConfig
 from ..model.encoder import Encoder
-from .model_dir import load_encoder as load_saved_encoder
-from .model_dir import load_weights
+from .model_dir import CONFIG, TOKENIZER, WEIGHTS, load_saved_encoder, load_weights
 
-CONFIG, WEIGHTS, TOKENIZER = "config.json", "model.safetensors", "tokenizer.json"
 HUB_FILES = [CONFIG, WEIGHTS, TOKENIZER, "sentence_bert_config.json", "1_Pooling/config.json"]
 ACTIVATION_NAMES = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu"}
 
@@ -54,8 +54,8 @@ PREFIXES = ("bert.", "model.")
 
 
 @dataclass
-class Checkpoint:
-    """An imported encoder, its tokenizer and the pooling its authors recommend for sentence vectors."""
+class PretrainedEncoder:
+    """An encoder to start from, its config and tokenizer, and the pooling its authors recommend for sentences."""
 
     encoder: Encoder
     config: ModelConfig
@@ -93,7 +93,7 @@ def resolve(source: str | Path) -> Path:
                          "check the name and your connection, or pass a local checkpoint directory") from None
 
 
-def model_config(raw: dict, where: str) -> ModelConfig:
+def bert_model_config(raw: dict, where: str) -> ModelConfig:
     """Our :class:`ModelConfig` for a BERT-style ``config.json``."""
     model_type = raw.get("model_type", "bert")
     if model_type != "bert":
@@ -140,14 +140,14 @@ def rename(state: dict[str, torch.Tensor], n_layers: int) -> tuple[dict[str, tor
     return renamed, unknown
 
 
-def load_checkpoint(source: str | Path, max_length: int | None = None) -> Checkpoint:
+def import_bert(source: str | Path, max_length: int | None = None) -> PretrainedEncoder:
     """Load a BERT-family checkpoint directory (or Hub id) as an encoder in eval mode."""
     directory = resolve(source)
     if not is_bert_checkpoint(directory):
         raise UsageError(f"{directory}: no BERT-style {CONFIG} (with hidden_size, num_hidden_layers); "
                          "pass a BERT-family checkpoint directory")
     raw = json.loads((directory / CONFIG).read_text(encoding="utf-8"))
-    config = model_config(raw, str(directory / CONFIG))
+    config = bert_model_config(raw, str(directory / CONFIG))
     weights = directory / WEIGHTS
     if not weights.is_file():
         if (directory / "pytorch_model.bin").is_file():
@@ -170,18 +170,18 @@ def load_checkpoint(source: str | Path, max_length: int | None = None) -> Checkp
     if pad_id(tokenizer) != config.pad_token_id:
         raise UsageError(f"{directory / TOKENIZER}: [PAD] has id {pad_id(tokenizer)} but config.json says "
                          f"pad_token_id={config.pad_token_id}; use the checkpoint's own tokenizer.json")
-    return Checkpoint(encoder.eval(), config, tokenizer, _recommended_pooling(directory))
+    return PretrainedEncoder(encoder.eval(), config, tokenizer, _recommended_pooling(directory))
 
 
-def load_encoder(source: str | Path, max_length: int | None = None) -> Checkpoint:
+def load_encoder(source: str | Path, max_length: int | None = None) -> PretrainedEncoder:
     """Any encoder to start from: one of our model directories, a BERT-family directory, or a Hub id."""
     directory = resolve(source)
     if is_bert_checkpoint(directory):
-        return load_checkpoint(directory, max_length)
+        return import_bert(directory, max_length)
     encoder, config, tokenizer = load_saved_encoder(directory)
     if max_length is not None:
         tokenizer.enable_truncation(min(max_length, config.max_positions))
-    return Checkpoint(encoder, config, tokenizer, config.pooling)
+    return PretrainedEncoder(encoder, config, tokenizer, config.pooling)
 
 
 def _max_length(directory: Path, config: ModelConfig) -> int:

@@ -1,0 +1,65 @@
+"""A linear bag of token n-grams (unigrams and hashed bigrams): class logits beside the encoder's.
+
+The encoder learns composition slowly from a small dataset, while a linear
+model over n-grams (fastText's hashed bigrams) gives each telling phrase a
+weight of its own; their errors differ, so a mix of the two beats either
+(Wide & Deep, Cheng et al., 2016). :class:`~encoder_clf.model.heads.EnsembleHead`
+holds it beside the encoder's head.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def bigram_buckets(first: torch.Tensor, second: torch.Tensor, vocab_size: int, buckets: int) -> torch.Tensor:
+    """Hash each token pair to one of ``buckets`` rows, spread like a random hash.
+
+    The pair's exact index ``first · vocab_size + second`` goes through a Lehmer
+    step (a bijection modulo the prime 2³¹−1) before the final modulo: a plain
+    ``(first · m + second) % buckets`` keeps only ``m % buckets`` of the
+    multiplier, and with m = 1,000,003 and a million buckets that is 3, which
+    folds every bigram into ~4·vocab_size rows.
+    """
+    prime = 2_147_483_647
+    return (first * vocab_size + second) % prime * 48_271 % prime % buckets
+
+
+class NgramLogits(nn.Module):
+    """Class logits from the text's token unigrams and hashed bigrams, one learned row of logits each.
+
+    The sum over the n-grams is divided by the square root of their number, as
+    a TF-IDF vector is normalised; padding is left out. Rows start at zero, so
+    a new model's logits are the encoder's alone.
+    """
+
+    def __init__(self, vocab_size: int, buckets: int, num_labels: int) -> None:
+        super().__init__()
+        self.vocab_size, self.buckets = vocab_size, buckets
+        self.table = nn.Embedding(vocab_size + buckets, num_labels)
+
+    def terms(self, input_ids: torch.Tensor, padding_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each text's n-grams as rows of the table, and the weight of each in the sum: both ``(batch, 2·seq − 1)``.
+
+        Positions ``0 … seq−1`` are the unigrams, then position ``seq + i`` the
+        bigram of tokens ``i, i+1``; padding (and a bigram touching it) weighs 0.
+        """
+        real = torch.ones_like(input_ids, dtype=torch.bool) if padding_mask is None else ~padding_mask
+        bigrams = self.vocab_size + bigram_buckets(input_ids[:, :-1], input_ids[:, 1:], self.vocab_size, self.buckets)
+        index = torch.cat([input_ids, bigrams], dim=1)
+        keep = torch.cat([real, real[:, :-1] & real[:, 1:]], dim=1).float()
+        return index, keep / keep.sum(dim=1, keepdim=True).clamp(min=1).sqrt()
+
+    def forward(self, input_ids: torch.Tensor, padding_mask: torch.Tensor | None) -> torch.Tensor:
+        """``(batch, num_labels)`` logits."""
+        index, scale = self.terms(input_ids, padding_mask)
+        return torch.einsum("bn,bnc->bc", scale, self.table(index).float())
+
+    def contributions(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """What each n-gram of one unpadded text ``(1, seq)`` adds to the logits: ``(2·seq − 1, num_labels)``.
+
+        They sum to :meth:`forward`'s logits; the order is that of :meth:`terms`.
+        """
+        index, scale = self.terms(input_ids, None)
+        return scale[0, :, None] * self.table(index[0]).float()
