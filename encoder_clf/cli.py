@@ -13,7 +13,8 @@ import sys
 import time
 from pathlib import Path
 
-from .data.splits import FLAG_HINTS, read_texts
+from .data.columns import FLAG_HINTS
+from .data.splits import read_texts
 from .errors import UsageError
 from .explain import TOKEN_WEIGHT_MEANINGS, explain_text, layer_index
 from .features import FEATURE_POOLINGS, OUTPUT_FORMATS, embed, write_features

@@ -19,7 +19,7 @@ from tokenizers import Tokenizer
 from torch import nn
 from tqdm.auto import tqdm
 
-from .data.splits import sorted_batches
+from .data.batching import sorted_batches
 from .data.tokenization import encode, pad_id
 from .errors import UsageError
 from .model.classifier import TextClassifier

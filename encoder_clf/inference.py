@@ -13,7 +13,8 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer
 
-from .data.splits import read_split, sorted_batches
+from .data.batching import sorted_batches
+from .data.splits import read_split
 from .data.tokenization import encode, pad_id
 from .errors import UsageError
 from .metrics import compute_metrics

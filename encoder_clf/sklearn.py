@@ -60,14 +60,13 @@ from pathlib import Path
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, clone
-from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_consistent_length, check_is_fitted
 
 from . import features
 from .data.config import DataConfig
-from .data.splits import Split, Splits
+from .data.splits import Split, Splits, carve_validation
 from .data.tokenization import TokenizerConfig, pad_id
 from .data.tokenization import encode as tokenize
 from .errors import UsageError
@@ -218,18 +217,11 @@ class EncoderClassifier(ClassifierMixin, BaseEstimator):
         return self
 
     def _split(self, texts: list[str], ids: np.ndarray, seed: int) -> tuple[Split, Split]:
-        """Seeded hold-out for model selection, stratified when every class can appear on both sides."""
+        """The seeded hold-out that picks the best evaluation (the fit data itself when validation_fraction is 0)."""
+        everything = Split(texts, ids, "fit data")
         if self.validation_fraction == 0:
-            everything = Split(texts, ids, "fit data")
             return everything, everything
-        index = np.arange(len(texts))
-        try:
-            train_idx, val_idx = train_test_split(index, test_size=self.validation_fraction, random_state=seed,
-                                                  stratify=ids)
-        except ValueError:  # a class too rare to stratify, or too few rows: an unstratified split
-            train_idx, val_idx = train_test_split(index, test_size=self.validation_fraction, random_state=seed)
-        pick = lambda idx, tag: Split([texts[i] for i in idx], ids[idx], f"fit data ({tag})")  # noqa: E731
-        return pick(np.sort(train_idx), "train part"), pick(np.sort(val_idx), "validation part")
+        return carve_validation(everything, self.validation_fraction, seed)
 
     def predict_proba(self, X) -> np.ndarray:
         """Class probabilities ``(n, len(classes_))``, columns in the order of ``classes_``."""

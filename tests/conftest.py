@@ -35,6 +35,31 @@ def sst2_dir() -> Path:
     return SST2
 
 
+@pytest.fixture
+def hermetic_datasets(tmp_path_factory, monkeypatch):
+    """Keep the ``datasets`` cache of the many tiny files out of the user's home, and stay off the network.
+
+    ``datasets`` sends a download-count request to the Hub on every ``load_dataset`` (local files included),
+    which stalls for seconds on a machine without network access.
+    """
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path_factory.mktemp("hf-cache")))
+    monkeypatch.setattr(datasets.config, "HF_UPDATE_DOWNLOAD_COUNTS", False)
+
+
+LONG = "the film was great and the cast was lovely and the plot was fine"  # past max_length 10: truncated
+
+
+@pytest.fixture(scope="module")
+def toy_tokenizer():
+    """A small tokenizer of the toy rows' words, truncating at 10 tokens (``LONG`` is cut)."""
+    from encoder_clf.data.tokenization import TokenizerConfig, train_tokenizer
+
+    texts = [text for text, _ in toy_rows(200, 0)] + [LONG]
+    return train_tokenizer(texts, TokenizerConfig(vocab_size=100, min_frequency=1, max_length=10))
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """Tiny models train faster on one thread: a second one only adds synchronisation (and contention)."""

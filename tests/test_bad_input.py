@@ -91,7 +91,7 @@ def case(name: str, root: Path, model_dir: Path) -> tuple[list[str], list[str]]:
     if name == "empty text with --strict":
         path = splits(root, GOOD_TRAIN + " \t1\n\t0\nokay\t1\n")
         return data(path) + ["--strict"], [
-            "train.tsv: 2 row(s) with empty text in column 'sentence' (first: row 5)", "drop --strict"]
+            "train.tsv: row 5 has empty text in column 'sentence'", "drop --strict"]
     if name == "missing label":
         return data(splits(root, "sentence\tlabel\ngood\t1\nbad\t\nfine\t1\n")), [
             "train.tsv: row 2 has no value in label column 'label'", "fill it in or remove the row"]

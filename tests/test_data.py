@@ -10,23 +10,17 @@ import pandas as pd
 import pytest
 import torch
 
+from encoder_clf.data.batching import bucket_batches, collate
 from encoder_clf.data.config import DataConfig
-from encoder_clf.data.splits import READERS, bucket_batches, collate, load_splits, read_split
+from encoder_clf.data.sources import READERS
+from encoder_clf.data.splits import load_splits, read_split
 from encoder_clf.errors import UsageError
 
 TEXTS = ["a fine film", "dull and slow", "great acting", "weak plot", "loved it", "not again"]
 LABELS = ["pos", "neg", "pos", "neg", "pos", "neg"]
 
 
-@pytest.fixture(autouse=True)
-def hermetic_datasets(tmp_path_factory, monkeypatch):
-    """Keep the ``datasets`` cache of the many tiny files out of the user's home, and stay off the network.
-
-    ``datasets`` sends a download-count request to the Hub on every ``load_dataset`` (local files included),
-    which stalls for seconds on a machine without network access.
-    """
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path_factory.mktemp("hf-cache")))
-    monkeypatch.setattr(datasets.config, "HF_UPDATE_DOWNLOAD_COUNTS", False)
+pytestmark = pytest.mark.usefixtures("hermetic_datasets")
 
 
 def write(path: Path, frame: pd.DataFrame) -> Path:
@@ -91,6 +85,8 @@ def test_columns_are_detected(tmp_path, text_column, label_column):
     write(tmp_path / "dev.csv", data)
     splits = load_splits(DataConfig(path=str(tmp_path)))
     assert splits.train.texts == TEXTS
+    assert splits.label_names == ["neg", "pos"]  # the label column, not idx
+    assert [splits.label_names[i] for i in splits.train.labels] == LABELS
 
 
 def test_explicit_columns_win_over_detection(tmp_path):
@@ -100,6 +96,7 @@ def test_explicit_columns_win_over_detection(tmp_path):
     splits = load_splits(DataConfig(path=str(tmp_path), text_column="review_body", label_column="stars"))
     assert splits.train.texts == TEXTS
     assert splits.label_names == sorted(set(LABELS))
+    assert [splits.label_names[i] for i in splits.train.labels] == LABELS
 
 
 @pytest.mark.parametrize(

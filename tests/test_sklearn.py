@@ -237,8 +237,9 @@ def sst2_sample(sst2_dir):
 
 def test_sentence_encoder_and_logistic_regression_beat_chance_on_sst2(sst2_sample):
     X, y, X_val, y_val = sst2_sample
-    classifier = EncoderClassifier(d_model=32, n_heads=2, n_layers=1, d_ff=64, vocab_size=2000, epochs=4,
-                                   batch_size=32, lr=2e-3, precision="fp32", random_state=0)
+    # 8 epochs: at 4 the features scored 0.63-0.67 over three seeds, too near the 0.6 this asserts
+    classifier = EncoderClassifier(d_model=32, n_heads=2, n_layers=1, d_ff=64, vocab_size=2000, epochs=8,
+                                   batch_size=32, lr=3e-3, precision="fp32", random_state=0)
     pipeline = Pipeline([("encode", SentenceEncoder(model=classifier, pooling=None)),
                          ("classify", LogisticRegression(max_iter=1000))])
     pipeline.fit(X, y)

@@ -1,6 +1,7 @@
 """Training on real data: a 2,000-row SST-2 sample must learn well above chance."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -122,9 +123,7 @@ def test_weight_averaging_keeps_the_moving_average(tmp_path):
 
 
 
-def test_token_cache_gives_the_in_memory_run_and_is_reused(toy_data, tmp_path, monkeypatch, one_thread):
-    from encoder_clf.data import corpus
-
+def test_token_cache_gives_the_in_memory_run_and_is_reused(toy_data, tmp_path, one_thread):
     settings = [f"data.path={toy_data}", *TINY, "train.epochs=2", "train.precision=fp32"]
     plain = train(with_overrides(RunConfig(), settings), tmp_path / "plain", progress=False)
     pinned = settings + [f"tokenizer.path={tmp_path / 'plain' / 'model'}", f"data.cache_dir={tmp_path / 'cache'}",
@@ -134,16 +133,19 @@ def test_token_cache_gives_the_in_memory_run_and_is_reused(toy_data, tmp_path, m
     assert len(files) == 3  # train, validation, test
     assert cached["validation"] == plain["validation"] and cached["test"] == plain["test"]
 
-    monkeypatch.setattr(corpus, "_write_cache", lambda *a, **k: pytest.fail("the cache was written again"))
+    written = {file: file.stat().st_mtime_ns for file in files}
     again = train(with_overrides(RunConfig(), pinned), tmp_path / "again", progress=False)
     assert again["validation"] == plain["validation"]
-    assert sorted((tmp_path / "cache").glob("tokens-*.arrow")) == files
+    assert sorted((tmp_path / "cache").glob("tokens-*.arrow")) == files  # the same files, none written again
+    assert {file: file.stat().st_mtime_ns for file in files} == written
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == sorted(f.name for f in files)
 
 
 def test_streaming_trains_for_max_steps_without_holding_the_train_split(toy_data, tmp_path, monkeypatch, one_thread):
-    from encoder_clf.train import run as training
+    from encoder_clf.data.sources import SplitSource
 
-    monkeypatch.setattr(training, "load_splits", lambda *a, **k: pytest.fail("the train split was read whole"))
+    read, real = [], SplitSource.read
+    monkeypatch.setattr(SplitSource, "read", lambda self: read.append(Path(self.where).name) or real(self))
     settings = [f"data.path={toy_data}", *TINY, "data.streaming=true", "train.max_steps=60", "train.eval_every=20",
                 "train.precision=fp32"]
     metrics = train(with_overrides(RunConfig(), settings), tmp_path / "run", progress=False)
@@ -151,6 +153,8 @@ def test_streaming_trains_for_max_steps_without_holding_the_train_split(toy_data
     assert [r["step"] for r in log] == [20, 40, 60] and all(r["epoch"] is None for r in log)
     assert metrics["steps"] == 60 and metrics["validation"]["accuracy"] > 0.9  # 400 rows: 2.4 passes
     assert (tmp_path / "run" / "curves.png").is_file()
+    assert "train.tsv" not in read  # never read whole ...
+    assert "validation.tsv" in read  # ... by the reader every split goes through (the patch is in the right place)
 
 
 @pytest.mark.parametrize("setting, message", [

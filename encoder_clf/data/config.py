@@ -24,7 +24,7 @@ class DataConfig:
     strict: bool = False  # refuse rows with empty text instead of dropping them with a warning
     cache_dir: str = ""  # token ids in memory-mapped Arrow files here, keyed by tokenizer and texts; "" = in memory
     num_proc: int = 1  # processes that tokenize into cache_dir
-    streaming: bool = False  # read train one pool at a time, never whole (data.corpus); needs a validation file
+    streaming: bool = False  # read train one pool at a time, never whole (data.streaming); needs a validation file
 
     def __post_init__(self) -> None:
         if self.num_proc < 1:

@@ -13,7 +13,6 @@ checksum is set aside and the one before it used.
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import logging
 import os
@@ -83,17 +82,6 @@ class Checkpoint:
     tensors: dict[str, torch.Tensor]
     meta: dict
     tokenizer: Tokenizer
-
-
-def fingerprint(sequences: dict[str, list[list[int]]], labels: dict[str, np.ndarray], names: list[str]) -> str:
-    """A hash of the token ids and labels the loop reads, so a resumed run refuses data that changed."""
-    digest = hashlib.sha256(json.dumps(names).encode())
-    for split in sorted(sequences):
-        seqs = sequences[split]
-        digest.update(np.array([len(s) for s in seqs], dtype=np.int64).tobytes())
-        digest.update(np.fromiter(itertools.chain.from_iterable(seqs), dtype=np.int64).tobytes())
-        digest.update(np.asarray(labels[split], dtype=np.int64).tobytes())
-    return digest.hexdigest()
 
 
 def flatten(value: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> Any:

@@ -32,9 +32,9 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
-from ..data.corpus import TokenizedSplit
-from ..data.splits import bucket_batches
+from ..data.batching import bucket_batches
 from ..data.tokenization import UNK, pad_id
+from ..data.tokenized import TokenizedSplit
 from ..errors import UsageError
 from ..inference import forward_batches
 from ..metrics import compute_metrics
@@ -64,7 +64,7 @@ class TrainBatches:
 
 
 def bucketed(tokens: TokenizedSplit, batch_size: int, seed: int, key: str) -> TrainBatches:
-    """Length-bucketed batches over token ids held in memory or memory-mapped (:mod:`encoder_clf.data.corpus`)."""
+    """Length-bucketed batches over token ids held in memory or memory-mapped (:mod:`encoder_clf.data.tokenized`)."""
 
     def epoch(number: int) -> Iterator[Batch]:
         for index in bucket_batches(tokens.lengths, batch_size, shuffle=True, seed=seed * 1000 + number):

@@ -21,7 +21,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..data.splits import bucket_batches, collate, read_texts, sorted_batches
+from ..data.batching import bucket_batches, collate, sorted_batches
+from ..data.splits import read_texts
 from ..data.tokenization import CLS, MASK, PAD, SEP, TokenizerConfig, encode, pad_id, train_tokenizer
 from ..errors import UsageError
 from ..model.config import ModelConfig

@@ -17,7 +17,6 @@ tokenizer, writes the token cache and all files. Checkpoints are deleted once
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -26,18 +25,18 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, replace
 from pathlib import Path
 
-import numpy as np
 import torch
 from tokenizers import Tokenizer
 
 from ..data.config import DataConfig
-from ..data.corpus import StreamingSplits, TokenizedSplit, stream_batches, stream_splits, stream_texts, tokenize_split
 from ..data.splits import Split, Splits, load_splits
+from ..data.streaming import StreamingSplits, stream_batches, stream_splits, stream_texts
 from ..data.tokenization import TokenizerConfig, load_tokenizer, pad_id, train_tokenizer
+from ..data.tokenized import TokenizedSplit, data_key, stream_key, tokenize_split
 from ..errors import UsageError
 from ..metrics import format_report, plot_confusion_matrix, plot_training_curves
 from ..model.classifier import TextClassifier
-from ..persistence.checkpoints import CHECKPOINTS, Checkpoint, fingerprint, load_latest
+from ..persistence.checkpoints import CHECKPOINTS, Checkpoint, load_latest
 from ..persistence.encoders import load_encoder
 from ..persistence.model_dir import load_model
 from ..runtime import default_device, resolve_precision
@@ -173,11 +172,11 @@ def _run(config: RunConfig, model: TextClassifier, tokenizer: Tokenizer, splits:
                         len(split), config.tokenizer.max_length)
     cfg = config.train
     if streaming:
-        key = _stream_key(splits.train_source, tokens["validation"])
-        train = TrainBatches(lambda epoch: stream_batches(config.data, tokenizer, splits.label_to_id, cfg.batch_size,
+        key = stream_key(splits.train_source, tokens["validation"])
+        train = TrainBatches(lambda epoch: stream_batches(config.data, tokenizer, splits.classes, cfg.batch_size,
                                                           cfg.seed, epoch), None, key, splits.train_source)
     else:
-        train = bucketed(tokens["train"], cfg.batch_size, cfg.seed, _data_key(tokens, splits.label_names))
+        train = bucketed(tokens["train"], cfg.batch_size, cfg.seed, data_key(tokens, splits.label_names))
 
     if world.main:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -219,29 +218,3 @@ def _tokenized(tokenizer: Tokenizer, split: Split, data: DataConfig, world: Worl
     if data.cache_dir:
         barrier(world)
     return tokens if tokens is not None else tokenize_split(tokenizer, split, data.cache_dir, data.num_proc)
-
-
-def _data_key(tokens: dict[str, TokenizedSplit], label_names: list[str]) -> str:
-    """What a resumed run must find again: the train and validation ids and labels.
-
-    A cache file's name already hashes its tokenizer and texts, so cached ids are not read again for it.
-    """
-    used = {name: tokens[name] for name in ("train", "validation")}
-    if all(split.cache_file for split in used.values()):
-        digest = hashlib.sha256(json.dumps(label_names).encode())
-        for split in used.values():
-            digest.update(Path(split.cache_file).name.encode())
-            digest.update(np.asarray(split.labels, dtype=np.int64).tobytes())
-        return digest.hexdigest()
-    return fingerprint({name: split.sequences for name, split in used.items()},
-                       {name: split.labels for name, split in used.items()}, label_names)
-
-
-def _stream_key(source: str, validation: TokenizedSplit) -> str:
-    """A streamed train file is known by its path, size and modification time (reading it would defeat streaming)."""
-    file = Path(source)
-    stat = file.stat() if file.is_file() else None
-    identity = [source, stat.st_size, stat.st_mtime_ns] if stat else [source]
-    digest = hashlib.sha256(json.dumps(identity).encode())
-    digest.update(fingerprint({"validation": validation.sequences}, {"validation": validation.labels}, []).encode())
-    return digest.hexdigest()
