@@ -59,7 +59,7 @@ def _train(args: argparse.Namespace) -> None:
         raise UsageError("no data given; pass --data PATH (a directory of splits, a file, or a Hub dataset name)")
     out = args.out or str(Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
     out = Path(broadcast_text(out, world))  # rank 0's clock names the run directory
-    _print_results(train(config, out, overwrite=args.overwrite, progress=not args.quiet), out, world)
+    _print_results(train(config, out, overwrite=args.overwrite, progress=not args.quiet).metrics, out, world)
 
 
 def _resume(args: argparse.Namespace, world: World) -> None:
@@ -70,7 +70,7 @@ def _resume(args: argparse.Namespace, world: World) -> None:
                                       ("--streaming", args.streaming)] if value]
     if given:
         raise UsageError(f"--resume continues with the settings in the run's run_config.json; drop {', '.join(given)}")
-    _print_results(resume(args.resume, progress=not args.quiet), Path(args.resume), world)
+    _print_results(resume(args.resume, progress=not args.quiet).metrics, Path(args.resume), world)
 
 
 def _print_results(metrics: dict, out: Path, world: World = SOLO) -> None:

@@ -52,10 +52,9 @@ because the tokenizers trainers may break frequency ties differently from run to
 from __future__ import annotations
 
 import contextlib
-import io
 import json
+import logging
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -108,13 +107,20 @@ def _text_tags(tags):
 
 
 @contextlib.contextmanager
-def _quiet(enabled: bool):
-    """Silence the training loop's per-evaluation lines (written with ``tqdm.write`` to stdout)."""
-    if enabled:
-        with contextlib.redirect_stdout(io.StringIO()):
-            yield
-    else:
+def _training_log(verbose: bool):
+    """With ``verbose``, the loop's evaluation lines on stderr (unless logging already shows them)."""
+    logger = logging.getLogger("encoder_clf")
+    shown = not verbose or logger.hasHandlers()
+    handler = logging.StreamHandler()
+    if not shown:
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+    try:
         yield
+    finally:
+        if not shown:
+            logger.removeHandler(handler)
+            logger.setLevel(logging.NOTSET)
 
 
 class EncoderClassifier(ClassifierMixin, BaseEstimator):
@@ -206,14 +212,12 @@ class EncoderClassifier(ClassifierMixin, BaseEstimator):
         config = self.run_config(seed)
         train, validation = self._split(texts, ids, seed)
         splits = Splits(train, validation, None, names)
-        with tempfile.TemporaryDirectory(prefix="encoder-clf-") as out, _quiet(not self.verbose):
-            metrics = train_on_splits(config, splits, out, progress=self.verbose)
-            model, tokenizer = load_model(Path(out) / "model")
-            history = [json.loads(line) for line in (Path(out) / "log.jsonl").read_text().splitlines() if line]
+        with _training_log(self.verbose):
+            result = train_on_splits(config, splits, progress=self.verbose)  # in memory: nothing touches the disk
         self.classes_ = classes
-        self.model_, self.tokenizer_ = model, tokenizer
-        self.history_ = history
-        self.validation_scores_ = metrics["validation"]
+        self.model_, self.tokenizer_ = result.model, result.tokenizer
+        self.history_ = result.history
+        self.validation_scores_ = result.metrics["validation"]
         return self
 
     def _split(self, texts: list[str], ids: np.ndarray, seed: int) -> tuple[Split, Split]:

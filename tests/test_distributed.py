@@ -87,9 +87,9 @@ def ddp_run(sst2_even, tmp_path_factory):
 
 def test_steps_deal_batches_round_robin_and_top_up_the_last():
     batches = [np.array([i]) for i in range(5)]
-    steps = list(loop._steps(batches, grad_accum=2, world=World(rank=1, size=2)))
+    steps = list(loop.deal_steps(batches, grad_accum=2, world=World(rank=1, size=2)))
     assert [[int(b[0]) for b in step] for step in steps] == [[0, 1, 2, 3], [4, 0]]  # topped up with batch 0
-    solo = list(loop._steps(batches, grad_accum=2, world=World()))
+    solo = list(loop.deal_steps(batches, grad_accum=2, world=World()))
     assert [[int(b[0]) for b in step] for step in solo] == [[0, 1], [2, 3], [4]]  # one process: no top-up
 
 
@@ -103,7 +103,7 @@ def test_gradient_accumulation_equals_one_batch_of_the_union(toy_data, tmp_path,
         monkeypatch.setattr(loop, "bucket_batches", lambda *a, b=batches, **k: list(b))
         config = with_overrides(RunConfig(), [f"data.path={toy_data}", *TINY, *EXACT, "train.epochs=3",
                                               f"train.grad_accum={accum}", *tokenizer])
-        assert train(config, tmp_path / name, progress=False)["steps"] == 6
+        assert train(config, tmp_path / name, progress=False).metrics["steps"] == 6
         tokenizer = [f"tokenizer.path={tmp_path / name / 'model'}"]
     weights = [load_file(tmp_path / name / "model" / "model.safetensors") for name in ("accumulated", "union")]
     for key in weights[0]:
@@ -137,7 +137,7 @@ def test_torchrun_two_processes_train_together_and_write_one_run(ddp_run, sst2_e
 def test_two_processes_match_one_process_accumulating_two_batches(ddp_run, sst2_even, tmp_path, one_thread):
     """Same batches, same steps: DDP's averaged gradient is the mean over both ranks' examples."""
     settings = [f"data.path={sst2_even}", *SAMPLE, "train.grad_accum=2", f"tokenizer.path={ddp_run / 'model'}"]
-    solo = train(with_overrides(RunConfig(), settings), tmp_path / "solo", progress=False)
+    solo = train(with_overrides(RunConfig(), settings), tmp_path / "solo", progress=False).metrics
     together = json.loads((ddp_run / "metrics.json").read_text())
     assert solo["steps"] == together["steps"] == 93
     assert abs(solo["validation"]["accuracy"] - together["validation"]["accuracy"]) <= 2 / 400
@@ -196,9 +196,9 @@ def test_compile_option_compiles_the_training_forward(toy_data, tmp_path, monkey
         return real(module, backend="eager", dynamic=options.get("dynamic"))
 
     settings = [f"data.path={toy_data}", *TINY, *EXACT, "train.epochs=1"]
-    plain = train(with_overrides(RunConfig(), settings), tmp_path / "plain", progress=False)
+    plain = train(with_overrides(RunConfig(), settings), tmp_path / "plain", progress=False).metrics
     monkeypatch.setattr(loop.torch, "compile", eager_compile)
     pinned = settings + ["train.compile=true", f"tokenizer.path={tmp_path / 'plain' / 'model'}"]
-    compiled = train(with_overrides(RunConfig(), pinned), tmp_path / "compiled", progress=False)
+    compiled = train(with_overrides(RunConfig(), pinned), tmp_path / "compiled", progress=False).metrics
     assert calls == [{"dynamic": True}]
     assert compiled["validation"] == plain["validation"]

@@ -39,7 +39,7 @@ def test_short_run_on_sst2_sample_beats_70_percent(sst2_sample, tmp_path):
         f"data.path={sst2_sample}", "tokenizer.vocab_size=4000", "model.d_model=128", "model.d_ff=256",
         "model.n_layers=1", "model.dropout=0.2", "train.epochs=8", "train.batch_size=32", "train.lr=2e-3",
     ])
-    metrics = train(config, tmp_path / "run", progress=False)
+    metrics = train(config, tmp_path / "run", progress=False).metrics
     assert metrics["validation"]["accuracy"] > 0.70, metrics["validation"]["accuracy"]
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert log[-1]["train_loss"] < log[0]["train_loss"]
@@ -51,10 +51,10 @@ def test_same_seed_gives_identical_metrics(sst2_sample, tmp_path):
     frequency ties differently from run to run, inside the tokenizers library.)"""
     overrides = [f"data.path={sst2_sample}", "tokenizer.vocab_size=2000", "model.d_model=32", "model.d_ff=64",
                  "model.n_layers=1", "train.epochs=1", "train.precision=fp32"]
-    first = train(with_overrides(RunConfig(), overrides), tmp_path / "a", progress=False)
+    first = train(with_overrides(RunConfig(), overrides), tmp_path / "a", progress=False).metrics
     pinned = with_overrides(RunConfig(), overrides + [f"tokenizer.path={tmp_path / 'a' / 'model'}"])
-    second = train(pinned, tmp_path / "b", progress=False)
-    third = train(pinned, tmp_path / "c", progress=False)
+    second = train(pinned, tmp_path / "b", progress=False).metrics
+    third = train(pinned, tmp_path / "c", progress=False).metrics
     assert first["validation"] == second["validation"] == third["validation"]
 
 
@@ -78,7 +78,7 @@ def test_stacking_keeps_weights_finite_when_one_part_separates_the_rows():
 
 def test_run_fits_the_part_weights_on_validation_and_saves_them(toy_data, tmp_path, one_thread):
     settings = [f"data.path={toy_data}", *TINY, "model.ngram_buckets=256", "train.precision=fp32"]
-    metrics = train(with_overrides(RunConfig(), settings), tmp_path / "run", progress=False)
+    metrics = train(with_overrides(RunConfig(), settings), tmp_path / "run", progress=False).metrics
     model, _ = load_model(tmp_path / "run" / "model")
     weights = model.head.weights.tolist()
     assert metrics["part_weights"] == {"encoder": weights[0], "ngrams": weights[1]}
@@ -90,51 +90,59 @@ def test_run_fits_the_part_weights_on_validation_and_saves_them(toy_data, tmp_pa
 def test_token_dropout_spares_special_tokens_and_padding():
     import torch
 
-    from encoder_clf.train.loop import _drop_tokens
+    from encoder_clf.train.loop import drop_tokens
 
     ids = torch.tensor([[2, 10, 11, 12, 13, 3], [2, 20, 21, 3, 0, 0]])
     mask = ids == 0
-    dropped = _drop_tokens(ids, mask, p=0.999, unk=1, rng=torch.Generator().manual_seed(0))
+    dropped = drop_tokens(ids, mask, p=0.999, unk=1, rng=torch.Generator().manual_seed(0))
     assert dropped.tolist() == [[2, 1, 1, 1, 1, 3], [2, 1, 1, 3, 0, 0]]
-    assert torch.equal(_drop_tokens(ids, mask, p=0.0, unk=1, rng=torch.Generator()), ids)
+    assert torch.equal(drop_tokens(ids, mask, p=0.0, unk=1, rng=torch.Generator()), ids)
 
 
-def test_weight_averaging_keeps_the_moving_average(tmp_path):
-    """With ema_decay, the saved model is the average of the training weights, not the last step's."""
-    import torch
+def test_weight_averaging_keeps_the_moving_average(monkeypatch):
+    """With ema_decay, the best model is the moving average of the weights after each step, at the best step."""
+    from torch.optim.swa_utils import AveragedModel
 
     from encoder_clf.data.splits import Split, Splits
-    from encoder_clf.persistence.model_dir import load_model
     from encoder_clf.train.run import train_on_splits
 
-    from conftest import TINY, toy_rows
+    from conftest import toy_rows
 
+    after_step, real_update = [], AveragedModel.update_parameters
+
+    def recording(self, model):  # called once after every optimizer step, with the weights just stepped
+        after_step.append({name: p.detach().clone() for name, p in model.named_parameters()})
+        return real_update(self, model)
+
+    monkeypatch.setattr(AveragedModel, "update_parameters", recording)
     rows = toy_rows(300, 0)
     split = Split([t for t, _ in rows], np.array([y for _, y in rows]), "toy")
-    splits = Splits(split, split, None, ["0", "1"])
-    base = TINY + ["train.precision=fp32"]
-    plain = train_on_splits(with_overrides(RunConfig(), base), splits, tmp_path / "plain", progress=False)
-    averaged = train_on_splits(with_overrides(RunConfig(), base + ["train.ema_decay=0.9"]), splits,
-                               tmp_path / "ema", progress=False)
-    assert averaged["validation"]["accuracy"] > 0.9 and plain["validation"]["accuracy"] > 0.9
-    weights = lambda run: load_model(tmp_path / run / "model")[0].state_dict()  # noqa: E731
-    differ = [name for name, tensor in weights("ema").items() if not torch.equal(tensor, weights("plain")[name])]
-    assert differ and all(not name.endswith("n_averaged") for name in weights("ema"))
-
+    config = with_overrides(RunConfig(), TINY + ["train.precision=fp32", "train.ema_decay=0.9"])
+    result = train_on_splits(config, Splits(split, split, None, ["0", "1"]), progress=False)
+    best = result.metrics["best_step"]
+    assert result.metrics["validation"]["accuracy"] > 0.9 and len(after_step) == result.metrics["steps"] > best > 1
+    average = dict(after_step[0])  # the first update copies the weights
+    for weights in after_step[1:best]:
+        average = {name: average[name].lerp(w, 1 - 0.9) for name, w in weights.items()}
+    saved = dict(result.model.named_parameters())
+    assert saved.keys() == average.keys()
+    assert not all(torch.equal(average[k], after_step[best - 1][k]) for k in average)  # not the last weights
+    for name, tensor in saved.items():
+        torch.testing.assert_close(tensor.detach(), average[name], rtol=1e-5, atol=1e-6, msg=name)
 
 
 def test_token_cache_gives_the_in_memory_run_and_is_reused(toy_data, tmp_path, one_thread):
     settings = [f"data.path={toy_data}", *TINY, "train.epochs=2", "train.precision=fp32"]
-    plain = train(with_overrides(RunConfig(), settings), tmp_path / "plain", progress=False)
+    plain = train(with_overrides(RunConfig(), settings), tmp_path / "plain", progress=False).metrics
     pinned = settings + [f"tokenizer.path={tmp_path / 'plain' / 'model'}", f"data.cache_dir={tmp_path / 'cache'}",
                          "data.num_proc=2"]
-    cached = train(with_overrides(RunConfig(), pinned), tmp_path / "cached", progress=False)
+    cached = train(with_overrides(RunConfig(), pinned), tmp_path / "cached", progress=False).metrics
     files = sorted((tmp_path / "cache").glob("tokens-*.arrow"))
     assert len(files) == 3  # train, validation, test
     assert cached["validation"] == plain["validation"] and cached["test"] == plain["test"]
 
     written = {file: file.stat().st_mtime_ns for file in files}
-    again = train(with_overrides(RunConfig(), pinned), tmp_path / "again", progress=False)
+    again = train(with_overrides(RunConfig(), pinned), tmp_path / "again", progress=False).metrics
     assert again["validation"] == plain["validation"]
     assert sorted((tmp_path / "cache").glob("tokens-*.arrow")) == files  # the same files, none written again
     assert {file: file.stat().st_mtime_ns for file in files} == written
@@ -148,7 +156,7 @@ def test_streaming_trains_for_max_steps_without_holding_the_train_split(toy_data
     monkeypatch.setattr(SplitSource, "read", lambda self: read.append(Path(self.where).name) or real(self))
     settings = [f"data.path={toy_data}", *TINY, "data.streaming=true", "train.max_steps=60", "train.eval_every=20",
                 "train.precision=fp32"]
-    metrics = train(with_overrides(RunConfig(), settings), tmp_path / "run", progress=False)
+    metrics = train(with_overrides(RunConfig(), settings), tmp_path / "run", progress=False).metrics
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [20, 40, 60] and all(r["epoch"] is None for r in log)
     assert metrics["steps"] == 60 and metrics["validation"]["accuracy"] > 0.9  # 400 rows: 2.4 passes

@@ -20,7 +20,7 @@ import random
 import re
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,8 @@ from .model_dir import load_weights
 log = logging.getLogger(__name__)
 
 CHECKPOINTS = "checkpoints"
-FORMAT = "encoder-clf-checkpoint/1"
+FORMAT = "encoder-clf-checkpoint/2"
+OLDER_FORMATS = ("encoder-clf-checkpoint/1",)  # before head.weights and Progress.examples_per_process
 TENSORS, META, TOKENIZER = "state.safetensors", "state.json", "tokenizer.json"
 NAME = re.compile(r"step-(\d{8})")
 
@@ -62,6 +63,7 @@ class Progress:
     elapsed_s: float = 0.0
     log_bytes: int = 0  # length of log.jsonl at the checkpoint: later lines are replayed
     stop_reason: str = "completed"
+    examples_per_process: list[int] = field(default_factory=list)  # examples each rank trained on so far
 
 
 @dataclass
@@ -216,7 +218,7 @@ class _Unusable(Exception):
     """A checkpoint that is incomplete, truncated or altered."""
 
 
-def _read(path: Path, max_length: int) -> Checkpoint:
+def _read(path: Path, max_length: int | None) -> Checkpoint:
     try:
         meta = json.loads((path / META).read_text(encoding="utf-8"))
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
@@ -231,16 +233,20 @@ def _read(path: Path, max_length: int) -> Checkpoint:
     return Checkpoint(path, progress, tensors, meta, load_tokenizer(path / TOKENIZER, max_length))
 
 
-def load_latest(root: Path, max_length: int) -> Checkpoint:
+def load_latest(root: Path, max_length: int | None = None) -> Checkpoint:
     """The newest checkpoint that reads back whole; broken newer ones are renamed ``.step-XXXXXXXX.broken``.
 
     Setting them aside (not deleting) keeps the evidence, and keeps them out of
-    the way of the checkpoints the resumed run writes at the same steps.
+    the way of the checkpoints the resumed run writes at the same steps. A
+    checkpoint of an older format is refused (not set aside): the run is fine,
+    this version cannot continue it. ``max_length`` re-sets the tokenizer's
+    truncation (``None``: as saved).
     """
     for leftover in root.glob(".step-*") if root.is_dir() else []:  # staging of a write that was cut short
         if not leftover.name.endswith(".broken"):
             shutil.rmtree(leftover, ignore_errors=True)
     for path in checkpoints(root):
+        _refuse_older_format(path)
         try:
             return _read(path, max_length)
         except _Unusable as err:
@@ -251,6 +257,17 @@ def load_latest(root: Path, max_length: int) -> Checkpoint:
                         path, err, aside.name)
     raise UsageError(f"{root}: no usable checkpoint to resume from (the run stopped before training began, "
                      "or every checkpoint is broken); start the run again with --overwrite")
+
+
+def _refuse_older_format(path: Path) -> None:
+    try:
+        saved = json.loads((path / META).read_text(encoding="utf-8")).get("format")
+    except (OSError, ValueError, AttributeError):
+        return  # unreadable: _read sets it aside
+    if saved in OLDER_FORMATS:
+        raise UsageError(f"{path}: written by an older encoder-clf ({saved}), whose runs this version cannot "
+                         "continue; finish the run with the version that started it, or start it again with "
+                         "--overwrite")
 
 
 def restore(checkpoint: Checkpoint, objects: Trainables) -> Progress:

@@ -1,28 +1,29 @@
-"""The training loop: AdamW steps over batches, evaluation, early stopping, checkpoints, in one process or many.
+"""The training loop: AdamW steps over batches, evaluation and a stop decision, in one process or many.
 
-:func:`fit` is plain PyTorch. It reads the train split as a
-:class:`TrainBatches` (one iterable of batches per epoch: a length-bucketed
-pass over token ids in memory or memory-mapped, or a stream read pool by
-pool), takes ``grad_accum`` forward passes per optimizer step, and under
-torchrun deals each step's batches to the ranks (DistributedDataParallel
-averages the gradients; only rank 0 writes). Checkpoints
-(:mod:`encoder_clf.persistence.checkpoints`) are written at step 0, at every evaluation and
-every ``checkpoint_every`` steps, with each rank's random streams, so a
-resumed run replays the rest of an uninterrupted one bit for bit.
+:func:`fit` is plain PyTorch and reads top to bottom: each optimizer step is
+:func:`train_step` (``grad_accum`` forward passes; under torchrun each step's
+batches are dealt to the ranks and DistributedDataParallel averages the
+gradients); every ``eval_every`` steps comes :func:`evaluate` (the head's
+mixing weights are fitted on the validation split, an explicit step, then the
+split is scored) and :func:`decide` (best model, early stopping, time budget).
+What the run keeps goes to a :class:`~encoder_clf.train.recorder.Recorder`:
+the history and the best model, and for a run directory checkpoints at step
+0, at every evaluation and every ``checkpoint_every`` steps, with each rank's
+random streams, so that a resumed run replays the rest of an uninterrupted
+one bit for bit. Progress shows as a bar and log lines (``logging``), so a
+quiet run prints nothing.
 """
 
 from __future__ import annotations
 
 import contextlib
 import itertools
-import json
 import logging
 import math
 import resource
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
@@ -31,6 +32,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from ..data.batching import bucket_batches
 from ..data.tokenization import UNK, pad_id
@@ -39,12 +41,12 @@ from ..errors import UsageError
 from ..inference import forward_batches
 from ..metrics import compute_metrics
 from ..model.classifier import TextClassifier
-from ..persistence.checkpoints import CHECKPOINTS, Checkpoint, Progress, Trainables, restore, save_checkpoint
-from ..persistence.model_dir import save_model
+from ..persistence.checkpoints import Checkpoint, Progress, Trainables, restore
 from ..runtime import autocast
 from .config import TrainConfig
 from .distributed import SOLO, World, all_sum, barrier, gather_rows, gather_tensors, shard
 from .optim import layerwise_adamw, warmup_then_decay
+from .recorder import Recorder
 from .stacking import fit_mixing_weights
 
 log = logging.getLogger(__name__)
@@ -87,7 +89,7 @@ def class_weighted_loss(class_weights: str | None, labels: np.ndarray | None, nu
     return nn.CrossEntropyLoss(weight=weight, label_smoothing=label_smoothing)
 
 
-def _drop_tokens(ids: torch.Tensor, mask: torch.Tensor, p: float, unk: int, rng: torch.Generator) -> torch.Tensor:
+def drop_tokens(ids: torch.Tensor, mask: torch.Tensor, p: float, unk: int, rng: torch.Generator) -> torch.Tensor:
     """Replace a random fraction ``p`` of the real tokens (not the first and last, ``[CLS]``/``[SEP]``) by ``unk``.
 
     Word dropout (Iyyer et al., 2015): the model cannot lean on any single word,
@@ -100,7 +102,7 @@ def _drop_tokens(ids: torch.Tensor, mask: torch.Tensor, p: float, unk: int, rng:
     return ids.masked_fill(drop, unk)
 
 
-def _steps(batches: Iterable[T], grad_accum: int, world: World) -> Iterator[list[T]]:
+def deal_steps(batches: Iterable[T], grad_accum: int, world: World) -> Iterator[list[T]]:
     """Deal an epoch's batches into optimizer steps of ``world.size * grad_accum`` consecutive batches.
 
     Rank ``r`` trains on ``step[r::world.size]``. Every rank must run the same
@@ -118,6 +120,269 @@ def _steps(batches: Iterable[T], grad_accum: int, world: World) -> Iterator[list
             group = []
     if group:
         yield group + [first[i % len(first)] for i in range(-len(group) % world.size)]
+
+
+@dataclass
+class Plan:
+    """How long the run is and when it evaluates, fixed before the first step."""
+
+    steps_per_epoch: int | None  # None for a stream
+    total_steps: int
+    eval_every: int
+
+    @classmethod
+    def of(cls, train: TrainBatches, cfg: TrainConfig, world: World) -> Plan:
+        if train.per_epoch is None:  # a stream: the run is max_steps long, as many passes as that takes
+            return cls(None, cfg.max_steps, cfg.eval_every or max(1, cfg.max_steps // 10))
+        per_epoch = sum(1 for _ in deal_steps(range(train.per_epoch), cfg.grad_accum, world))
+        total = min(per_epoch * cfg.epochs, cfg.max_steps or math.inf)
+        return cls(per_epoch, total, cfg.eval_every or per_epoch)
+
+    def epochs_at(self, step: int) -> float | None:
+        return round(step / self.steps_per_epoch, 3) if self.steps_per_epoch else None
+
+
+@dataclass
+class Session:
+    """What the loop works with: the trained objects, how forward passes run, and where the run stands."""
+
+    objects: Trainables
+    evaluated: TextClassifier  # what is scored and kept: the model, or its moving average
+    runner: nn.Module  # the model as training forward passes call it: DDP-wrapped, compiled, or itself
+    ddp: DistributedDataParallel | None
+    loss_fn: nn.Module
+    cfg: TrainConfig
+    precision: str
+    device: torch.device
+    world: World
+    unk: int
+    at: Progress
+    start: float = 0.0
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+
+def fit(model: TextClassifier, tokenizer, train: TrainBatches, validation: TokenizedSplit, cfg: TrainConfig,
+        loss_fn: nn.Module, precision: str, recorder: Recorder, progress: bool = True, *,
+        resume_from: Checkpoint | None = None, world: World = SOLO) -> dict:
+    """Train, keeping the history, the best model and checkpoints in ``recorder``; return the run's summary.
+
+    With ``resume_from``, go on from that checkpoint. Every rank of a multi-process run calls it; only
+    rank 0's recorder writes.
+    """
+    plan = Plan.of(train, cfg, world)
+    session = _session(model, tokenizer, cfg, loss_fn, precision, plan, world)
+    if resume_from is not None:
+        _resume(session, resume_from, train, plan)
+    else:
+        _checkpoint(session, recorder, tokenizer, train.key)  # step 0: a run killed early still resumes
+    at = session.at
+    bar = tqdm(total=plan.total_steps, initial=at.step, disable=not (progress and world.main), unit="step",
+               dynamic_ncols=True)
+    with bar, logging_redirect_tqdm() if progress else contextlib.nullcontext():
+        for epoch in itertools.count(at.epoch):
+            if at.stop_reason != "completed" or at.step >= plan.total_steps:
+                break
+            session.objects.model.train()
+            stepped = False
+            steps = deal_steps(train.epoch(epoch), cfg.grad_accum, world)
+            for group in itertools.islice(steps, at.batches_done, None):  # a resumed epoch skips the steps done
+                stepped = True
+                loss_sum, late = train_step(session, group, epoch, recorder)
+                _advance(at, group, loss_sum, plan, epoch, world)
+                bar.update(1)
+                bar.set_postfix(loss=f"{at.running_loss / at.running_n:.4f}",
+                                lr=f"{session.objects.scheduler.get_last_lr()[0]:.2e}",
+                                ex_s=f"{at.seen / session.elapsed():.0f}", refresh=False)
+                evaluating = at.step % plan.eval_every == 0 or at.step == plan.total_steps or late
+                if evaluating:
+                    scores = evaluate(session.evaluated, validation, cfg.eval_batch_size, precision, world)
+                    improved = decide(at, scores, cfg, late)
+                    record = _record(session, plan, scores)
+                    recorder.evaluation(record, session.evaluated if improved else None, tokenizer)
+                    if world.main:
+                        log.info("step %d%s: train loss %.4f, val accuracy %.4f, macro-F1 %.4f", at.step,
+                                 "" if record["epoch"] is None else f" (epoch {record['epoch']:.2f})",
+                                 record["train_loss"], scores["accuracy"], scores["macro_f1"])
+                if evaluating or (cfg.checkpoint_every and at.step % cfg.checkpoint_every == 0):
+                    _checkpoint(session, recorder, tokenizer, train.key)
+                if at.stop_reason != "completed" or at.step >= plan.total_steps:
+                    break
+            else:  # the pass ended (a stream's length is known only here)
+                if not stepped and at.batches_done == 0:
+                    raise UsageError(f"{train.source}: the train split gave no batches; add labelled rows")
+                at.epoch, at.batches_done = epoch + 1, 0
+    if at.stop_reason != "completed":
+        log.info(at.stop_reason)
+    barrier(world)  # the best model is on disk before any rank reads it
+    return _summary(session)
+
+
+def train_step(session: Session, group: list[Batch], epoch: int, recorder: Recorder) -> tuple[float, bool]:
+    """One optimizer step over this rank's share of ``group``: the step's summed loss, and whether time ran out.
+
+    The loss and the time budget are reduced over the ranks, so that every rank takes the same decision.
+    """
+    cfg, world, objects = session.cfg, session.world, session.objects
+    mine, examples = group[world.rank::world.size], sum(len(labels) for _, _, labels in group)
+    objects.optimizer.zero_grad(set_to_none=True)
+    loss_sum = 0.0
+    for i, (ids, mask, labels) in enumerate(mine):
+        # DDP averages gradients over ranks: weights that sum to world.size give the step's mean loss
+        weight = len(labels) / examples * world.size
+        last = i == len(mine) - 1
+        with session.ddp.no_sync() if session.ddp is not None and not last else contextlib.nullcontext():
+            loss_sum += _forward_backward(session, ids, mask, labels, weight) * len(labels)
+    late = float(bool(cfg.max_minutes) and session.elapsed() > cfg.max_minutes * 60)
+    loss_sum, late = all_sum([loss_sum, late], world)  # one rank out of time stops them all
+    if not math.isfinite(loss_sum):
+        raise UsageError(f"training loss is {loss_sum / examples} at step {session.at.step + 1} (epoch {epoch + 1}); "
+                         f"{recorder.kept(session.at)}; lower train.lr, raise train.warmup_ratio or use "
+                         "--precision fp32")
+    if cfg.grad_clip:
+        nn.utils.clip_grad_norm_(objects.model.parameters(), cfg.grad_clip)
+    objects.optimizer.step()
+    objects.scheduler.step()
+    if objects.averaged is not None:
+        objects.averaged.update_parameters(objects.model)
+    return loss_sum, late > 0
+
+
+def evaluate(model: TextClassifier, tokens: TokenizedSplit, batch_size: int, precision: str,
+             world: World = SOLO) -> dict:
+    """Fit the head's mixing weights on ``tokens`` (a labelled split), then score the model on it.
+
+    The weights only mix the parts' logits, not their training losses, so fitting them at each evaluation
+    picks the best model as it will be used.
+    """
+    logits, parts = _forward_split(model, tokens, batch_size, precision, world)
+    if len(parts) > 1:
+        fit_mixing_weights(model, parts, tokens.labels)
+        logits = model.head.mix(torch.from_numpy(parts)).numpy()
+    return compute_metrics(tokens.labels, logits.argmax(axis=1), model.config.labels)
+
+
+def score(model: TextClassifier, tokens: TokenizedSplit, batch_size: int, precision: str,
+          world: World = SOLO) -> dict:
+    """Metrics of the model as it is on a labelled split (each rank scores a share; all ranks get them)."""
+    logits, _ = _forward_split(model, tokens, batch_size, precision, world)
+    return compute_metrics(tokens.labels, logits.argmax(axis=1), model.config.labels)
+
+
+def decide(at: Progress, scores: dict, cfg: TrainConfig, late: bool) -> bool:
+    """After an evaluation: is this the best model so far, and does the run stop (early stopping, time)?"""
+    improved = scores[cfg.metric] > at.best
+    if improved:
+        at.best, at.best_step, at.stale = scores[cfg.metric], at.step, 0
+    else:
+        at.stale += 1
+    if cfg.patience and at.stale >= cfg.patience:
+        at.stop_reason = f"early stopping: no improvement in {cfg.patience} evaluations"
+    elif late:
+        at.stop_reason = f"time budget of {cfg.max_minutes} minutes reached"
+    return improved
+
+
+def _forward_split(model: TextClassifier, tokens: TokenizedSplit, batch_size: int, precision: str,
+                   world: World) -> tuple[np.ndarray, np.ndarray]:
+    """The logits ``(n, labels)`` and the parts' logits ``(parts, n, labels)`` of a split, gathered over ranks."""
+    mine = shard(len(tokens), world)
+    out = forward_batches(model, [tokens.sequences[i] for i in mine], tokens.pad_id, batch_size, precision)
+    parts = gather_rows(out.parts.transpose(1, 0, 2), len(tokens), world).transpose(1, 0, 2)
+    return gather_rows(out.logits, len(tokens), world), parts
+
+
+def _session(model: TextClassifier, tokenizer, cfg: TrainConfig, loss_fn: nn.Module, precision: str, plan: Plan,
+             world: World) -> Session:
+    optimizer = layerwise_adamw(model, cfg.lr, cfg.weight_decay, cfg.head_lr, cfg.layer_lr_decay,
+                                cfg.freeze_layers)
+    scheduler = warmup_then_decay(optimizer, cfg.warmup_ratio, plan.total_steps, cfg.schedule)
+    # The averaged copy is what gets evaluated and saved: it smooths the noise of the last steps.
+    averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay)) if cfg.ema_decay else None
+    generator = torch.Generator().manual_seed(cfg.seed * world.size + world.rank)
+    if world.size > 1:  # the same initial weights everywhere (DDP broadcasts rank 0's), other dropout masks
+        torch.manual_seed(cfg.seed * world.size + world.rank)
+    ddp = DistributedDataParallel(model) if world.size > 1 else None
+    runner = ddp or model
+    if cfg.compile:
+        runner = torch.compile(runner, dynamic=True)
+    unk = tokenizer.token_to_id(UNK) if tokenizer.token_to_id(UNK) is not None else pad_id(tokenizer)
+    at = Progress(examples_per_process=[0] * world.size)
+    session = Session(Trainables(model, optimizer, scheduler, averaged, generator),
+                      averaged.module if averaged is not None else model, runner, ddp, loss_fn, cfg, precision,
+                      next(model.parameters()).device, world, unk, at)
+    session.start = time.perf_counter()
+    return session
+
+
+def _resume(session: Session, checkpoint: Checkpoint, train: TrainBatches, plan: Plan) -> None:
+    if checkpoint.meta["data"] != train.key:
+        raise UsageError(f"{train.source}: the data differs from what the run was trained on so far "
+                         "(rows, texts or labels changed); restore the original files to resume")
+    session.at = restore(checkpoint, session.objects)
+    _restore_rank_rng(checkpoint, session.objects.generator, session.world)
+    session.start = time.perf_counter() - session.at.elapsed_s
+    at = session.at
+    log.info("resuming from step %d of %d (epoch %d, step %d of the epoch)", at.step, plan.total_steps,
+             at.epoch + 1, at.batches_done)
+
+
+def _forward_backward(session: Session, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor,
+                      weight: float) -> float:
+    """One micro-batch: each part of the head scored on its own loss, their mean scaled by ``weight`` for backward."""
+    if session.cfg.token_dropout:
+        ids = drop_tokens(ids, mask, session.cfg.token_dropout, session.unk, session.objects.generator)
+    with autocast(session.precision, session.device):
+        out = session.runner(ids.to(session.device), mask.to(session.device))
+    labels = labels.to(session.device)
+    loss = torch.stack([session.loss_fn(part.float(), labels) for part in out.parts]).mean()
+    (loss * weight).backward()
+    return loss.item()
+
+
+def _advance(at: Progress, group: list[Batch], loss_sum: float, plan: Plan, epoch: int, world: World) -> None:
+    """Count a finished step: the position in the epoch, the loss and examples seen, and each rank's share."""
+    at.step += 1
+    at.batches_done += 1
+    if at.batches_done == plan.steps_per_epoch:
+        at.epoch, at.batches_done = epoch + 1, 0
+    examples = sum(len(labels) for _, _, labels in group)
+    at.seen += examples
+    at.running_loss += loss_sum
+    at.running_n += examples
+    for rank in range(world.size):
+        at.examples_per_process[rank] += sum(len(labels) for _, _, labels in group[rank::world.size])
+
+
+def _record(session: Session, plan: Plan, scores: dict) -> dict:
+    """One line of the history (``log.jsonl``), and the running loss starts again."""
+    at, elapsed = session.at, session.elapsed()
+    record = {"step": at.step, "epoch": plan.epochs_at(at.step), "train_loss": at.running_loss / at.running_n,
+              "lr": session.objects.scheduler.get_last_lr()[0], "val_accuracy": scores["accuracy"],
+              "val_macro_f1": scores["macro_f1"], "elapsed_s": round(elapsed, 2),
+              "examples_per_s": round(at.seen / elapsed, 1)}
+    at.running_loss, at.running_n = 0.0, 0
+    return record
+
+
+def _checkpoint(session: Session, recorder: Recorder, tokenizer, data_key: str) -> None:
+    """A checkpoint of every rank's state, written by rank 0 (every rank takes part in gathering the streams)."""
+    if not recorder.keeps_checkpoints:
+        return
+    extra = _rank_rng(session.objects.generator, session.world)
+    if session.world.main:
+        session.at.elapsed_s = session.elapsed()
+        recorder.checkpoint(session.objects, session.at, tokenizer, data_key, extra)
+
+
+def _summary(session: Session) -> dict:
+    at, cfg, elapsed = session.at, session.cfg, session.elapsed()
+    return {"best_step": at.best_step, f"best_val_{cfg.metric}": at.best, "steps": at.step,
+            "stop_reason": at.stop_reason, "train_time_s": round(elapsed, 2),
+            "train_examples_per_s": round(at.seen / elapsed, 1), "processes": session.world.size,
+            "examples_per_process": list(at.examples_per_process),
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
 
 
 def _rank_rng(generator: torch.Generator, world: World) -> dict[str, torch.Tensor]:
@@ -146,187 +411,3 @@ def _restore_rank_rng(checkpoint: Checkpoint, generator: torch.Generator, world:
         generator.set_state(checkpoint.tensors[prefix + "generator"])
         if torch.cuda.is_available() and prefix + "cuda" in checkpoint.tensors:
             torch.cuda.set_rng_state(checkpoint.tensors[prefix + "cuda"])
-
-
-def validate(model: TextClassifier, tokens: TokenizedSplit, batch_size: int, precision: str,
-             world: World = SOLO, refit_mixing: bool = False) -> dict:
-    """Metrics on a labelled split, each rank scoring its share and the logits gathered, so all ranks agree.
-
-    With ``refit_mixing``, the mixing weights of the head's parts are first fitted on this split
-    (:func:`~encoder_clf.train.stacking.fit_mixing_weights`), and the split is scored with them.
-    """
-    mine = shard(len(tokens), world)
-    out = forward_batches(model, [tokens.sequences[i] for i in mine], tokens.pad_id, batch_size, precision)
-    logits = gather_rows(out.logits, len(tokens), world)
-    if refit_mixing and len(out.parts) > 1:
-        parts = gather_rows(out.parts.transpose(1, 0, 2), len(tokens), world).transpose(1, 0, 2)
-        fit_mixing_weights(model, parts, tokens.labels)
-        logits = model.head.mix(torch.from_numpy(parts)).numpy()
-    return compute_metrics(tokens.labels, logits.argmax(axis=1), model.config.labels)
-
-
-def fit(model: TextClassifier, tokenizer, train: TrainBatches, validation: TokenizedSplit, cfg: TrainConfig,
-        loss_fn: nn.Module, out_dir: Path, precision: str, progress: bool = True, *,
-        resume_from: Checkpoint | None = None, world: World = SOLO) -> dict:
-    """Train; save the best model to ``out_dir/model``, log to ``out_dir/log.jsonl``, checkpoint to
-    ``out_dir/checkpoints``; with ``resume_from``, go on from that checkpoint.
-
-    Every rank of a multi-process run calls it; only rank 0 writes files.
-    """
-    device = next(model.parameters()).device
-    pad = pad_id(tokenizer)
-    if train.per_epoch is None:  # a stream: the run is max_steps long, as many passes as that takes
-        steps_per_epoch, total_steps = None, cfg.max_steps
-    else:
-        steps_per_epoch = sum(1 for _ in _steps(range(train.per_epoch), cfg.grad_accum, world))
-        total_steps = min(steps_per_epoch * cfg.epochs, cfg.max_steps or math.inf)
-    optimizer = layerwise_adamw(model, cfg.lr, cfg.weight_decay, cfg.head_lr, cfg.layer_lr_decay,
-                                cfg.freeze_layers)
-    scheduler = warmup_then_decay(optimizer, cfg.warmup_ratio, total_steps, cfg.schedule)
-    # The averaged copy is what gets evaluated and saved: it smooths the noise of the last steps.
-    averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay)) if cfg.ema_decay else None
-    evaluated = averaged.module if averaged is not None else model
-    eval_every = cfg.eval_every or steps_per_epoch or max(1, total_steps // 10)
-    unk = tokenizer.token_to_id(UNK) if tokenizer.token_to_id(UNK) is not None else pad
-    dropout_rng = torch.Generator().manual_seed(cfg.seed * world.size + world.rank)
-    if world.size > 1:  # the same initial weights everywhere (DDP broadcasts rank 0's), other dropout masks
-        torch.manual_seed(cfg.seed * world.size + world.rank)
-    trainables = Trainables(model, optimizer, scheduler, averaged, dropout_rng)
-    at = Progress()
-    log_path, checkpoint_dir = out_dir / "log.jsonl", out_dir / CHECKPOINTS
-    if resume_from is not None:
-        if resume_from.meta["data"] != train.key:
-            raise UsageError(f"{train.source}: the data differs from what {out_dir} was trained on so far "
-                             "(rows, texts or labels changed); restore the original files to resume")
-        at = restore(resume_from, trainables)
-        _restore_rank_rng(resume_from, dropout_rng, world)
-        if log_path.exists() and world.main:  # evaluations after the checkpoint are logged again on the way
-            with log_path.open("r+b") as handle:
-                handle.truncate(at.log_bytes)
-        log.info("resuming %s from step %d of %d (epoch %d, step %d of the epoch)", out_dir, at.step, total_steps,
-                 at.epoch + 1, at.batches_done)
-    start = time.perf_counter() - at.elapsed_s
-    log_file = log_path.open("a" if resume_from is not None else "w", encoding="utf-8") if world.main else None
-
-    def checkpoint() -> None:
-        ranks = _rank_rng(dropout_rng, world)  # every rank takes part in the gather
-        if world.main:
-            at.elapsed_s, at.log_bytes = time.perf_counter() - start, log_file.tell()
-            save_checkpoint(checkpoint_dir, trainables, at, tokenizer, train.key, cfg.keep_checkpoints, ranks)
-
-    ddp = DistributedDataParallel(model) if world.size > 1 else None
-    runner = ddp or model
-    if cfg.compile:
-        runner = torch.compile(runner, dynamic=True)
-
-    def forward_backward(ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor, weight: float) -> float:
-        """One micro-batch: its loss, scaled by ``weight`` before backward; returns the unscaled loss."""
-        if cfg.token_dropout:
-            ids = _drop_tokens(ids, mask, cfg.token_dropout, unk, dropout_rng)
-        with autocast(precision, device):
-            out = runner(ids.to(device), mask.to(device))
-        labels = labels.to(device)
-        loss = torch.stack([loss_fn(part.float(), labels) for part in out.parts]).mean()
-        (loss * weight).backward()
-        return loss.item()
-
-    if resume_from is None:
-        checkpoint()  # step 0: a run killed before its first evaluation can still resume (with its tokenizer)
-    local_examples = 0  # this process's share, this invocation: how the ranks split the work
-    bar = tqdm(total=total_steps, initial=at.step, disable=not (progress and world.main), unit="step",
-               dynamic_ncols=True)
-    try:
-        for epoch in itertools.count(at.epoch):
-            if at.stop_reason != "completed" or at.step >= total_steps:
-                break
-            model.train()
-            steps = _steps(train.epoch(epoch), cfg.grad_accum, world)
-            stepped = False
-            for group in itertools.islice(steps, at.batches_done, None):  # a resumed epoch skips the steps done
-                stepped = True
-                mine, examples = group[world.rank::world.size], sum(len(labels) for _, _, labels in group)
-                optimizer.zero_grad(set_to_none=True)
-                loss_sum = 0.0
-                for i, (ids, mask, labels) in enumerate(mine):
-                    # DDP averages gradients over ranks: weights that sum to world.size give the step's mean loss
-                    weight = len(labels) / examples * world.size
-                    last = i == len(mine) - 1
-                    with ddp.no_sync() if ddp is not None and not last else contextlib.nullcontext():
-                        loss_sum += forward_backward(ids, mask, labels, weight) * len(labels)
-                    local_examples += len(labels)
-                elapsed = time.perf_counter() - start
-                late = float(bool(cfg.max_minutes) and elapsed > cfg.max_minutes * 60)
-                loss_sum, late = all_sum([loss_sum, late], world)  # one rank out of time stops them all
-                if not math.isfinite(loss_sum):
-                    kept = f"the best model in {out_dir / 'model'}" if at.best_step else "no best model yet"
-                    raise UsageError(f"training loss is {loss_sum / examples} at step {at.step + 1} "
-                                     f"(epoch {epoch + 1}); stopped, keeping the last good checkpoint in "
-                                     f"{checkpoint_dir} and {kept}; lower train.lr, raise train.warmup_ratio "
-                                     "or use --precision fp32")
-                if cfg.grad_clip:
-                    nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                optimizer.step()
-                scheduler.step()
-                if averaged is not None:
-                    averaged.update_parameters(model)
-                at.step += 1
-                at.batches_done += 1
-                if at.batches_done == steps_per_epoch:
-                    at.epoch, at.batches_done = epoch + 1, 0
-                at.seen += examples
-                at.running_loss += loss_sum
-                at.running_n += examples
-                bar.update(1)
-                bar.set_postfix(loss=f"{at.running_loss / at.running_n:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}",
-                                ex_s=f"{at.seen / elapsed:.0f}", refresh=False)
-                out_of_time = late > 0
-                evaluating = at.step % eval_every == 0 or at.step == total_steps or out_of_time
-                if evaluating:
-                    # the parts' weights only mix the logits, not the training losses: fitting them on validation
-                    # at each evaluation picks the best model as it will be used
-                    val = validate(evaluated, validation, cfg.eval_batch_size, precision, world, refit_mixing=True)
-                    epochs = round(at.step / steps_per_epoch, 3) if steps_per_epoch else None  # a stream: unknown
-                    record = {"step": at.step, "epoch": epochs,
-                              "train_loss": at.running_loss / at.running_n, "lr": scheduler.get_last_lr()[0],
-                              "val_accuracy": val["accuracy"], "val_macro_f1": val["macro_f1"],
-                              "elapsed_s": round(elapsed, 2), "examples_per_s": round(at.seen / elapsed, 1)}
-                    at.running_loss, at.running_n = 0.0, 0
-                    improved = val[cfg.metric] > at.best
-                    if improved:
-                        at.best, at.best_step, at.stale = val[cfg.metric], at.step, 0
-                    else:
-                        at.stale += 1
-                    if world.main:
-                        log_file.write(json.dumps(record) + "\n")
-                        log_file.flush()
-                        if improved:
-                            save_model(out_dir / "model", evaluated, tokenizer)
-                        where = f" (epoch {epochs:.2f})" if epochs is not None else ""
-                        bar.write(f"step {at.step}{where}: train loss {record['train_loss']:.4f}, "
-                                  f"val accuracy {val['accuracy']:.4f}, macro-F1 {val['macro_f1']:.4f}")
-                    if cfg.patience and at.stale >= cfg.patience:
-                        at.stop_reason = f"early stopping: no improvement in {cfg.patience} evaluations"
-                    elif out_of_time:
-                        at.stop_reason = f"time budget of {cfg.max_minutes} minutes reached"
-                if evaluating or (cfg.checkpoint_every and at.step % cfg.checkpoint_every == 0):
-                    checkpoint()
-                if at.stop_reason != "completed" or at.step >= total_steps:
-                    break
-            else:  # the pass ended (a stream's length is known only here)
-                if not stepped and at.batches_done == 0:
-                    raise UsageError(f"{train.source}: the train split gave no batches; add labelled rows")
-                at.epoch, at.batches_done = epoch + 1, 0
-        if at.stop_reason != "completed":
-            log.info(at.stop_reason)
-    finally:
-        bar.close()
-        if log_file is not None:
-            log_file.close()
-    share = all_sum([float(local_examples if rank == world.rank else 0) for rank in range(world.size)], world)
-    barrier(world)  # the best model is on disk before any rank reads it
-    train_time = time.perf_counter() - start
-    return {"best_step": at.best_step, f"best_val_{cfg.metric}": at.best, "steps": at.step,
-            "stop_reason": at.stop_reason, "train_time_s": round(train_time, 2),
-            "train_examples_per_s": round(at.seen / train_time, 1), "processes": world.size,
-            "examples_per_process": [int(n) for n in share],
-            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}

@@ -1,18 +1,19 @@
-"""The training run: data → tokenizer → model → loop → best model, metrics and plots.
+"""The training run: data → tokenizer → model → loop → the best model, its metrics, and a run directory.
 
 :func:`train` reads the data, trains or loads the tokenizer (or takes a
-pretrained encoder's), builds the model and hands the token ids to the loop
-(:func:`encoder_clf.train.loop.fit`); then it scores the best model and writes the
-run directory. Everything that can be wrong with the input is checked before
-the run directory is created, so a bad input leaves nothing behind.
+pretrained encoder's), builds the model, hands the token ids to the loop
+(:func:`encoder_clf.train.loop.fit`), scores the best model and returns a
+:class:`TrainResult`. With an output directory the run also writes it as it
+goes (see :mod:`encoder_clf.train.recorder`); everything that can be wrong
+with the input is checked before the directory is created, so a bad input
+leaves nothing behind. Without one, nothing touches the disk.
 
 Token ids live in memory, or in memory-mapped Arrow files under
 ``data.cache_dir`` (tokenized once, by ``data.num_proc`` processes, and reused
 by later runs); with ``data.streaming`` the train split is read pool by pool
 and never held whole. :func:`resume` continues a killed run from its newest
 checkpoint. Under torchrun every rank runs the same code; rank 0 trains the
-tokenizer, writes the token cache and all files. Checkpoints are deleted once
-``metrics.json`` is written: a finished run has nothing to resume.
+tokenizer, writes the token cache and all files.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import logging
 import os
 import shutil
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -34,42 +35,94 @@ from ..data.streaming import StreamingSplits, stream_batches, stream_splits, str
 from ..data.tokenization import TokenizerConfig, load_tokenizer, pad_id, train_tokenizer
 from ..data.tokenized import TokenizedSplit, data_key, stream_key, tokenize_split
 from ..errors import UsageError
-from ..metrics import format_report, plot_confusion_matrix, plot_training_curves
 from ..model.classifier import TextClassifier
 from ..persistence.checkpoints import CHECKPOINTS, Checkpoint, load_latest
 from ..persistence.encoders import load_encoder
-from ..persistence.model_dir import load_model
 from ..runtime import default_device, resolve_precision
 from ..settings import load_json
 from .config import RunConfig
 from .distributed import World, barrier, broadcast_text, current
-from .loop import TrainBatches, bucketed, class_weighted_loss, fit, validate
+from .loop import TrainBatches, bucketed, class_weighted_loss, fit, score
+from .recorder import CONFIG, METRICS, Recorder, RunDirectory
 
 log = logging.getLogger(__name__)
 
 
+@dataclass
+class TrainResult:
+    """What a run gives back: the best model (eval mode) and its tokenizer, the settings it used, one history
+    record per evaluation (``log.jsonl``'s lines) and the metrics (``metrics.json``)."""
 
-def prepare_output(out_dir: Path, overwrite: bool) -> None:
-    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
-        raise UsageError(f"output directory {out_dir} already exists and is not empty; "
-                         "pick another --out or pass --overwrite")
+    model: TextClassifier
+    tokenizer: Tokenizer
+    config: RunConfig
+    history: list[dict]
+    metrics: dict
 
 
-def train(config: RunConfig, out_dir: str | Path, overwrite: bool = False, progress: bool = True) -> dict:
-    """Run the whole path and return ``metrics.json``'s content.
+def train(config: RunConfig, out_dir: str | Path | None = None, overwrite: bool = False,
+          progress: bool = True) -> TrainResult:
+    """Train on ``config.data`` and return the result; with ``out_dir``, write the run directory there too.
 
-    Writes ``out_dir/model/`` (best model), ``metrics.json``, ``report.txt``,
-    ``log.jsonl``, ``run_config.json``, ``confusion_matrix.png`` and ``curves.png``.
+    The directory holds ``model/`` (the best model), ``metrics.json``, ``report.txt``, ``log.jsonl``,
+    ``run_config.json``, ``confusion_matrix.png`` and ``curves.png``.
     """
-    out_dir = Path(out_dir)
-    prepare_output(out_dir, overwrite)
-    barrier(current())  # every rank has checked the directory before rank 0 writes to it
+    out_dir = _prepared(out_dir, overwrite)
     _check_lengths(config)
     if config.data.streaming:
         streamed = _stream_splits(config)
         config, model, tokenizer = _build(config, streamed.label_names, lambda: stream_texts(config.data))
         return _run(config, model, tokenizer, streamed, out_dir, progress)
-    return train_on_splits(config, load_splits(config.data, seed=config.train.seed), out_dir, progress)
+    return _train_on(config, load_splits(config.data, seed=config.train.seed), out_dir, progress)
+
+
+def train_on_splits(config: RunConfig, splits: Splits, out_dir: str | Path | None = None,
+                    progress: bool = True) -> TrainResult:
+    """:func:`train` on splits already in memory (``config.data`` is only recorded).
+
+    The entry point for callers that hold their data themselves, such as the scikit-learn estimators.
+    """
+    return _train_on(config, splits, _prepared(out_dir, overwrite=True), progress)
+
+
+def resume(run_dir: str | Path, progress: bool = True) -> TrainResult:
+    """Continue a run that stopped (killed, out of memory, out of time) from its newest usable checkpoint.
+
+    Everything comes from the run directory: the settings from
+    ``run_config.json``, the tokenizer from the checkpoint (never retrained:
+    retraining may number the vocabulary differently). The data is read again
+    from ``data.path`` and must be the same.
+    """
+    run_dir = Path(run_dir)
+    if not (run_dir / CONFIG).is_file():
+        raise UsageError(f"--resume {run_dir}: no run_config.json there; pass the directory of a run "
+                         "started by encoder-clf train")
+    if (run_dir / METRICS).is_file():
+        raise UsageError(f"--resume {run_dir}: the run already finished (metrics.json is written); "
+                         "nothing to resume")
+    checkpoint = load_latest(run_dir / CHECKPOINTS)  # before the settings: an older run is refused for its format
+    config = load_json(RunConfig, run_dir / CONFIG)
+    splits = _stream_splits(config) if config.data.streaming else load_splits(config.data, seed=config.train.seed)
+    old, best = run_dir / ".model.old", run_dir / "model"
+    if old.is_dir() and not best.exists():  # killed inside save_model, between its two renames
+        os.replace(old, best)
+    return _run(config, TextClassifier(config.model), checkpoint.tokenizer, splits, run_dir, progress, checkpoint)
+
+
+def prepare_output(out_dir: Path, overwrite: bool) -> None:
+    """Refuse a non-empty output directory unless ``overwrite``."""
+    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+        raise UsageError(f"output directory {out_dir} already exists and is not empty; "
+                         "pick another --out or pass --overwrite")
+
+
+def _prepared(out_dir: str | Path | None, overwrite: bool) -> Path | None:
+    if out_dir is None:
+        return None
+    out_dir = Path(out_dir)
+    prepare_output(out_dir, overwrite)
+    barrier(current())  # every rank has checked the directory before rank 0 writes to it
+    return out_dir
 
 
 def _check_lengths(config: RunConfig) -> None:
@@ -88,15 +141,10 @@ def _stream_splits(config: RunConfig) -> StreamingSplits:
     return stream_splits(config.data)
 
 
-def train_on_splits(config: RunConfig, splits: Splits, out_dir: str | Path, progress: bool = True) -> dict:
-    """:func:`train` on splits already in memory (``config.data`` is only recorded).
-
-    The entry point for callers that hold their data themselves, such as the
-    scikit-learn estimators.
-    """
+def _train_on(config: RunConfig, splits: Splits, out_dir: Path | None, progress: bool) -> TrainResult:
     _check_lengths(config)
     config, model, tokenizer = _build(config, splits.label_names, lambda: splits.train.texts)
-    return _run(config, model, tokenizer, splits, Path(out_dir), progress)
+    return _run(config, model, tokenizer, splits, out_dir, progress)
 
 
 def _build(config: RunConfig, label_names: list[str],
@@ -132,34 +180,10 @@ def _trained_once(train_texts: Callable[[], Iterable[str]], config: TokenizerCon
     return Tokenizer.from_str(text)  # truncation travels in the JSON
 
 
-def resume(run_dir: str | Path, progress: bool = True) -> dict:
-    """Continue a run that stopped (killed, out of memory, out of time) from its newest usable checkpoint.
-
-    Everything comes from the run directory: the settings from
-    ``run_config.json``, the tokenizer from the checkpoint (never retrained:
-    retraining may number the vocabulary differently). The data is read again
-    from ``data.path`` and must be the same. Returns ``metrics.json``'s content.
-    """
-    run_dir = Path(run_dir)
-    if not (run_dir / "run_config.json").is_file():
-        raise UsageError(f"--resume {run_dir}: no run_config.json there; pass the directory of a run "
-                         "started by encoder-clf train")
-    if (run_dir / "metrics.json").is_file():
-        raise UsageError(f"--resume {run_dir}: the run already finished (metrics.json is written); "
-                         "nothing to resume")
-    config = load_json(RunConfig, run_dir / "run_config.json")
-    checkpoint = load_latest(run_dir / CHECKPOINTS, config.tokenizer.max_length)
-    splits = _stream_splits(config) if config.data.streaming else load_splits(config.data, seed=config.train.seed)
-    old, best = run_dir / ".model.old", run_dir / "model"
-    if old.is_dir() and not best.exists():  # killed inside save_model, between its two renames
-        os.replace(old, best)
-    return _run(config, TextClassifier(config.model), checkpoint.tokenizer, splits, run_dir, progress, checkpoint)
-
-
 def _run(config: RunConfig, model: TextClassifier, tokenizer: Tokenizer, splits: Splits | StreamingSplits,
-         out_dir: Path, progress: bool, checkpoint: Checkpoint | None = None) -> dict:
-    """Tokenize, train (or go on training), then score the best model and write the run's files (rank 0)."""
-    world = current()
+         out_dir: Path | None, progress: bool, checkpoint: Checkpoint | None = None) -> TrainResult:
+    """Tokenize, train (or go on training), then score the best model (and write the run's files: rank 0)."""
+    world, cfg = current(), config.train
     streaming = isinstance(splits, StreamingSplits)
     held = {"validation": splits.validation, "test": splits.test}
     if not streaming:
@@ -170,46 +194,50 @@ def _run(config: RunConfig, model: TextClassifier, tokenizer: Tokenizer, splits:
         if split.truncated and world.main:
             log.warning("%s: %d of %d texts truncated at max_length=%d tokens", name, split.truncated,
                         len(split), config.tokenizer.max_length)
-    cfg = config.train
     if streaming:
         key = stream_key(splits.train_source, tokens["validation"])
         train = TrainBatches(lambda epoch: stream_batches(config.data, tokenizer, splits.classes, cfg.batch_size,
                                                           cfg.seed, epoch), None, key, splits.train_source)
     else:
         train = bucketed(tokens["train"], cfg.batch_size, cfg.seed, data_key(tokens, splits.label_names))
-
-    if world.main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        if checkpoint is None:  # a fresh start (maybe --overwrite): what an older run left must not be resumed
-            shutil.rmtree(out_dir / CHECKPOINTS, ignore_errors=True)
-            (out_dir / "metrics.json").unlink(missing_ok=True)
-            (out_dir / "run_config.json").write_text(json.dumps(asdict(config), indent=2) + "\n", encoding="utf-8")
+    recorder = _recorder(out_dir, config, checkpoint, world)
     device = default_device()
     model.to(device)
     precision = resolve_precision(cfg.precision, device)
     loss_fn = class_weighted_loss(config.data.class_weights, None if streaming else tokens["train"].labels,
                                   model.config.num_labels, cfg.label_smoothing, device)
-    summary = fit(model, tokenizer, train, tokens["validation"], cfg, loss_fn, out_dir, precision, progress,
-                  resume_from=checkpoint, world=world)
+    try:
+        summary = fit(model, tokenizer, train, tokens["validation"], cfg, loss_fn, precision, recorder, progress,
+                      resume_from=checkpoint, world=world)
+    finally:
+        if isinstance(recorder, RunDirectory):
+            recorder.close()
 
-    best_model = load_model(out_dir / "model")[0].to(device)
-    results = {name: validate(best_model, split, cfg.eval_batch_size, precision, world)
+    best_model, best_tokenizer = recorder.best_model()
+    best_model.to(device)
+    results = {name: score(best_model, split, cfg.eval_batch_size, precision, world)
                for name, split in tokens.items() if name != "train"}
     head = best_model.head
     fitted = {"part_weights": dict(zip(head.names, head.weights.tolist()))} if len(head.names) > 1 else {}
     metrics = {**results, **summary, **fitted, "precision": precision, "device": str(device),
                "data": {name: {"rows": len(split), "truncated": split.truncated} for name, split in tokens.items()},
                "parameters": sum(p.numel() for p in model.parameters())}
-    if not world.main:
-        return metrics
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
-    report = "\n\n".join(format_report(results[name], name) for name in results)
-    (out_dir / "report.txt").write_text(report + "\n", encoding="utf-8")
-    final = "test" if "test" in results else "validation"
-    plot_confusion_matrix(results[final], out_dir / "confusion_matrix.png", f"Confusion matrix ({final})")
-    plot_training_curves(out_dir / "log.jsonl", out_dir / "curves.png")
-    shutil.rmtree(out_dir / CHECKPOINTS, ignore_errors=True)  # finished: nothing left to resume
-    return metrics
+    recorder.finish(metrics)
+    return TrainResult(best_model, best_tokenizer, config, recorder.history, metrics)
+
+
+def _recorder(out_dir: Path | None, config: RunConfig, checkpoint: Checkpoint | None, world: World) -> Recorder:
+    """In memory without ``out_dir``; else the run directory, started afresh unless the run resumes."""
+    if out_dir is None:
+        return Recorder()
+    if world.main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if checkpoint is None:  # a fresh start (maybe --overwrite): what an older run left must not be resumed
+            shutil.rmtree(out_dir / CHECKPOINTS, ignore_errors=True)
+            (out_dir / METRICS).unlink(missing_ok=True)
+            (out_dir / CONFIG).write_text(json.dumps(asdict(config), indent=2) + "\n", encoding="utf-8")
+    return RunDirectory(out_dir, config.train.keep_checkpoints, checkpoint.progress if checkpoint else None,
+                        writes=world.main)
 
 
 def _tokenized(tokenizer: Tokenizer, split: Split, data: DataConfig, world: World) -> TokenizedSplit:
