@@ -27,8 +27,8 @@ from conftest import TINY
 SETTINGS = TINY + ["train.epochs=2", "train.eval_every=10", "train.checkpoint_every=3", "train.ema_decay=0.9",
                    "train.token_dropout=0.1", "train.precision=fp32"]
 KILL_AT = 37  # mid-epoch 2, one step after the checkpoint at 36
-TIMING = ("train_time_s", "train_examples_per_s", "peak_rss_mb", "elapsed_s", "examples_per_s",
-          "examples_per_process")  # what depends on the machine or on where the run was interrupted
+# The only values a resumed run may report differently: how long things took and how much memory they used.
+TIMING = {"train_time_s", "train_examples_per_s", "peak_rss_mb", "elapsed_s", "examples_per_s"}
 
 # Run by a subprocess: SIGKILL itself inside the optimizer step number KILL_AT (argv[1]).
 KILLER = """
@@ -77,17 +77,44 @@ def reference(toy_data, pinned, tmp_path_factory, one_thread):
     return out
 
 
-def assert_same_run(a: Path, b: Path) -> None:
-    """Bit-identical best model, equal metrics and evaluation log (wall-clock figures aside)."""
-    weights_a, weights_b = (load_file(run / "model" / "model.safetensors") for run in (a, b))
-    assert weights_a.keys() == weights_b.keys()
-    assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
-    metrics = [{k: v for k, v in json.loads((run / "metrics.json").read_text()).items() if k not in TIMING}
-               for run in (a, b)]
-    assert metrics[0] == metrics[1]
-    logs = [[{k: v for k, v in json.loads(line).items() if k not in TIMING}
-             for line in (run / "log.jsonl").read_text().splitlines()] for run in (a, b)]
-    assert logs[0] == logs[1] and [r["step"] for r in logs[0]] == [10, 20, 30, 40, 50]
+def without_timing(value):
+    """``value`` with every TIMING key removed, at any depth; every other key stays."""
+    if isinstance(value, dict):
+        return {k: without_timing(v) for k, v in value.items() if k not in TIMING}
+    if isinstance(value, list):
+        return [without_timing(v) for v in value]
+    return value
+
+
+def keys(value) -> set[str]:
+    if isinstance(value, dict):
+        return set(value) | {k for v in value.values() for k in keys(v)}
+    return {k for v in value for k in keys(v)} if isinstance(value, list) else set()
+
+
+def run_files(run: Path) -> dict:
+    """What a finished run wrote: every file, JSON parsed, the model's tensors."""
+    files = {str(f.relative_to(run)): f for f in sorted(run.rglob("*")) if f.is_file()}
+    return {"names": sorted(files), "metrics": json.loads((run / "metrics.json").read_text()),
+            "log": [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()],
+            "weights": load_file(run / "model" / "model.safetensors"),
+            "bytes": {name: f.read_bytes() for name, f in files.items()
+                      if name not in ("metrics.json", "log.jsonl", "model/model.safetensors")}}
+
+
+def assert_same_run(a: Path, b: Path, evaluations: list[int] | None = (10, 20, 30, 40, 50)) -> None:
+    """Every file the two runs wrote is the same, timings aside: the whole metrics.json and log.jsonl (any key a
+    new version adds is compared too), the model's tensors bit for bit, and every other file byte for byte."""
+    first, second = run_files(a), run_files(b)
+    assert first["names"] == second["names"]
+    assert without_timing(first["metrics"]) == without_timing(second["metrics"])
+    assert without_timing(first["log"]) == without_timing(second["log"])
+    assert keys(first["metrics"]) | keys(first["log"]) >= TIMING  # the exclusions name keys that exist
+    assert first["weights"].keys() == second["weights"].keys()
+    assert all(torch.equal(first["weights"][k], second["weights"][k]) for k in first["weights"])
+    assert first["bytes"] == second["bytes"]  # report.txt, run_config.json, the plots, config and tokenizer
+    if evaluations is not None:
+        assert [r["step"] for r in first["log"]] == list(evaluations)
 
 
 def kill_in_process(monkeypatch, at: int) -> None:
@@ -144,14 +171,13 @@ def test_truncated_checkpoint_is_detected_and_the_previous_one_used(reference, t
 
 
 def test_resume_reuses_the_saved_tokenizer_and_never_retrains(toy_data, tmp_path, monkeypatch, one_thread):
+    trained, real = [], training.train_tokenizer
+    monkeypatch.setattr(training, "train_tokenizer", lambda *a, **k: trained.append(1) or real(*a, **k))
     run = interrupted_run(monkeypatch, toy_data, tmp_path / "run", SETTINGS, at=12)
+    assert trained == [1]  # a positive control: the patch is where a fresh run trains its tokenizer
     saved = (run / state.CHECKPOINTS / "step-00000010" / "tokenizer.json").read_text()
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("resume retrained the tokenizer")
-
-    monkeypatch.setattr(training, "train_tokenizer", refuse)
     assert main(["train", "--resume", str(run), "--quiet"]) == 0
+    assert trained == [1]  # the resumed run did not train another
     assert json.loads((run / "model" / "tokenizer.json").read_text())["model"] == json.loads(saved)["model"]
 
 
@@ -230,6 +256,7 @@ def test_optimizer_state_round_trips_through_tensors_and_json(trainables):
 
 def test_restore_puts_back_weights_optimizer_schedule_and_random_streams(trainables, tmp_path):
     tokenizer = train_tokenizer(["a small corpus of words"] * 5, TokenizerConfig(vocab_size=100, min_frequency=1))
+    at_save = {k: v.clone() for k, v in trainables.model.state_dict().items()}
     state.save_checkpoint(tmp_path, trainables, state.Progress(step=7, best=0.5), tokenizer, "data", keep=2)
     expected = (torch.rand(3), trainables.generator.get_state(), trainables.scheduler.get_last_lr())
     torch.rand(5)  # move every stream on, and the weights
@@ -244,6 +271,9 @@ def test_restore_puts_back_weights_optimizer_schedule_and_random_streams(trainab
     assert torch.equal(trainables.generator.get_state(), expected[1])
     assert trainables.scheduler.get_last_lr() == expected[2]
     assert not all(torch.equal(before[k], v) for k, v in trainables.model.state_dict().items())
+    restored = trainables.model.state_dict()
+    assert restored.keys() == at_save.keys()
+    assert all(torch.equal(restored[k], at_save[k]) for k in restored)  # the weights as they were saved, exactly
     assert checkpoint.tokenizer.get_vocab() == tokenizer.get_vocab()
 
 
@@ -278,3 +308,94 @@ def test_make_train_passes_resume_through():
                          capture_output=True, text=True, timeout=60)
     assert dry.returncode == 0, dry.stderr
     assert 'encoder-clf train --resume "runs/x"' in dry.stdout and "--data" not in dry.stdout
+
+
+# --- finalisation: a kill at any point leaves a run that --resume completes, or a complete one ----------------
+
+
+def test_a_kill_between_the_renames_of_the_model_save_is_resumed(reference, toy_data, pinned, tmp_path,
+                                                                 monkeypatch):
+    """save_model moves the old model/ aside, then the new one in: a kill between leaves .model.old only."""
+    run, real = tmp_path / "run", os.replace
+
+    def replace(src, dst):
+        real(src, dst)
+        if Path(dst).name == ".model.old" and Path(src).parent == run:  # the old best model is aside
+            raise Killed
+
+    with monkeypatch.context() as patch:
+        patch.setattr("encoder_clf.persistence.model_dir.os.replace", replace)
+        with pytest.raises(Killed):
+            main(train_args(toy_data, run, pinned))
+    assert (run / ".model.old").is_dir() and not (run / "model").exists()  # truly between the two renames
+    assert main(["train", "--resume", str(run), "--quiet"]) == 0
+    assert_same_run(reference, run)
+
+
+def test_a_kill_while_the_plots_are_drawn_leaves_a_run_to_resume(reference, toy_data, pinned, tmp_path,
+                                                                 monkeypatch):
+    from matplotlib.figure import Figure
+
+    run = tmp_path / "run"
+    with monkeypatch.context() as patch:
+        patch.setattr(Figure, "savefig", lambda *a, **k: (_ for _ in ()).throw(Killed()))
+        with pytest.raises(Killed):
+            main(train_args(toy_data, run, pinned))
+    assert not (run / "metrics.json").exists()  # not taken for a finished run
+    assert not list(run.glob("*.png"))  # and no half-written plot
+    assert main(["train", "--resume", str(run), "--quiet"]) == 0
+    assert_same_run(reference, run)
+
+
+def test_a_kill_after_metrics_json_leaves_a_complete_run(reference, toy_data, pinned, tmp_path, monkeypatch,
+                                                         capsys):
+    run, real = tmp_path / "run", shutil.rmtree
+
+    def rmtree(path, *args, **kwargs):
+        if Path(path) == run / state.CHECKPOINTS and (run / "metrics.json").exists():  # the run's last act
+            raise Killed
+        return real(path, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr("encoder_clf.train.recorder.shutil.rmtree", rmtree)
+        with pytest.raises(Killed):
+            main(train_args(toy_data, run, pinned))
+    assert (run / state.CHECKPOINTS).is_dir()
+    real(run / state.CHECKPOINTS)  # what the kill left behind is all a finished run has, and its checkpoints
+    assert_same_run(reference, run)
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--quiet"]) == 2
+    assert "the run already finished" in capsys.readouterr().err
+
+
+# --- resume in every mode --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode, settings, kill_at, evaluations", [
+    ("streaming", ["data.streaming=true", "train.max_steps=50"], 37, [10, 20, 30, 40, 50]),
+    ("gradient accumulation", ["train.grad_accum=2"], 17, [10, 20, 26]),
+    ("early stopping", ["train.patience=1", "train.eval_every=4"], 9, None),
+])
+def test_a_run_resumes_bit_for_bit_in_each_mode(mode, settings, kill_at, evaluations, toy_data, pinned, tmp_path,
+                                                monkeypatch):
+    assert main(train_args(toy_data, tmp_path / "reference", pinned + settings)) == 0
+    if mode == "early stopping":
+        metrics = json.loads((tmp_path / "reference" / "metrics.json").read_text())
+        assert metrics["stop_reason"].startswith("early stopping") and metrics["steps"] > kill_at
+    run = interrupted_run(monkeypatch, toy_data, tmp_path / "run", pinned + settings, at=kill_at)
+    assert main(["train", "--resume", str(run), "--quiet"]) == 0
+    assert_same_run(tmp_path / "reference", run, evaluations)
+
+
+def test_a_run_checkpointed_by_an_older_version_is_refused_in_one_line(tmp_path, capsys):
+    """tests/fixtures/run-v1: a run killed at step 5 by the code before head.weights (checkpoint format 1)."""
+    run = tmp_path / "run"
+    shutil.copytree(Path(__file__).parent / "fixtures" / "run-v1", run)
+    before = sorted(p.relative_to(run) for p in run.rglob("*"))
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"encoder-clf: error: {run / 'checkpoints' / 'step-00000004'}: written by an older encoder-clf "
+                   "(encoder-clf-checkpoint/1), whose runs this version cannot continue; finish the run with the "
+                   "version that started it, or start it again with --overwrite"]
+    assert sorted(p.relative_to(run) for p in run.rglob("*")) == before  # nothing set aside or rewritten
