@@ -97,13 +97,20 @@ def test_evaluate_missing_model(toy_data, tmp_path, capsys):
     assert "model directory" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("extra, reason", [
-    (["train.eval_every=1", "train.patience=1", "train.lr=1e-9"], "early stopping: no improvement in 1 evaluations"),
-    (["train.max_minutes=0.00001"], "time budget of 1e-05 minutes reached"),
+FROZEN = ["train.lr=1e-9", "train.head_lr=1e-9"]
+
+
+@pytest.mark.parametrize("extra, reason, steps", [
+    # lr 1e-9 (the head's too): the second evaluation scores what the first did, which is no improvement
+    (["train.eval_every=1", "train.patience=1", *FROZEN], "early stopping: no improvement in 1 evaluations", 2),
+    (["train.eval_every=1", "train.patience=3", *FROZEN], "early stopping: no improvement in 3 evaluations", 4),
+    (["train.max_minutes=0.00001"], "time budget of 1e-05 minutes reached", 1),  # past the budget after one step
 ])
-def test_training_stops_early(toy_data, tmp_path, extra, reason):
+def test_training_stops_early(toy_data, tmp_path, extra, reason, steps):
     args = ["train", "--data", str(toy_data), "--out", str(tmp_path / "run"), "--quiet", "--precision", "fp32"]
     assert main(args + [x for s in TINY + extra for x in ("--set", s)]) == 0
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["stop_reason"] == reason
-    assert metrics["steps"] < 4 * 25
+    assert metrics["steps"] == steps and metrics["best_step"] == 1
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == list(range(1, steps + 1))

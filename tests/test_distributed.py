@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 from encoder_clf.cli import main
 from encoder_clf.data.tokenization import TokenizerConfig, train_tokenizer
 from encoder_clf.errors import UsageError
+from encoder_clf.persistence.checkpoints import CHECKPOINTS, checkpoints
 from encoder_clf.settings import with_overrides
 from encoder_clf.train import loop
 from encoder_clf.train import run as training
@@ -22,7 +23,7 @@ from encoder_clf.train.config import RunConfig
 from encoder_clf.train.distributed import World
 from encoder_clf.train.run import train
 
-from conftest import TINY
+from conftest import TINY, assert_same_files
 
 # No dropout anywhere: then two processes and one process accumulating two batches compute the same steps.
 EXACT = ["model.dropout=0", "model.attention_dropout=0", "train.precision=fp32"]
@@ -30,8 +31,6 @@ SAMPLE = ["tokenizer.vocab_size=2000", "model.d_model=64", "model.d_ff=128", "mo
           "train.epochs=3", "train.batch_size=32", *EXACT]
 RUN_FILES = {"model", "metrics.json", "report.txt", "log.jsonl", "run_config.json", "confusion_matrix.png",
              "curves.png"}
-TIMING = ("train_time_s", "train_examples_per_s", "peak_rss_mb", "elapsed_s", "examples_per_s",
-          "examples_per_process")  # what depends on the machine or on where the run was interrupted
 
 # Run by torchrun: rank 0 SIGKILLs itself inside its optimizer step number argv[1]; rank 1 then loses its peer.
 KILLER = """
@@ -54,8 +53,9 @@ def settings_args(settings: list[str]) -> list[str]:
 
 
 def torchrun(args: list[str], cwd: Path, script: str | None = None) -> subprocess.CompletedProcess:
-    """Two CPU processes with one thread each, on a free port."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_DATASETS_CACHE": str(cwd / "hf-cache")}
+    """Two CPU processes with one thread each, on a free port (no GPU: gloo, and CPU determinism)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_DATASETS_CACHE": str(cwd / "hf-cache"),
+           "CUDA_VISIBLE_DEVICES": ""}
     target = [script] if script else ["-m", "encoder_clf.cli"]
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *target, *args]
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
@@ -159,17 +159,15 @@ def test_killed_two_process_run_resumes_to_the_same_result(toy_data, tmp_path):
     killer.write_text(KILLER)
     killed = torchrun(["20", *args(tmp_path / "run")], tmp_path, script=str(killer))
     assert killed.returncode != 0 and not (tmp_path / "run" / "metrics.json").exists()
+    # killed in step 20: of the checkpoints at 0, 3, 5, 6, ... 15, 18 the newest two are kept
+    assert [p.name for p in checkpoints(tmp_path / "run" / CHECKPOINTS)] == ["step-00000018", "step-00000015"]
     with pytest.raises(UsageError, match=r"trained by 2 process\(es\) and is resumed by 1; "
                                          r"resume it with torchrun --nproc_per_node=2"):
         training.resume(tmp_path / "run", progress=False)
     resumed = torchrun(["train", "--resume", str(tmp_path / "run"), "--quiet"], tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
 
-    weights = [load_file(tmp_path / run / "model" / "model.safetensors") for run in ("reference", "run")]
-    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
-    metrics = [{k: v for k, v in json.loads((tmp_path / run / "metrics.json").read_text()).items()
-                if k not in TIMING} for run in ("reference", "run")]
-    assert metrics[0] == metrics[1]
+    assert_same_files(tmp_path / "reference", tmp_path / "run")
 
 
 

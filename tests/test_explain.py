@@ -173,19 +173,23 @@ def test_cli_explain_of_a_model_with_ngram_logits_lists_what_each_part_adds(toke
 @pytest.mark.parametrize("args, message", [
     (["--layer", "3"], "layer 3: the model has 2 layer(s); pick --layer 1 to 2"),
     (["--layer", "0"], "layer 0: the model has 2 layer(s); pick --layer 1 to 2"),
-    (["--out", "map.jpg"], "the heatmap is a PNG; name the file with .png"),
+    (["--out", "{tmp}/map.jpg"], "the heatmap is a PNG; name the file with .png"),
     (["--top", "0"], "--top 0: pass a positive number of tokens to list"),
 ])
-def test_cli_explain_refuses_bad_input_in_one_line(model_dir, tmp_path, capsys, args, message):
+def test_cli_explain_refuses_bad_input_in_one_line(model_dir, tmp_path, monkeypatch, capsys, args, message):
+    monkeypatch.chdir(tmp_path)  # a relative --out would land here: nothing may
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
     out = ["--out", str(tmp_path / "map.png")] if "--out" not in args else []
     assert main(["explain", "--model", str(model_dir), TEXT, *out, *args]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err, err
-    assert not (tmp_path / "map.png").exists()
+    assert list(tmp_path.iterdir()) == []
 
 
-def test_cli_explain_missing_model_or_empty_text(model_dir, tmp_path, capsys):
+def test_cli_explain_missing_model_or_empty_text(model_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
     assert main(["explain", "--model", str(tmp_path / "nope"), TEXT, "--out", str(tmp_path / "a.png")]) == 2
     assert "model directory" in capsys.readouterr().err
     assert main(["explain", "--model", str(model_dir), "  ", "--out", str(tmp_path / "a.png")]) == 2
     assert "no text to explain" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from encoder_clf.cli import main
 from encoder_clf.data.tokenization import TokenizerConfig, train_tokenizer
@@ -20,16 +19,13 @@ from encoder_clf.errors import UsageError
 from encoder_clf.persistence import checkpoints as state
 from encoder_clf.train import run as training
 
-from conftest import TINY
+from conftest import TINY, assert_same_files
 
 # 400 rows in batches of 16: 25 steps an epoch, 50 in all. Evaluations at 10, 20, ... and at the end,
 # checkpoints every 3 steps; dropout, token dropout and weight averaging all draw on or carry state.
 SETTINGS = TINY + ["train.epochs=2", "train.eval_every=10", "train.checkpoint_every=3", "train.ema_decay=0.9",
                    "train.token_dropout=0.1", "train.precision=fp32"]
 KILL_AT = 37  # mid-epoch 2, one step after the checkpoint at 36
-# The only values a resumed run may report differently: how long things took and how much memory they used.
-TIMING = {"train_time_s", "train_examples_per_s", "peak_rss_mb", "elapsed_s", "examples_per_s"}
-
 # Run by a subprocess: SIGKILL itself inside the optimizer step number KILL_AT (argv[1]).
 KILLER = """
 import os, signal, sys
@@ -77,44 +73,11 @@ def reference(toy_data, pinned, tmp_path_factory, one_thread):
     return out
 
 
-def without_timing(value):
-    """``value`` with every TIMING key removed, at any depth; every other key stays."""
-    if isinstance(value, dict):
-        return {k: without_timing(v) for k, v in value.items() if k not in TIMING}
-    if isinstance(value, list):
-        return [without_timing(v) for v in value]
-    return value
-
-
-def keys(value) -> set[str]:
-    if isinstance(value, dict):
-        return set(value) | {k for v in value.values() for k in keys(v)}
-    return {k for v in value for k in keys(v)} if isinstance(value, list) else set()
-
-
-def run_files(run: Path) -> dict:
-    """What a finished run wrote: every file, JSON parsed, the model's tensors."""
-    files = {str(f.relative_to(run)): f for f in sorted(run.rglob("*")) if f.is_file()}
-    return {"names": sorted(files), "metrics": json.loads((run / "metrics.json").read_text()),
-            "log": [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()],
-            "weights": load_file(run / "model" / "model.safetensors"),
-            "bytes": {name: f.read_bytes() for name, f in files.items()
-                      if name not in ("metrics.json", "log.jsonl", "model/model.safetensors")}}
-
-
 def assert_same_run(a: Path, b: Path, evaluations: list[int] | None = (10, 20, 30, 40, 50)) -> None:
-    """Every file the two runs wrote is the same, timings aside: the whole metrics.json and log.jsonl (any key a
-    new version adds is compared too), the model's tensors bit for bit, and every other file byte for byte."""
-    first, second = run_files(a), run_files(b)
-    assert first["names"] == second["names"]
-    assert without_timing(first["metrics"]) == without_timing(second["metrics"])
-    assert without_timing(first["log"]) == without_timing(second["log"])
-    assert keys(first["metrics"]) | keys(first["log"]) >= TIMING  # the exclusions name keys that exist
-    assert first["weights"].keys() == second["weights"].keys()
-    assert all(torch.equal(first["weights"][k], second["weights"][k]) for k in first["weights"])
-    assert first["bytes"] == second["bytes"]  # report.txt, run_config.json, the plots, config and tokenizer
+    """:func:`conftest.assert_same_files`, and the evaluations at the steps expected."""
+    assert_same_files(a, b)
     if evaluations is not None:
-        assert [r["step"] for r in first["log"]] == list(evaluations)
+        assert [json.loads(line)["step"] for line in (a / "log.jsonl").read_text().splitlines()] == list(evaluations)
 
 
 def kill_in_process(monkeypatch, at: int) -> None:

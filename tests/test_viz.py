@@ -84,12 +84,18 @@ def test_curves_figure_plots_the_log(tmp_path):
 
 
 def test_confusion_matrix_has_one_implementation(tmp_path):
-    metrics = compute_metrics(np.array([0, 0, 1, 1, 2]), np.array([0, 1, 1, 1, 0]), ["neg", "neutral", "pos"])
+    from sklearn.metrics import confusion_matrix
+
+    y_true, y_pred = np.array([0, 0, 1, 1, 2]), np.array([0, 1, 1, 1, 0])
+    metrics = compute_metrics(y_true, y_pred, ["neg", "neutral", "pos"])
+    expected = confusion_matrix(y_true, y_pred, labels=[0, 1, 2])
+    assert metrics["confusion_matrix"] == expected.tolist()
     fig = viz.confusion_matrix_figure(metrics, "test split")
     ax = fig.axes[0]
     assert ax.get_xlabel() == "Predicted label" and ax.get_ylabel() == "True label"
     assert [t.get_text() for t in ax.get_xticklabels()] == ["neg", "neutral", "pos"]
-    assert sorted(t.get_text() for t in ax.texts) == sorted(str(c) for row in metrics["confusion_matrix"] for c in row)
+    cells = {(round(t.get_position()[1]), round(t.get_position()[0])): t.get_text() for t in ax.texts}
+    assert cells == {(i, j): str(expected[i, j]) for i in range(3) for j in range(3)}  # row: true, column: predicted
     assert ax.get_title().startswith("test split\naccuracy 0.600")
     via_metrics = plot_confusion_matrix(metrics, tmp_path / "a.png", "test split")
     via_viz = viz.plot_confusion_matrix(metrics, tmp_path / "b.png", "test split")
