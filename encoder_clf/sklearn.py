@@ -4,9 +4,9 @@ One thin layer over the workflows, as skorch adapts torch: ``fit`` turns the
 estimator's plain parameters into a :class:`~encoder_clf.train.config.RunConfig`
 and calls :func:`~encoder_clf.train.run.train_on_splits`, which trains in
 memory and returns the model; ``predict_proba`` and ``transform`` call
-:func:`~encoder_clf.inference.forward_batches` and :func:`encoder_clf.features.embed`. ``X`` is a 1-D list, array or Series of
-strings (a one-column 2-D array or DataFrame also works), so both estimators
-compose with ``Pipeline``, ``cross_val_score`` and ``GridSearchCV``.
+:func:`~encoder_clf.inference.forward_batches` and :func:`encoder_clf.features.embed`.
+``X`` is a 1-D list, array or Series of strings (a one-column 2-D array or
+DataFrame also works), so both estimators compose with ``Pipeline``, ``cross_val_score`` and ``GridSearchCV``.
 
 Persistence: ``save(dir)`` writes a model directory (``config.json``,
 ``model.safetensors``, ``tokenizer.json``) plus ``estimator.json`` (parameters,
