@@ -48,8 +48,8 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, 
 from encoder_clf.model.classifier import TextClassifier
 from encoder_clf.model.config import ModelConfig
 from encoder_clf.runtime import autocast, for_inference
-from encoder_clf.train.config import TrainConfig
-from encoder_clf.train.optim import layerwise_adamw
+from encoder_clf.training.config import TrainConfig
+from encoder_clf.training.optim import layerwise_adamw
 
 from common import OUT, ROOT, machine, write_section
 

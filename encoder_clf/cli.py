@@ -16,16 +16,16 @@ from pathlib import Path
 from .data.columns import FLAG_HINTS
 from .data.splits import read_texts
 from .errors import UsageError
-from .explain import TOKEN_WEIGHT_MEANINGS, explain_text, layer_index
+from .explanations import TOKEN_WEIGHT_MEANINGS, explain_text, layer_index
 from .features import FEATURE_POOLINGS, OUTPUT_FORMATS, embed, write_features
 from .inference import evaluate, predict
 from .metrics import format_report
 from .runtime import PRECISIONS
 from .settings import load_json, with_overrides
-from .train.config import FINETUNE_PRESET, RunConfig
-from .train.distributed import SOLO, World, broadcast_text, init_from_env, shutdown
-from .train.pretraining import PretrainRunConfig, pretrain
-from .train.run import resume, train
+from .training.config import FINETUNE_PRESET, RunConfig
+from .training.distributed import SOLO, World, broadcast_text, init_from_env, shutdown
+from .training.pretraining import PretrainRunConfig, pretrain
+from .training.run import resume, train
 from .viz import explanation_figure, save
 
 

@@ -1,8 +1,8 @@
 """scikit-learn estimators: :class:`EncoderClassifier` (texts → labels) and :class:`SentenceEncoder` (texts → vectors).
 
 One thin layer over the workflows, as skorch adapts torch: ``fit`` turns the
-estimator's plain parameters into a :class:`~encoder_clf.train.config.RunConfig`
-and calls :func:`~encoder_clf.train.run.train_on_splits`, which trains in
+estimator's plain parameters into a :class:`~encoder_clf.training.config.RunConfig`
+and calls :func:`~encoder_clf.training.run.train_on_splits`, which trains in
 memory and returns the model; ``predict_proba`` and ``transform`` call
 :func:`~encoder_clf.inference.forward_batches` and :func:`encoder_clf.features.embed`.
 ``X`` is a 1-D list, array or Series of strings (a one-column 2-D array or
@@ -53,8 +53,8 @@ from .model.config import ModelConfig
 from .persistence.model_dir import load_model, model_files, model_from_files, save_model
 from .runtime import default_device, resolve_precision
 from .settings import with_overrides
-from .train.config import RunConfig, TrainConfig
-from .train.run import train_on_splits
+from .training.config import RunConfig, TrainConfig
+from .training.run import train_on_splits
 
 ESTIMATOR_FILE = "estimator.json"
 FORMAT = "encoder-clf-sklearn/1"

@@ -77,7 +77,7 @@ def attention_figure(tokens: Sequence[str], weights: np.ndarray, title: str = "A
 
 
 def explanation_figure(explanation, layer: int | None = None) -> Figure:
-    """:func:`attention_figure` of an :class:`encoder_clf.explain.Explanation`'s layer (from 1; ``None``: last)."""
+    """:func:`attention_figure` of an :class:`encoder_clf.explanations.Explanation`'s layer (from 1; ``None``: last)."""
     number = explanation.n_layers if layer is None else layer
     label = explanation.label
     text = explanation.text if len(explanation.text) <= 80 else explanation.text[:77] + "..."
@@ -105,7 +105,7 @@ def token_weights_figure(tokens: Sequence[str], weights: np.ndarray, title: str 
 def contributions_figure(explanation, top: int = 10) -> Figure:
     """What each part of the head adds to the predicted label's logit and, with n-gram logits, the top n-grams.
 
-    Bars are centred logits (see :mod:`encoder_clf.explain`): to the right for
+    Bars are centred logits (see :mod:`encoder_clf.explanations`): to the right for
     the predicted label, to the left against it.
     """
     ngrams = explanation.ngrams[:top]

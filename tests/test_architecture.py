@@ -21,8 +21,8 @@ LAYERS = {
     "model": ["model"],
     "data": ["data"],
     "persistence": ["persistence"],
-    "workflows": ["inference", "features", "explain", "metrics"],
-    "train": ["train"],
+    "workflows": ["inference", "features", "explanations", "metrics"],
+    "training": ["training"],
     "faces": ["cli", "sklearn", "viz", "__init__", "__main__"],
 }
 # What each layer may import from the package, besides itself.
@@ -32,7 +32,7 @@ ALLOWED = {
     "data": {"core"},
     "persistence": {"core", "model", "data"},
     "workflows": {"core", "model", "data", "persistence"},
-    "train": {"core", "model", "data", "persistence", "workflows"},
+    "training": {"core", "model", "data", "persistence", "workflows"},
     "faces": set(LAYERS),
 }
 LAYER_OF = {name: layer for layer, names in LAYERS.items() for name in names}
@@ -99,7 +99,7 @@ def test_layers_import_only_from_layers_below():
 
 
 @pytest.mark.parametrize("line, target", [("from ..data.tokenization import pad_id", "data.tokenization (data)"),
-                                          ("from ..train import loop", "train.loop (train)"),
+                                          ("from ..training import loop", "training.loop (training)"),
                                           ("import encoder_clf.cli", "cli (faces)")])
 def test_the_rule_catches_a_model_module_importing_upwards(line, target):
     """A positive control: attention.py with one more import, from a layer above, fails the check."""
@@ -138,7 +138,7 @@ def unpickling_in(package: Path) -> tuple[list[Path], list[str]]:
 def test_nothing_in_the_package_unpickles():
     """Models and checkpoints load from safetensors and JSON only, in every subpackage."""
     files, found = unpickling_in(PACKAGE)
-    assert {f.parent.name for f in files} >= {"encoder_clf", "model", "data", "persistence", "train"}
+    assert {f.parent.name for f in files} >= {"encoder_clf", "model", "data", "persistence", "training"}
     assert len(files) > 20
     assert not found, found
 
@@ -157,3 +157,21 @@ def test_the_unpickling_scan_sees_a_file_in_a_subpackage(tmp_path):
     files, found = unpickling_in(copy)
     assert copy / "persistence" / "sneaky.py" in files
     assert found == ["encoder_clf/persistence/sneaky.py: import pickle"]
+
+
+def test_the_public_api_names_resolve_to_their_modules():
+    for name in encoder_clf.__all__:
+        value = getattr(encoder_clf, name)
+        if name != "__version__":
+            assert value.__module__ == f"encoder_clf.{encoder_clf._WHERE[name]}", name
+    assert "train" in dir(encoder_clf)
+    with pytest.raises(AttributeError, match="has no attribute 'nope'"):
+        encoder_clf.nope  # noqa: B018
+
+
+def test_python_m_encoder_clf_is_the_command_line():
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "encoder_clf", "--help"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "usage: encoder-clf" in done.stdout

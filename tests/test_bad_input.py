@@ -15,7 +15,7 @@ import pytest
 from encoder_clf.cli import main
 from encoder_clf.data.tokenization import TOKENIZER_MODELS, TokenizerConfig, encode, train_tokenizer
 from encoder_clf.persistence.model_dir import save_model
-from encoder_clf.train.config import RunConfig
+from encoder_clf.training.config import RunConfig
 
 from conftest import TINY, toy_rows, write_tsv
 

@@ -11,7 +11,7 @@ from encoder_clf.model.config import ModelConfig
 from encoder_clf.model.encoder import NORM_PLACEMENTS, POSITION_ENCODINGS
 from encoder_clf.model.pooling import POOLINGS
 from encoder_clf.settings import from_dict, load_json, with_overrides
-from encoder_clf.train.config import RunConfig
+from encoder_clf.training.config import RunConfig
 
 
 def assert_refused(call, *fragments: str) -> str:

@@ -17,11 +17,11 @@ from encoder_clf.data.tokenization import TokenizerConfig, train_tokenizer
 from encoder_clf.errors import UsageError
 from encoder_clf.persistence.checkpoints import CHECKPOINTS, checkpoints
 from encoder_clf.settings import with_overrides
-from encoder_clf.train import loop
-from encoder_clf.train import run as training
-from encoder_clf.train.config import RunConfig
-from encoder_clf.train.distributed import World
-from encoder_clf.train.run import train
+from encoder_clf.training import loop
+from encoder_clf.training import run as training
+from encoder_clf.training.config import RunConfig
+from encoder_clf.training.distributed import World
+from encoder_clf.training.run import train
 
 from conftest import TINY, assert_same_files
 

@@ -6,7 +6,7 @@ import torch
 
 from encoder_clf.cli import main
 from encoder_clf.data.tokenization import TokenizerConfig, pad_id, train_tokenizer
-from encoder_clf.explain import TOKEN_WEIGHT_MEANINGS, TOKEN_WEIGHTS, explain
+from encoder_clf.explanations import TOKEN_WEIGHT_MEANINGS, TOKEN_WEIGHTS, explain
 from encoder_clf.inference import predict
 from encoder_clf.model.attention import SCORE_RULES
 from encoder_clf.model.classifier import TextClassifier

@@ -9,8 +9,8 @@ from encoder_clf.cli import main
 from encoder_clf.model.classifier import TextClassifier
 from encoder_clf.persistence.model_dir import load_model, load_saved_encoder
 from encoder_clf.settings import with_overrides
-from encoder_clf.train.optim import layerwise_adamw
-from encoder_clf.train.pretraining import PretrainRunConfig, mask_tokens, pretrain
+from encoder_clf.training.optim import layerwise_adamw
+from encoder_clf.training.pretraining import PretrainRunConfig, mask_tokens, pretrain
 
 from conftest import tiny_config
 

@@ -17,7 +17,7 @@ from encoder_clf.cli import main
 from encoder_clf.data.tokenization import TokenizerConfig, train_tokenizer
 from encoder_clf.errors import UsageError
 from encoder_clf.persistence import checkpoints as state
-from encoder_clf.train import run as training
+from encoder_clf.training import run as training
 
 from conftest import TINY, assert_same_files
 
@@ -320,7 +320,7 @@ def test_a_kill_after_metrics_json_leaves_a_complete_run(reference, toy_data, pi
         return real(path, *args, **kwargs)
 
     with monkeypatch.context() as patch:
-        patch.setattr("encoder_clf.train.recorder.shutil.rmtree", rmtree)
+        patch.setattr("encoder_clf.training.recorder.shutil.rmtree", rmtree)
         with pytest.raises(Killed):
             main(train_args(toy_data, run, pinned))
     assert (run / state.CHECKPOINTS).is_dir()

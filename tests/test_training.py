@@ -10,9 +10,9 @@ import torch
 from encoder_clf.inference import evaluate
 from encoder_clf.persistence.model_dir import load_model
 from encoder_clf.settings import with_overrides
-from encoder_clf.train.config import RunConfig
-from encoder_clf.train.run import train
-from encoder_clf.train.stacking import stacking_weights
+from encoder_clf.training.config import RunConfig
+from encoder_clf.training.run import train
+from encoder_clf.training.stacking import stacking_weights
 
 from conftest import TINY
 
@@ -90,7 +90,7 @@ def test_run_fits_the_part_weights_on_validation_and_saves_them(toy_data, tmp_pa
 def test_token_dropout_spares_special_tokens_and_padding():
     import torch
 
-    from encoder_clf.train.loop import drop_tokens
+    from encoder_clf.training.loop import drop_tokens
 
     ids = torch.tensor([[2, 10, 11, 12, 13, 3], [2, 20, 21, 3, 0, 0]])
     mask = ids == 0
@@ -104,7 +104,7 @@ def test_weight_averaging_keeps_the_moving_average(monkeypatch):
     from torch.optim.swa_utils import AveragedModel
 
     from encoder_clf.data.splits import Split, Splits
-    from encoder_clf.train.run import train_on_splits
+    from encoder_clf.training.run import train_on_splits
 
     from conftest import toy_rows
 

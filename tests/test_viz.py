@@ -10,8 +10,8 @@ from encoder_clf import viz
 from encoder_clf.data.splits import Split, Splits
 from encoder_clf.metrics import compute_metrics, plot_confusion_matrix
 from encoder_clf.settings import with_overrides
-from encoder_clf.train.config import RunConfig
-from encoder_clf.train.run import train_on_splits
+from encoder_clf.training.config import RunConfig
+from encoder_clf.training.run import train_on_splits
 
 from conftest import TINY, toy_rows
 

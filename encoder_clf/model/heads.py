@@ -4,7 +4,7 @@ Every part maps a text to class logits and is trained on its own loss. Parts
 trained apart end up with different confidence, so their mix is not fixed:
 one weight per part, a buffer in the state dict (a learned value, saved in
 ``model.safetensors`` with the others), fitted on held-out rows by
-:func:`encoder_clf.train.stacking.fit_mixing_weights` at each evaluation. A
+:func:`encoder_clf.training.stacking.fit_mixing_weights` at each evaluation. A
 head with one part has the weight 1.
 """
 

@@ -6,7 +6,7 @@ batches are dealt to the ranks and DistributedDataParallel averages the
 gradients); every ``eval_every`` steps comes :func:`evaluate` (the head's
 mixing weights are fitted on the validation split, an explicit step, then the
 split is scored) and :func:`decide` (best model, early stopping, time budget).
-What the run keeps goes to a :class:`~encoder_clf.train.recorder.Recorder`:
+What the run keeps goes to a :class:`~encoder_clf.training.recorder.Recorder`:
 the history and the best model, and for a run directory checkpoints at step
 0, at every evaluation and every ``checkpoint_every`` steps, with each rank's
 random streams, so that a resumed run replays the rest of an uninterrupted

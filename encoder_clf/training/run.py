@@ -2,9 +2,9 @@
 
 :func:`train` reads the data, trains or loads the tokenizer (or takes a
 pretrained encoder's), builds the model, hands the token ids to the loop
-(:func:`encoder_clf.train.loop.fit`), scores the best model and returns a
+(:func:`encoder_clf.training.loop.fit`), scores the best model and returns a
 :class:`TrainResult`. With an output directory the run also writes it as it
-goes (see :mod:`encoder_clf.train.recorder`); everything that can be wrong
+goes (see :mod:`encoder_clf.training.recorder`); everything that can be wrong
 with the input is checked before the directory is created, so a bad input
 leaves nothing behind. Without one, nothing touches the disk.
 
