@@ -24,7 +24,8 @@ _WHERE = {
     # workflows
     "train": "training.run", "train_on_splits": "training.run", "resume": "training.run", "TrainResult": "training.run",
     "pretrain": "training.pretraining", "evaluate": "inference", "predict": "inference", "embed": "features",
-    "explain": "explanations", "explain_text": "explanations", "load_splits": "data.splits",
+    "explain": "explanations", "explain_text": "explanations", "load_splits": "data.splits", "Split": "data.splits",
+    "Splits": "data.splits",
     # models and the saved directory
     "TextClassifier": "model.classifier", "load_model": "persistence.model_dir", "save_model": "persistence.model_dir",
     "load_encoder": "persistence.encoders",
