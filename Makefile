@@ -26,7 +26,7 @@ PY := $(BIN)/python
 CLI := $(BIN)/encoder-clf
 SETS := $(foreach s,$(SET),--set $(s))
 
-.PHONY: setup train train-ddp finetune pretrain embed evaluate predict test notebooks lint bench clean
+.PHONY: setup train train-ddp finetune pretrain embed evaluate predict test notebooks lint bench bench-quick clean
 
 setup: $(VENV)/.installed
 
@@ -85,14 +85,17 @@ notebooks: setup
 lint: setup
 	$(BIN)/ruff check encoder_clf tests benchmarks
 
+# Every benchmark script, each refreshing its section of docs/BENCHMARKS.md, then a summary of which passed;
+# exits non-zero when a script or one of its checks failed (benchmarks/run_all.py).
 bench: setup
 	$(BIN)/pip install -q -e ".[bench]"
-	$(PY) benchmarks/sst2_preset.py
-	$(PY) benchmarks/embed_minilm.py
-	$(PY) benchmarks/finetune_minilm.py
-	$(PY) benchmarks/mlm_vs_scratch.py
-	$(PY) benchmarks/fault_injection.py
-	$(PY) benchmarks/throughput.py
+	$(PY) benchmarks/run_all.py
+
+# A subset within about ten minutes (fault injection on a small sample, in one process and under torchrun);
+# docs/ is left alone. Run it before closing any change to training.
+bench-quick: setup
+	$(BIN)/pip install -q -e ".[bench]"
+	$(PY) benchmarks/run_all.py --quick
 
 clean:
 	rm -rf runs build dist *.egg-info .pytest_cache .ruff_cache

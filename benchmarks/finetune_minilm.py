@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import DATA, OUT, machine, run_measured, write_section
+from common import DATA, OUT, Checks, machine, run_measured, write_section
 
 HYPER = {"lr": 1e-4, "head_lr": 1e-3, "weight_decay": 0.01, "warmup_ratio": 0.1, "batch_size": 32, "dropout": 0.1,
          "max_length": 128, "seed": 0}
@@ -146,6 +146,13 @@ def main() -> None:
                      f"{row['train_examples_per_s'] / base:.2f}x | {row['wall_s'] / 60:.1f} min | "
                      f"{row['peak_mib']:.0f} MiB |")
     print(write_section("finetune-minilm", lines))
+    theirs, ours_auto = rows[0], rows[1]
+    gap = 100 * abs(ours_auto["test"]["accuracy"] - theirs["test"]["accuracy"])
+    checks = Checks("finetune_minilm")
+    checks.add("test accuracy within 0.5 point of transformers'", gap <= 0.5, f"{gap:.2f} points")
+    checks.add(">= 1.3x transformers' examples/s", ours_auto["train_examples_per_s"] >= 1.3 * base,
+               f"{ours_auto['train_examples_per_s'] / base:.2f}x")
+    checks.finish()
 
 
 if __name__ == "__main__":

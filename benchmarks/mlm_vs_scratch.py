@@ -17,7 +17,7 @@ import json
 import sys
 import time
 
-from common import DATA, OUT, machine, run_measured, write_section
+from common import DATA, OUT, Checks, machine, run_measured, write_section
 
 
 def cli(*args: str) -> list[str]:
@@ -52,6 +52,11 @@ def main() -> None:
     lines += [f"| {name} | {100 * m['validation']['accuracy']:.2f} | {100 * m['test']['accuracy']:.2f} | "
               f"{100 * m['test']['macro_f1']:.2f} | {wall / 60:.1f} min |" for name, m, wall in rows]
     print(write_section("mlm-vs-scratch", lines))
+    checks = Checks("mlm_vs_scratch")
+    checks.add("pretraining lowers the held-out masked-token loss",
+               pretrained["heldout_loss_final"] < pretrained["heldout_loss_initial"],
+               f"{pretrained['heldout_loss_initial']:.2f} -> {pretrained['heldout_loss_final']:.2f}")
+    checks.finish()
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import DATA, OUT, machine, run_measured, write_section
+from common import DATA, OUT, Checks, machine, run_measured, write_section
 
 
 def tfidf_baseline(data: Path, result_file: Path) -> None:
@@ -87,6 +87,13 @@ def main() -> None:
             rows += scored_parts(run_dir / "model", data)
     (OUT / "sst2_preset.json").write_text(json.dumps(rows, indent=2))
     write_doc(rows, " ".join(sys.argv[1:]))
+    preset = next((r for r in rows if r["name"].startswith("encoder-clf preset")), None)
+    checks = Checks("sst2_preset")
+    if preset is not None:
+        ours, theirs = preset["test"]["accuracy"], rows[0]["test"]["accuracy"]
+        checks.add("the preset's SST-2 test accuracy >= TF-IDF + LogisticRegression's", ours >= theirs,
+                   f"{100 * ours:.2f} vs {100 * theirs:.2f}")
+    checks.finish()
 
 
 def scored_parts(model_dir: Path, data: Path) -> list[dict]:

@@ -94,7 +94,7 @@ def _pretrain(args: argparse.Namespace) -> None:
     flags += [f"pretrain.precision={args.precision}"] if args.precision else []
     config = _layered(PretrainRunConfig, args, [], flags)
     out = Path(args.out) if args.out else Path("runs") / f"pretrain-{time.strftime('%Y%m%d-%H%M%S')}"
-    metrics = pretrain(config, out, overwrite=args.overwrite, progress=not args.quiet)
+    metrics = pretrain(config, out, overwrite=args.overwrite, progress=not args.quiet).metrics
     print(f"held-out masked-token loss {metrics['heldout_loss_initial']:.3f} -> {metrics['heldout_loss_final']:.3f}")
     print(f"encoder written to {out / 'model'}; fine-tune it with: encoder-clf train --init {out / 'model'} --data ...")
 

@@ -17,6 +17,7 @@ from encoder_clf.data.tokenization import TokenizerConfig, train_tokenizer
 from encoder_clf.errors import UsageError
 from encoder_clf.persistence.checkpoints import CHECKPOINTS, checkpoints
 from encoder_clf.settings import with_overrides
+from encoder_clf.training import batches as training_batches
 from encoder_clf.training import loop
 from encoder_clf.training import run as training
 from encoder_clf.training.config import RunConfig
@@ -87,9 +88,9 @@ def ddp_run(sst2_even, tmp_path_factory):
 
 def test_steps_deal_batches_round_robin_and_top_up_the_last():
     batches = [np.array([i]) for i in range(5)]
-    steps = list(loop.deal_steps(batches, grad_accum=2, world=World(rank=1, size=2)))
+    steps = list(training_batches.deal_steps(batches, grad_accum=2, world=World(rank=1, size=2)))
     assert [[int(b[0]) for b in step] for step in steps] == [[0, 1, 2, 3], [4, 0]]  # topped up with batch 0
-    solo = list(loop.deal_steps(batches, grad_accum=2, world=World()))
+    solo = list(training_batches.deal_steps(batches, grad_accum=2, world=World()))
     assert [[int(b[0]) for b in step] for step in solo] == [[0, 1], [2, 3], [4]]  # one process: no top-up
 
 
@@ -100,7 +101,7 @@ def test_gradient_accumulation_equals_one_batch_of_the_union(toy_data, tmp_path,
     union = [np.concatenate(micro[:2]), np.concatenate(micro[2:])]
     tokenizer = []  # the second run reuses the first one's: the trainer may break ties differently
     for name, batches, accum in [("accumulated", micro, 2), ("union", union, 1)]:
-        monkeypatch.setattr(loop, "bucket_batches", lambda *a, b=batches, **k: list(b))
+        monkeypatch.setattr(training_batches, "bucket_batches", lambda *a, b=batches, **k: list(b))
         config = with_overrides(RunConfig(), [f"data.path={toy_data}", *TINY, *EXACT, "train.epochs=3",
                                               f"train.grad_accum={accum}", *tokenizer])
         assert train(config, tmp_path / name, progress=False).metrics["steps"] == 6

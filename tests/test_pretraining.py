@@ -43,7 +43,7 @@ def pretrained(tmp_path_factory):
     text = root / "corpus.txt"
     text.write_text("\n".join(t for t, _ in toy_rows(1500, 7)) + "\n", encoding="utf-8")
     config = with_overrides(PretrainRunConfig(), SMALL + [f"data.path={text}", "pretrain.epochs=4"])
-    metrics = pretrain(config, root / "run", progress=False)
+    metrics = pretrain(config, root / "run", progress=False).metrics
     return root / "run", metrics
 
 

@@ -90,7 +90,7 @@ def test_run_fits_the_part_weights_on_validation_and_saves_them(toy_data, tmp_pa
 def test_token_dropout_spares_special_tokens_and_padding():
     import torch
 
-    from encoder_clf.training.loop import drop_tokens
+    from encoder_clf.training.batches import drop_tokens
 
     ids = torch.tensor([[2, 10, 11, 12, 13, 3], [2, 20, 21, 3, 0, 0]])
     mask = ids == 0

@@ -16,10 +16,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
+
+from ..errors import UsageError
 
 
 @dataclass(frozen=True)
@@ -118,3 +121,33 @@ def shutdown() -> None:
     """Leave the process group (at the end of a command), if one was joined."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def rank_streams(generator: torch.Generator, world: World) -> dict[str, torch.Tensor]:
+    """Every rank's dropout streams (torch, CUDA, token dropout), for a checkpoint of a multi-process run.
+
+    Rank 0's streams are in every checkpoint already; the other ranks draw
+    their own, and a resumed run replays them only if they are saved too.
+    """
+    if world.size == 1:
+        return {}
+    streams = {"torch": torch.get_rng_state(), "generator": generator.get_state()}
+    if torch.cuda.is_available():
+        streams["cuda"] = torch.cuda.get_rng_state()
+    return {f"rng.rank{rank}.{name}": state for name, local in streams.items()
+            for rank, state in enumerate(gather_tensors(local, world))}
+
+
+def restore_rank_streams(tensors: dict[str, torch.Tensor], where: Path, generator: torch.Generator,
+                         world: World) -> None:
+    """This rank's streams from a checkpoint's ``tensors`` (read from ``where``), which must hold every rank's."""
+    saved = len({key.split(".")[1] for key in tensors if key.startswith("rng.rank")}) or 1
+    if saved != world.size:
+        raise UsageError(f"{where}: the run was trained by {saved} process(es) and is resumed by "
+                         f"{world.size}; resume it with torchrun --nproc_per_node={saved}")
+    if world.size > 1:
+        prefix = f"rng.rank{world.rank}."
+        torch.set_rng_state(tensors[prefix + "torch"])
+        generator.set_state(tensors[prefix + "generator"])
+        if torch.cuda.is_available() and prefix + "cuda" in tensors:
+            torch.cuda.set_rng_state(tensors[prefix + "cuda"])

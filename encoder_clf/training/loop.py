@@ -22,9 +22,7 @@ import logging
 import math
 import resource
 import time
-from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import TypeVar
 
 import numpy as np
 import torch
@@ -34,7 +32,6 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from ..data.batching import bucket_batches
 from ..data.tokenization import UNK, pad_id
 from ..data.tokenized import TokenizedSplit
 from ..errors import UsageError
@@ -43,36 +40,15 @@ from ..metrics import compute_metrics
 from ..model.classifier import TextClassifier
 from ..persistence.checkpoints import Checkpoint, Progress, Trainables, restore
 from ..runtime import autocast
+from .batches import Batch, TrainBatches, deal_steps, drop_tokens
 from .config import TrainConfig
-from .distributed import SOLO, World, all_sum, barrier, gather_rows, gather_tensors, shard
+from .distributed import SOLO, World, all_sum, barrier, gather_rows, rank_streams, restore_rank_streams, shard
 from .optim import layerwise_adamw, warmup_then_decay
 from .recorder import Recorder
 from .stacking import fit_mixing_weights
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
-Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # ids (b, seq), padding mask (b, seq), labels (b,)
-
-
-@dataclass
-class TrainBatches:
-    """The train split as the loop reads it: ``epoch(e)`` gives that epoch's batches, in a seeded order."""
-
-    epoch: Callable[[int], Iterable[Batch]]
-    per_epoch: int | None  # batches in an epoch; None for a stream, whose length is known only at its end
-    key: str  # a hash of the data: a resumed run refuses data that changed
-    source: str  # for messages
-
-
-def bucketed(tokens: TokenizedSplit, batch_size: int, seed: int, key: str) -> TrainBatches:
-    """Length-bucketed batches over token ids held in memory or memory-mapped (:mod:`encoder_clf.data.tokenized`)."""
-
-    def epoch(number: int) -> Iterator[Batch]:
-        for index in bucket_batches(tokens.lengths, batch_size, shuffle=True, seed=seed * 1000 + number):
-            yield tokens.batch(index)
-
-    return TrainBatches(epoch, len(bucket_batches(tokens.lengths, batch_size, shuffle=False)), key, tokens.source)
 
 
 def class_weighted_loss(class_weights: str | None, labels: np.ndarray | None, num_labels: int,
@@ -87,39 +63,6 @@ def class_weighted_loss(class_weights: str | None, labels: np.ndarray | None, nu
         values[present] = compute_class_weight("balanced", classes=present, y=labels)
         weight = torch.tensor(values, device=device)
     return nn.CrossEntropyLoss(weight=weight, label_smoothing=label_smoothing)
-
-
-def drop_tokens(ids: torch.Tensor, mask: torch.Tensor, p: float, unk: int, rng: torch.Generator) -> torch.Tensor:
-    """Replace a random fraction ``p`` of the real tokens (not the first and last, ``[CLS]``/``[SEP]``) by ``unk``.
-
-    Word dropout (Iyyer et al., 2015): the model cannot lean on any single word,
-    which regularises small-data text classifiers more than weight dropout.
-    """
-    lengths = (~mask).sum(dim=1, keepdim=True)
-    position = torch.arange(ids.shape[1])[None, :]
-    inner = (position > 0) & (position < lengths - 1)
-    drop = (torch.rand(ids.shape, generator=rng) < p) & inner
-    return ids.masked_fill(drop, unk)
-
-
-def deal_steps(batches: Iterable[T], grad_accum: int, world: World) -> Iterator[list[T]]:
-    """Deal an epoch's batches into optimizer steps of ``world.size * grad_accum`` consecutive batches.
-
-    Rank ``r`` trains on ``step[r::world.size]``. Every rank must run the same
-    number of forward passes, so a last step that does not divide evenly
-    among the ranks is topped up with batches from the start of the epoch (as
-    DistributedSampler does); one process just takes a shorter last step.
-    """
-    per_step, first, group = world.size * grad_accum, [], []
-    for batch in batches:
-        if len(first) < world.size - 1:
-            first.append(batch)
-        group.append(batch)
-        if len(group) == per_step:
-            yield group
-            group = []
-    if group:
-        yield group + [first[i % len(first)] for i in range(-len(group) % world.size)]
 
 
 @dataclass
@@ -321,7 +264,7 @@ def _resume(session: Session, checkpoint: Checkpoint, train: TrainBatches, plan:
         raise UsageError(f"{train.source}: the data differs from what the run was trained on so far "
                          "(rows, texts or labels changed); restore the original files to resume")
     session.at = restore(checkpoint, session.objects)
-    _restore_rank_rng(checkpoint, session.objects.generator, session.world)
+    restore_rank_streams(checkpoint.tensors, checkpoint.path, session.objects.generator, session.world)
     session.start = time.perf_counter() - session.at.elapsed_s
     at = session.at
     log.info("resuming from step %d of %d (epoch %d, step %d of the epoch)", at.step, plan.total_steps,
@@ -370,7 +313,7 @@ def _checkpoint(session: Session, recorder: Recorder, tokenizer, data_key: str) 
     """A checkpoint of every rank's state, written by rank 0 (every rank takes part in gathering the streams)."""
     if not recorder.keeps_checkpoints:
         return
-    extra = _rank_rng(session.objects.generator, session.world)
+    extra = rank_streams(session.objects.generator, session.world)
     if session.world.main:
         session.at.elapsed_s = session.elapsed()
         recorder.checkpoint(session.objects, session.at, tokenizer, data_key, extra)
@@ -383,31 +326,3 @@ def _summary(session: Session) -> dict:
             "train_examples_per_s": round(at.seen / elapsed, 1), "processes": session.world.size,
             "examples_per_process": list(at.examples_per_process),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
-
-
-def _rank_rng(generator: torch.Generator, world: World) -> dict[str, torch.Tensor]:
-    """Every rank's dropout streams (torch, CUDA, token dropout), for a checkpoint of a multi-process run.
-
-    Rank 0's streams are in every checkpoint already; the other ranks draw
-    their own, and a resumed run replays them only if they are saved too.
-    """
-    if world.size == 1:
-        return {}
-    streams = {"torch": torch.get_rng_state(), "generator": generator.get_state()}
-    if torch.cuda.is_available():
-        streams["cuda"] = torch.cuda.get_rng_state()
-    return {f"rng.rank{rank}.{name}": state for name, local in streams.items()
-            for rank, state in enumerate(gather_tensors(local, world))}
-
-
-def _restore_rank_rng(checkpoint: Checkpoint, generator: torch.Generator, world: World) -> None:
-    saved = len({key.split(".")[1] for key in checkpoint.tensors if key.startswith("rng.rank")}) or 1
-    if saved != world.size:
-        raise UsageError(f"{checkpoint.path}: the run was trained by {saved} process(es) and is resumed by "
-                         f"{world.size}; resume it with torchrun --nproc_per_node={saved}")
-    if world.size > 1:
-        prefix = f"rng.rank{world.rank}."
-        torch.set_rng_state(checkpoint.tensors[prefix + "torch"])
-        generator.set_state(checkpoint.tensors[prefix + "generator"])
-        if torch.cuda.is_available() and prefix + "cuda" in checkpoint.tensors:
-            torch.cuda.set_rng_state(checkpoint.tensors[prefix + "cuda"])

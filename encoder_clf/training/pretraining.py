@@ -9,6 +9,7 @@ directory (``config.json`` without labels, ``model.safetensors``,
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -18,8 +19,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tokenizers import Tokenizer
 from torch import nn
 from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from ..data.batching import bucket_batches, collate, sorted_batches
 from ..data.splits import read_texts
@@ -103,12 +106,89 @@ def mask_tokens(ids: torch.Tensor, padding_mask: torch.Tensor, special: torch.Te
     return corrupted, chosen
 
 
-def pretrain(config: PretrainRunConfig, out_dir: str | Path, overwrite: bool = False, progress: bool = True) -> dict:
-    """Train a tokenizer and an MLM on the text; write ``model/``, ``log.jsonl``, ``metrics.json``."""
+@dataclass
+class PretrainResult:
+    """What pretraining gives back: the masked-language model, its tokenizer, one record per epoch, metrics."""
+
+    model: MaskedLanguageModel
+    tokenizer: Tokenizer
+    history: list[dict]
+    metrics: dict
+
+
+@dataclass
+class _Corpus:
+    """The text as pretraining reads it: token ids to train on, and held-out ids to measure the loss on."""
+
+    tokenizer: Tokenizer
+    train: list[list[int]]
+    heldout: list[list[int]]
+    special: torch.Tensor  # ids never masked: [PAD], [CLS], [SEP], [MASK]
+    mask_id: int
+    pad: int
+
+
+def pretrain(config: PretrainRunConfig, out_dir: str | Path, overwrite: bool = False,
+             progress: bool = True) -> PretrainResult:
+    """Train a tokenizer and an MLM on the text; write ``model/``, ``run_config.json``, ``log.jsonl``, ``metrics.json``.
+
+    Each epoch ends with the held-out masked-token loss, logged (``logging``) and recorded.
+    """
     from .run import prepare_output  # one rule for refusing to overwrite runs
 
     out_dir = Path(out_dir)
     prepare_output(out_dir, overwrite)
+    cfg = config.pretrain
+    corpus = _corpus(config)
+    model_config = replace(config.model, vocab_size=corpus.tokenizer.get_vocab_size(), labels=[],
+                           pad_token_id=corpus.pad)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "run_config.json").write_text(
+        json.dumps(asdict(replace(config, model=model_config)), indent=2) + "\n", encoding="utf-8")
+    device = default_device()
+    precision = resolve_precision(cfg.precision, device)
+    model = MaskedLanguageModel(model_config).to(device)
+    initial = _heldout_loss(model, corpus, cfg, precision)
+    total = math.ceil(len(corpus.train) / cfg.batch_size) * cfg.epochs
+    optimizer = adamw([(model, cfg.lr, cfg.weight_decay)])
+    scheduler = warmup_then_decay(optimizer, cfg.warmup_ratio, total)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    history, step, start, stop_reason = [], 0, time.perf_counter(), "completed"
+    with tqdm(total=total, disable=not progress, unit="step", dynamic_ncols=True) as bar, \
+            logging_redirect_tqdm() if progress else contextlib.nullcontext(), \
+            (out_dir / "log.jsonl").open("w", encoding="utf-8") as log_file:
+        for epoch in range(cfg.epochs):
+            losses = []
+            for ids, padding in _batches(corpus, cfg, epoch):
+                loss = _step(model, optimizer, scheduler, corpus, ids, padding, cfg, precision, generator)
+                if loss is None:  # nothing chosen to mask in this batch
+                    continue
+                step, losses = step + 1, losses + [loss]
+                bar.update(1)
+                bar.set_postfix(loss=f"{sum(losses) / len(losses):.3f}", refresh=False)
+                if cfg.max_minutes and time.perf_counter() - start > cfg.max_minutes * 60:
+                    stop_reason = f"time budget of {cfg.max_minutes} minutes reached"
+                    break
+            record = {"step": step, "epoch": epoch + 1, "train_loss": sum(losses) / max(len(losses), 1),
+                      "heldout_loss": _heldout_loss(model, corpus, cfg, precision),
+                      "elapsed_s": round(time.perf_counter() - start, 2)}
+            history.append(record)
+            log_file.write(json.dumps(record) + "\n")
+            log_file.flush()
+            log.info("epoch %d: train loss %.4f, held-out masked-token loss %.4f", epoch + 1, record["train_loss"],
+                     record["heldout_loss"])
+            if stop_reason != "completed":
+                break
+    save_model(out_dir / "model", model, corpus.tokenizer)
+    metrics = {"heldout_loss_initial": initial, "heldout_loss_final": history[-1]["heldout_loss"], "steps": step,
+               "stop_reason": stop_reason, "train_time_s": round(time.perf_counter() - start, 2),
+               "precision": precision, "texts": {"train": len(corpus.train), "heldout": len(corpus.heldout)}}
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    return PretrainResult(model.eval(), corpus.tokenizer, history, metrics)
+
+
+def _corpus(config: PretrainRunConfig) -> _Corpus:
+    """The non-empty texts, a seeded held-out share of them, a tokenizer trained on the rest, and their ids."""
     cfg = config.pretrain
     if not config.data.path:
         raise UsageError("no data given; pass --data PATH (a text file, a directory of splits, or a data file)")
@@ -118,94 +198,57 @@ def pretrain(config: PretrainRunConfig, out_dir: str | Path, overwrite: bool = F
     torch.manual_seed(cfg.seed)
     order = np.random.default_rng(cfg.seed).permutation(len(texts))
     n_heldout = max(1, int(cfg.heldout_fraction * len(texts)))
-    heldout_texts = [texts[i] for i in order[:n_heldout]]
     train_texts = [texts[i] for i in order[n_heldout:]]
     tokenizer = train_tokenizer(train_texts, config.tokenizer)
-    model_config = replace(config.model, vocab_size=tokenizer.get_vocab_size(), labels=[],
-                           pad_token_id=pad_id(tokenizer))
     sequences, truncated = encode(tokenizer, train_texts)
-    heldout, _ = encode(tokenizer, heldout_texts)
     if truncated:
         log.warning("%d of %d texts truncated at max_length=%d tokens", truncated, len(train_texts),
                     config.tokenizer.max_length)
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "run_config.json").write_text(
-        json.dumps(asdict(replace(config, model=model_config)), indent=2) + "\n", encoding="utf-8")
-    device = default_device()
-    precision = resolve_precision(cfg.precision, device)
-    model = MaskedLanguageModel(model_config).to(device)
     special = torch.tensor([tokenizer.token_to_id(t) for t in (PAD, CLS, SEP, MASK)
                             if tokenizer.token_to_id(t) is not None])
-    mask_id = tokenizer.token_to_id(MASK)
-    pad = pad_id(tokenizer)
-    heldout_loss = lambda: _heldout_loss(model, heldout, pad, special, mask_id, cfg, precision)  # noqa: E731
-    initial = heldout_loss()
+    heldout, _ = encode(tokenizer, [texts[i] for i in order[:n_heldout]])
+    return _Corpus(tokenizer, sequences, heldout, special, tokenizer.token_to_id(MASK), pad_id(tokenizer))
 
-    steps_per_epoch = math.ceil(len(sequences) / cfg.batch_size)
-    total = steps_per_epoch * cfg.epochs
-    optimizer = adamw([(model, cfg.lr, cfg.weight_decay)])
-    scheduler = warmup_then_decay(optimizer, cfg.warmup_ratio, total)
-    generator = torch.Generator().manual_seed(cfg.seed)
-    lengths = np.array([len(s) for s in sequences])
-    step, start, stop_reason = 0, time.perf_counter(), "completed"
-    bar = tqdm(total=total, disable=not progress, unit="step", dynamic_ncols=True)
-    with (out_dir / "log.jsonl").open("w", encoding="utf-8") as log_file:
-        for epoch in range(cfg.epochs):
-            model.train()
-            running, count = 0.0, 0
-            for index in bucket_batches(lengths, cfg.batch_size, shuffle=True, seed=cfg.seed * 1000 + epoch):
-                ids, padding = collate([sequences[i] for i in index], pad)
-                corrupted, targets = mask_tokens(ids, padding, special, mask_id, model_config.vocab_size,
-                                                 cfg.mask_prob, generator)
-                if not targets.any():
-                    continue
-                with autocast(precision, device):
-                    logits = model(corrupted.to(device), padding.to(device), targets.to(device))
-                loss = nn.functional.cross_entropy(logits.float(), ids[targets].to(device))
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.grad_clip:
-                    nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                optimizer.step()
-                scheduler.step()
-                step += 1
-                running, count = running + loss.item(), count + 1
-                bar.update(1)
-                bar.set_postfix(loss=f"{running / count:.3f}", refresh=False)
-                if cfg.max_minutes and time.perf_counter() - start > cfg.max_minutes * 60:
-                    stop_reason = f"time budget of {cfg.max_minutes} minutes reached"
-                    break
-            record = {"step": step, "epoch": epoch + 1, "train_loss": running / max(count, 1),
-                      "heldout_loss": heldout_loss(), "elapsed_s": round(time.perf_counter() - start, 2)}
-            log_file.write(json.dumps(record) + "\n")
-            log_file.flush()
-            bar.write(f"epoch {epoch + 1}: train loss {record['train_loss']:.4f}, "
-                      f"held-out masked-token loss {record['heldout_loss']:.4f}")
-            if stop_reason != "completed":
-                break
-    bar.close()
-    elapsed = time.perf_counter() - start
-    save_model(out_dir / "model", model, tokenizer)
-    metrics = {"heldout_loss_initial": initial, "heldout_loss_final": record["heldout_loss"], "steps": step,
-               "stop_reason": stop_reason, "train_time_s": round(elapsed, 2), "precision": precision,
-               "texts": {"train": len(train_texts), "heldout": len(heldout_texts)}}
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
-    return metrics
+
+def _batches(corpus: _Corpus, cfg: PretrainConfig, epoch: int):
+    """One epoch's length-bucketed batches of ids ``(b, seq)`` and padding masks, in a seeded order."""
+    lengths = np.array([len(s) for s in corpus.train])
+    for index in bucket_batches(lengths, cfg.batch_size, shuffle=True, seed=cfg.seed * 1000 + epoch):
+        yield collate([corpus.train[i] for i in index], corpus.pad)
+
+
+def _step(model: MaskedLanguageModel, optimizer, scheduler, corpus: _Corpus, ids: torch.Tensor,
+          padding: torch.Tensor, cfg: PretrainConfig, precision: str, generator: torch.Generator) -> float | None:
+    """Mask the batch, and take one optimizer step on the masked-token loss; ``None`` when nothing was masked."""
+    device = next(model.parameters()).device
+    model.train()
+    corrupted, targets = mask_tokens(ids, padding, corpus.special, corpus.mask_id, model.config.vocab_size,
+                                     cfg.mask_prob, generator)
+    if not targets.any():
+        return None
+    with autocast(precision, device):
+        logits = model(corrupted.to(device), padding.to(device), targets.to(device))
+    loss = nn.functional.cross_entropy(logits.float(), ids[targets].to(device))
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if cfg.grad_clip:
+        nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    optimizer.step()
+    scheduler.step()
+    return loss.item()
 
 
 @torch.inference_mode()
-def _heldout_loss(model: MaskedLanguageModel, sequences: list[list[int]], pad: int, special: torch.Tensor,
-                  mask_id: int, cfg: PretrainConfig, precision: str) -> float:
+def _heldout_loss(model: MaskedLanguageModel, corpus: _Corpus, cfg: PretrainConfig, precision: str) -> float:
     """Masked-token cross-entropy on the held-out texts, with a fixed masking so values compare across epochs."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     generator = torch.Generator().manual_seed(cfg.seed + 1)
     total, count = 0.0, 0
-    for _, ids, padding in sorted_batches(sequences, pad, 256):
-        corrupted, targets = mask_tokens(ids, padding, special, mask_id, model.config.vocab_size, cfg.mask_prob,
-                                         generator)
+    for _, ids, padding in sorted_batches(corpus.heldout, corpus.pad, 256):
+        corrupted, targets = mask_tokens(ids, padding, corpus.special, corpus.mask_id, model.config.vocab_size,
+                                         cfg.mask_prob, generator)
         if not targets.any():
             continue
         with autocast(precision, device):

@@ -40,9 +40,10 @@ from ..persistence.checkpoints import CHECKPOINTS, Checkpoint, load_latest
 from ..persistence.encoders import load_encoder
 from ..runtime import default_device, resolve_precision
 from ..settings import load_json
+from .batches import TrainBatches, bucketed
 from .config import RunConfig
 from .distributed import World, barrier, broadcast_text, current
-from .loop import TrainBatches, bucketed, class_weighted_loss, fit, score
+from .loop import class_weighted_loss, fit, score
 from .recorder import CONFIG, METRICS, Recorder, RunDirectory
 
 log = logging.getLogger(__name__)
