@@ -65,18 +65,19 @@ def test_cached_split_gives_the_same_batches_as_in_memory(toy_tokenizer, split, 
 
 
 def test_second_run_maps_the_cache_without_tokenizing(toy_tokenizer, split, tmp_path, monkeypatch):
+    calls = {"_write_cache": 0, "_encode_rows": 0}
+    for name in calls:  # counted where tokenize_split looks them up
+        real = getattr(tokenized, name)
+        monkeypatch.setattr(tokenized, name, lambda *a, _real=real, _name=name, **k: calls.update(
+            {_name: calls[_name] + 1}) or _real(*a, **k))
     first = tokenize_split(toy_tokenizer, split, str(tmp_path))
-    stamp = os.stat(first.cache_file).st_mtime_ns
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("tokenized again")
-
-    monkeypatch.setattr(tokenized, "_write_cache", refuse)
-    monkeypatch.setattr(tokenized, "encode", refuse)
-    reloaded = Tokenizer.from_str(toy_tokenizer.to_str())  # the same toy_tokenizer as a later run loads it
+    assert calls["_write_cache"] == 1 and calls["_encode_rows"] >= 1  # a positive control: the miss tokenized
+    stamp, counted = os.stat(first.cache_file).st_mtime_ns, dict(calls)
+    reloaded = Tokenizer.from_str(toy_tokenizer.to_str())  # the same tokenizer as a later run loads it
     copy = Split(list(split.texts), split.labels[::-1].copy(), "elsewhere")  # labels are not part of the key
     second = tokenize_split(reloaded, copy, str(tmp_path))
-    assert second.cache_file == first.cache_file and os.stat(first.cache_file).st_mtime_ns == stamp
+    assert calls == counted  # the hit tokenized nothing ...
+    assert second.cache_file == first.cache_file and os.stat(first.cache_file).st_mtime_ns == stamp  # ... nor wrote
     np.testing.assert_array_equal(second.labels, copy.labels)
 
 

@@ -39,7 +39,7 @@ class ModelConfig:
     max_positions: int = 512
     dropout: float = 0.3  # on the embeddings and each sublayer's output
     attention_dropout: float = 0.1
-    activation_dropout: float = 0.0  # inside the feed-forward, after the activation (BERT has none: it costs ~15%)
+    activation_dropout: float = 0.0  # inside the feed-forward, after the activation (off, as in BERT: it slows steps)
     activation: str = "gelu"
     relative_buckets: int = 0  # buckets of a learned relative-position bias in every block's attention (T5); 0 = none
     conv_kernel: int = 5  # a depthwise convolution of this odd width before each block's attention; 0 = none

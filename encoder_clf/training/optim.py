@@ -32,7 +32,7 @@ def adamw(modules: Iterable[tuple[nn.Module, float, float]]) -> torch.optim.Adam
             chosen = [p for p in params if (p.ndim >= 2) == decay]
             if chosen:
                 groups.append({"params": chosen, "lr": lr, "weight_decay": weight_decay if decay else 0.0})
-    # The fused kernel updates every tensor in one pass: ~5x faster than foreach on CPU, and it exists for CUDA too.
+    # The fused kernel updates every tensor in one pass, the fastest form on CPU, and it exists for CUDA too.
     return torch.optim.AdamW(groups, betas=(0.9, 0.98), eps=1e-6, fused=True)
 
 
