@@ -51,7 +51,7 @@ from encoder_clf.runtime import autocast, for_inference
 from encoder_clf.training.config import TrainConfig
 from encoder_clf.training.optim import layerwise_adamw
 
-from common import OUT, ROOT, Checks, has_amx, machine, write_section
+from common import OUT, ROOT, Checks, machine, write_section
 
 LAYERS, WIDTH, HEADS, FFN, VOCAB, LABELS, DROPOUT, MAX_POSITIONS = 4, 256, 4, 1024, 8192, 2, 0.1, 512
 SEQ, BATCH = 64, 64
@@ -98,9 +98,11 @@ class TorchEncoderClassifier(nn.Module):
 
 
 def ours(rule: str) -> TextClassifier:
+    """The encoder alone, as the peers are: no convolution and no n-gram logits (the preset's additions)."""
     return TextClassifier(ModelConfig(d_model=WIDTH, n_heads=HEADS, n_layers=LAYERS, d_ff=FFN, attention=rule,
-                                      conv_kernel=0, dropout=DROPOUT, attention_dropout=DROPOUT, activation="gelu",
-                                      max_positions=MAX_POSITIONS, vocab_size=VOCAB, labels=["0", "1"]))
+                                      conv_kernel=0, ngram_buckets=0, dropout=DROPOUT, attention_dropout=DROPOUT,
+                                      activation="gelu", max_positions=MAX_POSITIONS, vocab_size=VOCAB,
+                                      labels=["0", "1"]))
 
 
 def bert() -> nn.Module:
@@ -391,8 +393,9 @@ def report(args, peaks: dict[str, float], cells: list[Timed], flops: dict, memor
              f"Shape: {LAYERS} layers, width {WIDTH}, {HEADS} heads, FFN {FFN}, GELU, dropout {DROPOUT}, vocabulary "
              f"{VOCAB:,}, {LABELS} labels (our config's defaults: dropout {default['dropout']}, attention_dropout "
              f"{default['attention_dropout']}; the rate does not change the cost); batches of {BATCH} random "
-             f"sequences of {SEQ} tokens, none padded. Ours: `TextClassifier` with the config's other defaults "
-             f"(norm={default['norm']}, pooling={default['pooling']}), `layerwise_adamw`; peers: "
+             f"sequences of {SEQ} tokens, none padded. Ours: `TextClassifier`, the encoder alone as the peers are "
+             f"(no convolution, no n-gram logits), with the config's other defaults (norm={default['norm']}, "
+             f"pooling={default['pooling']}), `layerwise_adamw`; peers: "
              "`torch.optim.AdamW`. Training step = forward, loss, backward, clip 1.0, AdamW; bf16 = CPU autocast "
              "(ours at inference: the `for_inference` bf16 copy). "
              f"Median of {steps_timed} timed steps per cell in {args.rounds} interleaved rounds after "
@@ -523,21 +526,29 @@ def main() -> None:
     else:
         plot(_tokens(cells), ROOT / "docs" / "throughput.png")
         print(write_section("throughput", report(args, peaks, cells, flops, memory, compiled, "throughput.png")))
-    check_targets(_tokens(cells), memory, speed=not args.quick)
+    check_targets(_tokens(cells), peaks, flops, memory, speed=not args.quick)
 
 
-def check_targets(tokens: dict[str, dict[str, float]], memory: dict | None, speed: bool) -> None:
-    """The suite's targets as pass/fail checks (speed ones only on a full run: two steps are noise)."""
+def check_targets(tokens: dict[str, dict[str, float]], peaks: dict[str, float], flops: dict, memory: dict | None,
+                  speed: bool) -> None:
+    """The suite's targets as pass/fail checks (speed ones only on a full run: two steps are noise).
+
+    A speed target is a known miss only when this machine rules it out: when reaching it would take more than
+    80% of the measured matmul peak for the step's matrix products alone (CPU training steps here reach
+    35-70% of it), as the bf16 target does on CPUs without AMX, whose bf16 peak is a few times fp32's.
+    """
     checks = Checks("throughput")
     label = {k: c.label for k, c in CONTENDERS.items()}
     if speed:
-        amx = None if has_amx() else ("the target assumes AMX (bf16 matmuls ~10x fp32); this CPU's bf16 peak is "
-                                      "about 2.2x fp32, measured in the same run")
-        for precision, peer, goal, known in [("fp32", "bert", 1.0, None), ("fp32", "torch", 1.0, None),
-                                             ("bf16", "bert", 2.0, amx)]:
+        for precision, peer, goal in [("fp32", "bert", 1.0), ("fp32", "torch", 1.0), ("bf16", "bert", 2.0)]:
             ratio = tokens["dot"][precision] / tokens[peer][precision]
+            ceiling = peaks[precision] * 1e9 / flops["dot"]["train"] * BATCH * SEQ  # tokens/s at 100% of peak
+            needed = goal * tokens[peer][precision] / ceiling
+            known = (f"it needs {needed:.0%} of this CPU's measured {precision} matmul peak "
+                     f"({peaks[precision]:.0f} GFLOP/s) for the matrix products alone") if needed > 0.8 else None
             checks.add(f"{precision} dot training tokens/s >= {goal:.1f}x {label[peer]}'s", ratio >= goal,
-                       f"{ratio:.3f}x", known_miss=known)
+                       f"{ratio:.3f}x (the target needs {needed:.0%} of the measured {precision} peak)",
+                       known_miss=known)
     if memory:
         long = memory[next(iter(MEMORY_SHAPES))]
         worst = max(long[k][p]["step_mib"] / long["dot"][p]["step_mib"] for k in ("concat", "additive")
