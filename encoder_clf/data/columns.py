@@ -14,6 +14,7 @@ each message exists once:
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -137,13 +138,17 @@ class Classes:
             return cls(list(names), {i: i for i in range(len(names))})
         return cls(list(names), {name: i for i, name in enumerate(names)})
 
+    @functools.cached_property
+    def _by_text(self) -> dict[str, int]:
+        """The same map keyed by each value's text: a CSV label ``"1"`` finds the class of the integer 1."""
+        return {str(k): v for k, v in self.by_value.items()}
+
     def id(self, value: Any, where: str, row: int | None = None) -> int:
         """The class id of a raw label value, or a one-line error naming it (and its row, when known)."""
         if value in self.by_value:
             return self.by_value[value]
-        text = {str(k): v for k, v in self.by_value.items()}
-        if str(value) in text:
-            return text[str(value)]
+        if str(value) in self._by_text:
+            return self._by_text[str(value)]
         known = ", ".join(str(k) for k in self.by_value)
         at = f" (row {row})" if row is not None else ""
         raise UsageError(f"{where}: label {value!r}{at} {self.unknown.format(known=known)}")

@@ -92,11 +92,8 @@ def model_from_files(files: dict[str, bytes], where: str) -> tuple[TextClassifie
 
 def load_model_config(directory: str | Path) -> ModelConfig:
     """The ``config.json`` of a model directory (a classifier's, or a pretrained encoder's with no labels)."""
-    directory = Path(directory)
-    file = directory / CONFIG
-    if not file.is_file():
-        raise UsageError(f"{directory}: no {CONFIG}; pass a model directory written by encoder-clf train")
-    return _model_config(_config_json(file.read_bytes(), str(file)), str(file))
+    file = Path(directory) / CONFIG
+    return _model_config(_config_json(_read_file(file), str(file)), str(file))
 
 
 def load_saved_encoder(directory: Path) -> tuple[Encoder, ModelConfig, Tokenizer]:

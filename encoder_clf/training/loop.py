@@ -199,7 +199,7 @@ def evaluate(model: TextClassifier, tokens: TokenizedSplit, batch_size: int, pre
     The weights only mix the parts' logits, not their training losses, so fitting them at each evaluation
     picks the best model as it will be used.
     """
-    logits, parts = _forward_split(model, tokens, batch_size, precision, world)
+    logits, parts = _forward_split(model, tokens, batch_size, precision, world, with_parts=True)
     if len(parts) > 1:
         fit_mixing_weights(model, parts, tokens.labels)
         logits = model.head.mix(torch.from_numpy(parts)).numpy()
@@ -209,7 +209,7 @@ def evaluate(model: TextClassifier, tokens: TokenizedSplit, batch_size: int, pre
 def score(model: TextClassifier, tokens: TokenizedSplit, batch_size: int, precision: str,
           world: World = SOLO) -> dict:
     """Metrics of the model as it is on a labelled split (each rank scores a share; all ranks get them)."""
-    logits, _ = _forward_split(model, tokens, batch_size, precision, world)
+    logits, _ = _forward_split(model, tokens, batch_size, precision, world, with_parts=False)
     return compute_metrics(tokens.labels, logits.argmax(axis=1), model.config.labels)
 
 
@@ -227,12 +227,12 @@ def decide(at: Progress, scores: dict, cfg: TrainConfig, late: bool) -> bool:
     return improved
 
 
-def _forward_split(model: TextClassifier, tokens: TokenizedSplit, batch_size: int, precision: str,
-                   world: World) -> tuple[np.ndarray, np.ndarray]:
-    """The logits ``(n, labels)`` and the parts' logits ``(parts, n, labels)`` of a split, gathered over ranks."""
+def _forward_split(model: TextClassifier, tokens: TokenizedSplit, batch_size: int, precision: str, world: World,
+                   with_parts: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """The logits ``(n, labels)`` of a split and, ``with_parts``, each part's ``(parts, n, labels)``, gathered."""
     mine = shard(len(tokens), world)
     out = forward_batches(model, [tokens.sequences[i] for i in mine], tokens.pad_id, batch_size, precision)
-    parts = gather_rows(out.parts.transpose(1, 0, 2), len(tokens), world).transpose(1, 0, 2)
+    parts = gather_rows(out.parts.transpose(1, 0, 2), len(tokens), world).transpose(1, 0, 2) if with_parts else None
     return gather_rows(out.logits, len(tokens), world), parts
 
 
