@@ -30,7 +30,7 @@ _WHERE = {
     "TextClassifier": "model.classifier", "load_model": "persistence.model_dir", "save_model": "persistence.model_dir",
     "load_encoder": "persistence.encoders",
     # scikit-learn
-    "EncoderClassifier": "sklearn", "SentenceEncoder": "sklearn",
+    "EncoderClassifier": "sklearn", "EncoderRegressor": "sklearn", "SentenceEncoder": "sklearn",
     "UsageError": "errors",
 }
 

@@ -13,13 +13,14 @@ import sys
 import time
 from pathlib import Path
 
-from .data.columns import FLAG_HINTS
+from .data.columns import FLAG_HINTS, pick_texts
 from .data.splits import read_texts
 from .errors import UsageError
 from .explanations import TOKEN_WEIGHT_MEANINGS, explain_text, layer_index
 from .features import FEATURE_POOLINGS, OUTPUT_FORMATS, embed, write_features
 from .inference import evaluate, predict
 from .metrics import format_report
+from .persistence.model_dir import load_model_config
 from .runtime import PRECISIONS
 from .settings import load_json, with_overrides
 from .training.config import FINETUNE_PRESET, RunConfig
@@ -76,6 +77,7 @@ def _resume(args: argparse.Namespace, world: World) -> None:
 def _print_results(metrics: dict, out: Path, world: World = SOLO) -> None:
     if not world.main:
         return
+    print(f"task: {metrics['task']}{', sentence pairs' if metrics['text_pairs'] else ''}")
     for split in ("validation", "test"):
         if split in metrics:
             print(format_report(metrics[split], split))
@@ -83,9 +85,13 @@ def _print_results(metrics: dict, out: Path, world: World = SOLO) -> None:
     print(f"model and metrics written to {out}")
 
 
+def _names(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
 def _evaluate(args: argparse.Namespace) -> None:
-    metrics = evaluate(args.model, args.data, args.split, args.batch_size, args.precision,
-                       args.text_column, args.label_column)
+    metrics = evaluate(args.model, args.data, args.split, args.batch_size, args.precision, args.text_column,
+                       args.label_column, args.text_columns, args.label_columns, args.label_separator)
     print(json.dumps(metrics, indent=2) if args.json else format_report(metrics, args.split))
 
 
@@ -113,31 +119,91 @@ def _embed(args: argparse.Namespace) -> None:
     print(f"{vectors.shape[0]} vectors of dimension {vectors.shape[1]} written to {output}")
 
 
-def _read_texts(args: argparse.Namespace) -> list[str]:
-    texts = list(args.text)
+def _read_lines(args: argparse.Namespace) -> list[str]:
+    """The non-empty lines of ``--file``, else of standard input when it is not a terminal."""
     if args.file:
         path = Path(args.file)
         if not path.is_file():
             raise UsageError(f"--file {path} not found; pass a text file with one text per line")
         try:
-            texts += [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+            return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
         except UnicodeDecodeError as err:
             raise UsageError(f"--file {path} is not UTF-8 (byte {err.start}); re-encode it as UTF-8") from None
-    if not texts and not args.file and not sys.stdin.isatty():
-        texts = [line for line in sys.stdin.read().splitlines() if line.strip()]
-    return texts
+    if not args.text and not sys.stdin.isatty():
+        return [line for line in sys.stdin.read().splitlines() if line.strip()]
+    return []
+
+
+def _read_examples(args: argparse.Namespace, pairs: bool) -> list:
+    """The texts to predict: arguments (``--pair A B``: one pair), then lines of ``--file`` or standard input.
+
+    A line is a text, ``first<TAB>second`` for a pair model, or a JSON object with the text field(s).
+    """
+    where = f"--file {args.file}" if args.file else "standard input"
+    if args.pair and len(args.text) != 2:
+        raise UsageError(f"--pair takes exactly two texts, the first and the second of the pair; got {len(args.text)}")
+    if pairs and args.text and not args.pair:
+        raise UsageError("the model takes sentence pairs; pass --pair FIRST SECOND, or tab-separated lines")
+    if args.pair and not pairs:
+        raise UsageError("the model takes one text per example; drop --pair")
+    examples: list = [tuple(args.text)] if args.pair else list(args.text)
+    for number, line in enumerate(_read_lines(args), 1):
+        examples.append(_example(line, pairs, f"{where}, line {number}"))
+    return examples
+
+
+def _example(line: str, pairs: bool, where: str):
+    """One input line as a text or a pair: JSON with the columns' usual names, tab-separated, or plain text."""
+    if line.lstrip().startswith("{"):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise UsageError(f"{where} is not valid JSON ({err.msg}); write one JSON object per line") from None
+        columns = list(row)
+        try:
+            names = pick_texts(columns, None, None, where, FLAG_HINTS, pairs)
+        except UsageError:
+            raise UsageError(f"{where}: no {'pair of text fields' if pairs else 'text field'} among "
+                             f"{', '.join(columns)}; name them "
+                             f"{'sentence1 and sentence2 (or text and text_pair)' if pairs else 'text'}") from None
+        texts = tuple(str(row[name]) for name in names)
+        return texts if pairs else texts[0]
+    if not pairs:
+        return line
+    parts = line.split("\t")
+    if len(parts) != 2 or not all(part.strip() for part in parts):
+        raise UsageError(f"{where}: a pair is two non-empty texts separated by one tab; got {len(parts)} field(s)")
+    return tuple(parts)
 
 
 def _predict(args: argparse.Namespace) -> None:
-    texts = _read_texts(args)
-    labels, probabilities, names = predict(args.model, texts, args.batch_size, args.precision)
-    for text, label, probs in zip(texts, labels, probabilities):
-        scores = {name: round(float(p), 6) for name, p in zip(names, probs)}
-        if args.json:
-            print(json.dumps({"text": text, "label": label, "probabilities": scores}, ensure_ascii=False))
+    if args.top_k is not None and args.top_k < 1:
+        raise UsageError(f"--top-k {args.top_k}: pass a positive number of labels to list")
+    config = load_model_config(args.model)
+    examples = _read_examples(args, config.text_pairs)
+    labels, scores, names = predict(args.model, examples, args.batch_size, args.precision)
+    for example, label, score in zip(examples, labels, scores):
+        shown = {"text": example[0], "text_pair": example[1]} if config.text_pairs else {"text": example}
+        if config.task == "regression":
+            result = {"value": round(label, 6)}
         else:
-            shown = "  ".join(f"{name}={p:.3f}" for name, p in scores.items())
-            print(f"{label}\t{shown}\t{text}")
+            ranked = sorted(zip(names, (round(float(p), 6) for p in score)), key=lambda item: -item[1])
+            listed = dict(ranked[: args.top_k] if args.top_k else ranked)
+            if config.task == "multi_label":
+                result = {"labels": label, "scores": listed if args.top_k else
+                          {name: p for name, p in ranked if name in label}}
+            else:
+                result = {"label": label, "probabilities": listed}
+        if args.json:
+            print(json.dumps({**shown, **result}, ensure_ascii=False))
+            continue
+        text = "\t".join(shown.values())
+        if config.task == "regression":
+            print(f"{label:.4f}\t{text}")
+        else:
+            values = result.get("probabilities", result.get("scores"))
+            predicted = ",".join(label) if config.task == "multi_label" else label
+            print(f"{predicted or '(none)'}\t{'  '.join(f'{n}={p:.3f}' for n, p in values.items())}\t{text}")
 
 
 def _explain(args: argparse.Namespace) -> None:
@@ -146,22 +212,47 @@ def _explain(args: argparse.Namespace) -> None:
         raise UsageError(f"--out {out}: the heatmap is a PNG; name the file with .png")
     if args.top < 1:
         raise UsageError(f"--top {args.top}: pass a positive number of tokens to list")
-    explanation = explain_text(args.model, " ".join(args.text))
+    if args.pair and len(args.text) != 2:
+        raise UsageError(f"--pair takes exactly two texts, the first and the second of the pair; got {len(args.text)}")
+    pairs = load_model_config(args.model).text_pairs
+    if pairs != args.pair:
+        raise UsageError("the model takes sentence pairs; pass --pair FIRST SECOND" if pairs else
+                         "the model takes one text per example; drop --pair")
+    explanation = explain_text(args.model, tuple(args.text) if args.pair else " ".join(args.text))
     number = layer_index(args.layer, explanation.n_layers) + 1
     save(explanation_figure(explanation, number), out)
+    task, (quantity, meaning) = explanation.task, explanation.quantity
     shown = "  ".join(f"{name}={p:.3f}" for name, p in explanation.probabilities.items())
-    print(f"{explanation.label}\t{shown}")
-    if len(explanation.parts) > 1:
-        print(f"what each part adds to the logit of {explanation.label!r} (centred over the labels):")
-        for part in explanation.parts:
-            print(f"  {part.name:<8} weight {part.weight:.2f}  {part.logit:+.3f}  ({part.share:+.0%})")
-        print(f"n-grams that add most to the n-gram part's logit of {explanation.label!r}:")
-        for rank, ngram in enumerate(explanation.ngrams[: args.top], 1):
-            print(f"{rank:>3}. {ngram.name:<24} {ngram.logit:+.3f}  ({ngram.share:+.0%} of the n-gram part)")
+    print(f"{explanation.value:.4f}\t{explanation.label}" if task == "regression" else
+          f"{','.join(explanation.labels) or '(none)'}\t{shown}")
+    for section in explanation.sections:
+        label = section.label
+        if task == "multi_label":
+            fallback = "" if section.predicted else " (no label reaches its threshold: the most probable)"
+            print(f"label {label!r}{fallback}: p = {section.probability:.3f} {'>=' if section.predicted else '<'} "
+                  f"threshold {section.threshold:.3f}, {quantity} {section.logit:+.3f}")
+        elif task == "regression":
+            print(f"{explanation.value:.4f} = mean {explanation.mean:.4f} + std {explanation.std:.4f} "
+                  f"x {quantity} {section.logit:+.3f}")
+        if len(section.parts) > 1:
+            print(f"what each part adds to the {quantity} of {label!r} ({meaning}):")
+            for part in section.parts:
+                print(f"  {part.name:<8} weight {part.weight:.2f}  {part.logit:+.3f}  ({part.share:+.0%})")
+            print(f"n-grams that add most to the n-gram part's {quantity} of {label!r}:")
+            for rank, ngram in enumerate(section.ngrams[: args.top], 1):
+                print(f"{rank:>3}. {ngram.name:<24} {ngram.logit:+.3f}  ({ngram.share:+.0%} of the n-gram part)")
     print(f"tokens the {explanation.pooling} pooling attends to most "
           f"({TOKEN_WEIGHT_MEANINGS[explanation.pooling]}):")
+    second = explanation.second_start
     for rank, (position, token, weight) in enumerate(explanation.top(args.top), 1):
-        print(f"{rank:>3}. {token:<16} {weight:.3f}  (position {position})")
+        where = "" if second is None else (", second text" if position >= second else ", first text")
+        print(f"{rank:>3}. {token:<16} {weight:.3f}  (position {position}{where})")
+    if second is not None:
+        print("attention across the two texts (share of each text's attention on the other, mean over its tokens "
+              "and the heads; even attention would give "
+              + " and ".join(f"{v:.3f}" for v in explanation.uniform_cross_segment_attention()) + "):")
+        for layer, (first, other) in enumerate(explanation.cross_segment_attention(), 1):
+            print(f"  layer {layer}: first -> second {first:.3f}  second -> first {other:.3f}")
     print(f"attention heatmap of layer {number} of {explanation.n_layers} written to {out}")
 
 
@@ -222,16 +313,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test")
     p.add_argument("--text-column")
     p.add_argument("--label-column")
+    p.add_argument("--text-columns", type=_names, metavar="FIRST,SECOND", help="the two text columns of pairs")
+    p.add_argument("--label-columns", type=_names, metavar="NAME,...", help="one 0/1 column per label")
+    p.add_argument("--label-separator", default=",", help="between the names of a multi-label row (default ,)")
     p.set_defaults(run=_evaluate)
 
     p = commands.add_parser("predict", parents=[common], help="classify texts (arguments, --file, or stdin)")
-    p.add_argument("text", nargs="*", help="texts to classify")
-    p.add_argument("--file", help="a UTF-8 file with one text per line")
+    p.add_argument("text", nargs="*", help="texts to classify (with --pair: the two texts of one pair)")
+    p.add_argument("--file", help="a UTF-8 file with one text per line; for a pair model, FIRST<TAB>SECOND "
+                                  "(any line may be a JSON object with the text fields instead)")
+    p.add_argument("--pair", action="store_true", help="the two TEXT arguments are one sentence pair")
+    p.add_argument("--top-k", type=int, metavar="K",
+                   help="list the K best labels with their scores (default: every class; for a multi-label "
+                        "model, the labels above their thresholds)")
     p.set_defaults(run=_predict)
 
-    p = commands.add_parser("explain", help="attention heatmap of one text and the tokens the pooling reads most")
+    p = commands.add_parser("explain", help="attention heatmap of one text (or sentence pair) and what the "
+                                            "prediction rests on")
     p.add_argument("--model", required=True, help="model directory (a run's model/ folder)")
-    p.add_argument("text", nargs="+", help="the text to explain (several words are joined with spaces)")
+    p.add_argument("text", nargs="+", help="the text to explain (several words are joined with spaces); "
+                                           "with --pair, the two texts of one pair")
+    p.add_argument("--pair", action="store_true", help="the two TEXT arguments are one sentence pair (pair models)")
     p.add_argument("--layer", type=int, help="which layer's attention to draw, from 1 (default: the last)")
     p.add_argument("--out", default="attention.png", help="PNG file for the heatmap (default attention.png)")
     p.add_argument("--top", type=int, default=5, help="how many tokens to list (default 5)")

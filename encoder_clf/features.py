@@ -103,13 +103,13 @@ def embed(source: str | Path | FeatureEncoder, texts: list[str], pooling: str | 
     precision = resolve_precision(precision, device)
     pool = model.pooling_module(pooling).to(device).eval()
     model.encoder.eval()
-    sequences, _ = encode(model.tokenizer, texts)
+    sequences = encode(model.tokenizer, texts).ids
     pad = pad_id(model.tokenizer)
     out = np.zeros((len(sequences), model.dim), dtype=np.float32)
     batches = sorted_batches(sequences, pad, batch_size)
     encoder = for_inference(model.encoder, precision)
     with autocast(precision, device):
-        for index, ids, mask in tqdm(batches, total=math.ceil(len(sequences) / batch_size), disable=not progress,
+        for index, ids, mask, _ in tqdm(batches, total=math.ceil(len(sequences) / batch_size), disable=not progress,
                                      unit="batch", desc="embed"):
             ids, mask = ids.to(device), mask.to(device)
             states, _ = encoder(ids, mask)

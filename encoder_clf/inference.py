@@ -1,11 +1,14 @@
-"""Batched forward passes for evaluation and prediction, in input order.
+"""Batched forward passes for evaluation and prediction, in input order, for every task.
 
-Texts are sorted by length into batches (little padding), run under the
-chosen precision, and the results put back in the order they came in.
+Texts (or sentence pairs) are sorted by length into batches (little padding),
+run under the chosen precision, and the results put back in the order they
+came in; the model's task (:mod:`encoder_clf.model.tasks`) turns them into
+predictions and :mod:`encoder_clf.metrics` scores them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -14,6 +17,7 @@ import torch
 from tokenizers import Tokenizer
 
 from .data.batching import sorted_batches
+from .data.config import DataConfig
 from .data.splits import read_split
 from .data.tokenization import encode, pad_id
 from .errors import UsageError
@@ -26,26 +30,26 @@ from .runtime import autocast, default_device, for_inference, resolve_precision
 class Forwarded(NamedTuple):
     """Float32 outputs of :func:`forward_batches`, in input order."""
 
-    logits: np.ndarray  # (n, num_labels)
+    logits: np.ndarray  # (n, outputs): what the model's task turns into predictions
     pooled: np.ndarray  # (n, d_model)
-    parts: np.ndarray  # (parts, n, num_labels): each part of the head's own logits
+    parts: np.ndarray  # (parts, n, outputs): each part of the head's own outputs
 
 
 @torch.inference_mode()
 def forward_batches(model: TextClassifier, sequences: list[list[int]], pad: int, batch_size: int,
-                    precision: str = "fp32") -> Forwarded:
-    """The model's logits, pooled vectors and parts' logits for every sequence."""
+                    precision: str = "fp32", segments: np.ndarray | None = None) -> Forwarded:
+    """The model's outputs, pooled vectors and parts' outputs for every sequence (``segments``: of pairs)."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    n, labels = len(sequences), model.config.num_labels
-    logits = np.zeros((n, labels), dtype=np.float32)
+    n, outputs = len(sequences), model.config.num_outputs
+    logits = np.zeros((n, outputs), dtype=np.float32)
     pooled = np.zeros((n, model.config.d_model), dtype=np.float32)
-    parts = np.zeros((len(model.head.names), n, labels), dtype=np.float32)
+    parts = np.zeros((len(model.head.names), n, outputs), dtype=np.float32)
     runner = for_inference(model, precision)
     with autocast(precision, device):
-        for index, ids, mask in sorted_batches(sequences, pad, batch_size):
-            out = runner(ids.to(device), mask.to(device))
+        for index, ids, mask, types in sorted_batches(sequences, pad, batch_size, segments):
+            out = runner(ids.to(device), mask.to(device), None if types is None else types.to(device))
             logits[index] = out.logits.float().cpu().numpy()
             pooled[index] = out.pooled.float().cpu().numpy()
             parts[:, index] = out.parts.float().cpu().numpy()
@@ -58,41 +62,85 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return shifted / shifted.sum(axis=1, keepdims=True)
 
 
-def score_sequences(model: TextClassifier, sequences: list[list[int]], labels: np.ndarray, pad: int,
-                    batch_size: int = 256, precision: str = "fp32") -> dict:
-    """Metrics of the model on already-encoded labelled sequences."""
-    logits = forward_batches(model, sequences, pad, batch_size, precision).logits
-    return compute_metrics(labels, logits.argmax(axis=1), model.config.labels)
+def forward_texts(model: TextClassifier, tokenizer: Tokenizer, texts: Sequence[str | tuple[str, str]],
+                  batch_size: int = 256, precision: str = "fp32") -> np.ndarray:
+    """The model's outputs ``(n, outputs)`` for texts, or ``(first, second)`` pairs for a pair model."""
+    pairs = bool(texts) and isinstance(texts[0], tuple)
+    if pairs != model.config.text_pairs:
+        raise UsageError("the model takes sentence pairs: pass two texts per example (--pair A B, or tab-separated "
+                         "lines)" if model.config.text_pairs else
+                         "the model takes one text per example, and pairs were given; pass single texts")
+    if pairs and any(not (a.strip() and b.strip()) for a, b in texts):
+        row = next(i for i, (a, b) in enumerate(texts, 1) if not (a.strip() and b.strip()))
+        raise UsageError(f"pair {row} has an empty text; a pair needs both texts")
+    encoded = encode(tokenizer, texts)
+    return forward_batches(model, encoded.ids, pad_id(tokenizer), batch_size, precision, encoded.segments).logits
 
 
-def evaluate_texts(model: TextClassifier, tokenizer: Tokenizer, texts: list[str], labels: np.ndarray,
+def scored(model: TextClassifier, logits: np.ndarray, targets: np.ndarray) -> dict:
+    """The model's task metrics for its ``logits`` on rows with ``targets``; a multi-label model's thresholds too."""
+    config = model.config
+    predicted = model.task.predict(torch.from_numpy(logits)).numpy()
+    metrics = compute_metrics(targets, predicted, config.labels, config.task)
+    if config.task == "multi_label":
+        metrics["thresholds"] = dict(zip(config.labels, model.task.thresholds.tolist()))
+    return metrics
+
+
+def evaluate_texts(model: TextClassifier, tokenizer: Tokenizer, texts: list, labels: np.ndarray,
                    batch_size: int = 256, precision: str = "fp32") -> dict:
     """Metrics of the model on labelled texts (see :func:`encoder_clf.metrics.compute_metrics`)."""
-    return score_sequences(model, encode(tokenizer, texts)[0], labels, pad_id(tokenizer), batch_size, precision)
+    return scored(model, forward_texts(model, tokenizer, texts, batch_size, precision), labels)
 
 
 def evaluate(model_dir: str | Path, data: str, split: str = "test", batch_size: int = 256,
-             precision: str = "auto", text_column: str | None = None, label_column: str | None = None) -> dict:
-    """Load a saved model and score it on one split of a dataset."""
+             precision: str = "auto", text_column: str | None = None, label_column: str | None = None,
+             text_columns: list[str] | None = None, label_columns: list[str] | None = None,
+             label_separator: str = ",") -> dict:
+    """Load a saved model and score it on one split of a dataset (columns detected unless named)."""
     model, tokenizer = load_model(model_dir)
-    labelled = read_split(data, split, model.config.labels, text_column, label_column)
+    config = model.config
+    columns = DataConfig(path=data, text_column=text_column, label_column=label_column, text_columns=text_columns,
+                         label_columns=label_columns, label_separator=label_separator)
+    labelled = read_split(data, split, config.labels, config.task, config.text_pairs, columns)
     device = default_device()
     model.to(device)
     return evaluate_texts(model, tokenizer, labelled.texts, labelled.labels, batch_size,
                           resolve_precision(precision, device))
 
 
-def predict(model_dir: str | Path, texts: list[str], batch_size: int = 256,
-            precision: str = "auto") -> tuple[list[str], np.ndarray, list[str]]:
-    """Predicted label per text, the class probabilities ``(n, num_labels)``, and the label names."""
+class Predictions(NamedTuple):
+    """What :func:`predict` gives back, one entry per text.
+
+    ``labels``: the class name (single-label), the list of labels at or above their thresholds (multi-label),
+    or the predicted value (regression). ``scores``: class probabilities ``(n, labels)``, each label's
+    probability ``(n, labels)``, or the values ``(n,)``. ``names``: the label names in order.
+    """
+
+    labels: list
+    scores: np.ndarray
+    names: list[str]
+
+
+def predict(model_dir: str | Path, texts: list, batch_size: int = 256, precision: str = "auto") -> Predictions:
+    """Predictions for texts (or ``(first, second)`` pairs) of a saved model, whatever its task."""
     if not texts:
         raise UsageError("no text to classify; pass TEXT arguments, --file PATH, or lines on standard input")
     model, tokenizer = load_model(model_dir)
     device = default_device()
     model.to(device)
-    sequences, _ = encode(tokenizer, texts)
-    logits = forward_batches(model, sequences, pad_id(tokenizer), batch_size,
-                             resolve_precision(precision, device)).logits
-    probabilities = softmax(logits)
-    names = model.config.labels
-    return [names[i] for i in probabilities.argmax(axis=1)], probabilities, names
+    logits = torch.from_numpy(forward_texts(model, tokenizer, texts, batch_size, resolve_precision(precision, device)))
+    return predictions(model, logits)
+
+
+def predictions(model: TextClassifier, logits: torch.Tensor) -> Predictions:
+    """:class:`Predictions` of a model's outputs ``(n, outputs)``."""
+    names, task = model.config.labels, model.config.task
+    scores, predicted = model.task.scores(logits).numpy(), model.task.predict(logits).numpy()
+    if task == "regression":
+        labels = [float(value) for value in predicted]
+    elif task == "multi_label":
+        labels = [[name for name, on in zip(names, row) if on] for row in predicted]
+    else:
+        labels = [names[i] for i in predicted]
+    return Predictions(labels, scores, names)

@@ -1,8 +1,10 @@
-"""Classification metrics from scikit-learn, and the files a run writes from them (JSON, report, PNGs).
+"""Each task's metrics from scikit-learn (and SciPy's correlations), and the files a run writes from them.
 
 Per-class scores use ``zero_division=0`` so a class the model never predicts
 scores 0 without a warning, and the confusion matrix always has every class,
-predicted or not.
+predicted or not. A run writes them as ``metrics.json``, ``report.txt`` and a
+figure of the task: the confusion matrix, each label's F1 (multi-label), or
+predicted against true values (regression).
 """
 
 from __future__ import annotations
@@ -14,17 +16,38 @@ from pathlib import Path
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, f1_score
+from sklearn.metrics import (
+    accuracy_score,
+    classification_report,
+    confusion_matrix,
+    f1_score,
+    hamming_loss,
+    jaccard_score,
+    mean_absolute_error,
+    mean_squared_error,
+    precision_recall_fscore_support,
+)
 
 
-def compute_metrics(y_true: np.ndarray, y_pred: np.ndarray, label_names: list[str]) -> dict:
-    """Accuracy, macro-F1, per-class precision/recall/F1/support and the confusion matrix."""
+def compute_metrics(y_true: np.ndarray, y_pred: np.ndarray, label_names: list[str],
+                    task: str = "single_label") -> dict:
+    """The task's metrics of predictions ``y_pred`` against ``y_true`` (class ids, 0/1 indicators or values)."""
+    return METRICS_OF[task](np.asarray(y_true), np.asarray(y_pred), list(label_names))
+
+
+def single_label_metrics(y_true: np.ndarray, y_pred: np.ndarray, label_names: list[str]) -> dict:
+    """Accuracy, macro-F1, per-class precision/recall/F1/support and the confusion matrix; for two classes also
+    ``f1``, the F1 of the second (positive) class."""
     labels = list(range(len(label_names)))
     report = classification_report(y_true, y_pred, labels=labels, target_names=label_names,
                                    output_dict=True, zero_division=0)
+    binary = {"f1": float(f1_score(y_true, y_pred, labels=[1], average="macro", zero_division=0))} \
+        if len(label_names) == 2 else {}
     return {
+        "task": "single_label",
         "accuracy": float(accuracy_score(y_true, y_pred)),
         "macro_f1": float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
+        **binary,
         "n": int(len(y_true)),
         "per_class": {name: {k: float(v) for k, v in report[name].items()} for name in label_names},
         "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
@@ -32,18 +55,81 @@ def compute_metrics(y_true: np.ndarray, y_pred: np.ndarray, label_names: list[st
     }
 
 
+def multi_label_metrics(y_true: np.ndarray, y_pred: np.ndarray, label_names: list[str]) -> dict:
+    """Micro-, macro- and samples-F1, subset accuracy, Jaccard (per text), Hamming loss, and per label
+    precision/recall/F1/support, of 0/1 indicator matrices ``(n, labels)``."""
+    y_true, y_pred = y_true.astype(int), y_pred.astype(int)
+    f1 = {average: float(f1_score(y_true, y_pred, average=average, zero_division=0))
+          for average in ("micro", "macro", "samples")}
+    precision, recall, per_f1, support = precision_recall_fscore_support(y_true, y_pred, zero_division=0)
+    return {
+        "task": "multi_label",
+        "micro_f1": f1["micro"], "macro_f1": f1["macro"], "samples_f1": f1["samples"],
+        "subset_accuracy": float(accuracy_score(y_true, y_pred)),
+        "jaccard": float(jaccard_score(y_true, y_pred, average="samples", zero_division=0)),
+        "hamming_loss": float(hamming_loss(y_true, y_pred)),
+        "n": int(len(y_true)),
+        "per_label": {name: {"precision": float(p), "recall": float(r), "f1-score": float(f), "support": int(n)}
+                      for name, p, r, f, n in zip(label_names, precision, recall, per_f1, support)},
+        "labels": list(label_names),
+    }
+
+
+def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray, label_names: list[str]) -> dict:
+    """Pearson and Spearman correlation, mean squared and mean absolute error (0 correlation for constant output)."""
+    from scipy.stats import pearsonr, spearmanr
+
+    constant = np.ptp(y_pred) == 0 or np.ptp(y_true) == 0
+    return {
+        "task": "regression",
+        "pearson": 0.0 if constant else float(pearsonr(y_true, y_pred)[0]),
+        "spearman": 0.0 if constant else float(spearmanr(y_true, y_pred)[0]),
+        "mse": float(mean_squared_error(y_true, y_pred)),
+        "mae": float(mean_absolute_error(y_true, y_pred)),
+        "n": int(len(y_true)),
+        "labels": list(label_names),
+    }
+
+
+METRICS_OF = {"single_label": single_label_metrics, "multi_label": multi_label_metrics,
+              "regression": regression_metrics}
+# The scores each task can select the best model on (higher is better); the first is the default.
+SELECTION_METRICS = {"single_label": ("accuracy", "macro_f1", "f1"),
+                     "multi_label": ("macro_f1", "micro_f1", "samples_f1", "subset_accuracy", "jaccard"),
+                     "regression": ("pearson", "spearman")}
+# What each evaluation line of a run shows, by task.
+HEADLINE = {"single_label": ("accuracy", "macro_f1"), "multi_label": ("macro_f1", "micro_f1"),
+            "regression": ("pearson", "spearman")}
+NAMES = {"accuracy": "accuracy", "macro_f1": "macro-F1", "micro_f1": "micro-F1", "samples_f1": "samples-F1",
+         "f1": "F1", "subset_accuracy": "subset accuracy", "jaccard": "Jaccard", "hamming_loss": "Hamming loss",
+         "pearson": "Pearson", "spearman": "Spearman", "mse": "MSE", "mae": "MAE"}
+
+
+def headline(metrics: dict) -> str:
+    """The task's headline scores in one line: ``accuracy 0.8800  macro-F1 0.8700``."""
+    keys = {"single_label": ("accuracy", "macro_f1", "f1"), "multi_label": ("micro_f1", "macro_f1", "samples_f1",
+            "subset_accuracy", "hamming_loss"), "regression": ("pearson", "spearman", "mse", "mae")}
+    return "  ".join(f"{NAMES[k]} {metrics[k]:.4f}" for k in keys[metrics.get("task", "single_label")] if k in metrics)
+
+
 def format_report(metrics: dict, title: str) -> str:
-    """A plain-text report: headline scores, per-class table, confusion matrix."""
+    """A plain-text report: headline scores, then the per-class (per-label) table and confusion matrix."""
+    task = metrics.get("task", "single_label")
+    lines = [f"{title}: {headline(metrics)}  (n={metrics['n']})"]
+    if task == "regression":
+        return lines[0]
     names = metrics["labels"]
     width = max(12, *(len(n) for n in names))
-    lines = [f"{title}: accuracy {metrics['accuracy']:.4f}  macro-F1 {metrics['macro_f1']:.4f}  (n={metrics['n']})",
-             f"{'':>{width}}  precision  recall  f1-score  support"]
+    rows = metrics["per_class" if task == "single_label" else "per_label"]
+    thresholds = metrics.get("thresholds")
+    lines.append(f"{'':>{width}}  precision  recall  f1-score  support" + ("  threshold" if thresholds else ""))
     for name in names:
-        row = metrics["per_class"][name]
+        row = rows[name]
         lines.append(f"{name:>{width}}  {row['precision']:9.4f}  {row['recall']:6.4f}  {row['f1-score']:8.4f}  "
-                     f"{int(row['support']):7d}")
-    lines.append(f"confusion matrix (rows: true, columns: predicted; order: {', '.join(names)})")
-    lines.extend("  " + " ".join(f"{c:6d}" for c in row) for row in metrics["confusion_matrix"])
+                     f"{int(row['support']):7d}" + (f"  {thresholds[name]:9.3f}" if thresholds else ""))
+    if task == "single_label":
+        lines.append(f"confusion matrix (rows: true, columns: predicted; order: {', '.join(names)})")
+        lines.extend("  " + " ".join(f"{c:6d}" for c in row) for row in metrics["confusion_matrix"])
     return "\n".join(lines)
 
 
@@ -84,6 +170,50 @@ def plot_confusion_matrix(metrics: dict, path: str | Path, title: str) -> Path:
     return save(confusion_matrix_figure(metrics, title), path)
 
 
+def label_f1_figure(metrics: dict, title: str) -> Figure:
+    """Each label's F1, precision and recall (multi-label metrics), labels by support, the threshold on the axis."""
+    rows, thresholds = metrics["per_label"], metrics.get("thresholds", {})
+    names = sorted(metrics["labels"], key=lambda n: -rows[n]["support"])
+    fig = new_figure(max(6.0, 0.35 * len(names) + 2), 4.2)
+    ax = fig.subplots()
+    x = np.arange(len(names))
+    for offset, key, name in ((-0.27, "precision", "precision"), (0.0, "f1-score", "F1"), (0.27, "recall", "recall")):
+        ax.bar(x + offset, [rows[n][key] for n in names], width=0.27, label=name)
+    ax.set_xticks(x, [f"{n} ({thresholds[n]:.2f})" if n in thresholds else n for n in names], rotation=60,
+                  ha="right", fontsize=8)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("score")
+    ax.legend(fontsize=8)
+    ax.set_title(f"{title}: per label, most frequent first (threshold in brackets)\n"
+                 f"macro-F1 {metrics['macro_f1']:.3f}, micro-F1 {metrics['micro_f1']:.3f}", fontsize=10)
+    return fig
+
+
+def scatter_figure(y_true: np.ndarray, y_pred: np.ndarray, metrics: dict, title: str) -> Figure:
+    """Predicted against true values, with the diagonal of perfect predictions (regression)."""
+    fig = new_figure(5.0, 5.0)
+    ax = fig.subplots()
+    ax.scatter(y_true, y_pred, s=6, alpha=0.4)
+    low, high = float(min(y_true.min(), y_pred.min())), float(max(y_true.max(), y_pred.max()))
+    ax.plot([low, high], [low, high], color="grey", linestyle=":", label="predicted = true")
+    ax.set_xlabel(f"true {metrics['labels'][0]}")
+    ax.set_ylabel(f"predicted {metrics['labels'][0]}")
+    ax.legend(fontsize=8, loc="upper left")
+    ax.set_title(f"{title}\nPearson {metrics['pearson']:.3f}, Spearman {metrics['spearman']:.3f}, "
+                 f"MAE {metrics['mae']:.3f}", fontsize=10)
+    return fig
+
+
+def task_figure(metrics: dict, title: str, y_true: np.ndarray, y_pred: np.ndarray) -> tuple[str, Figure]:
+    """The file name and figure a run draws of its final split: what fits the task."""
+    task = metrics.get("task", "single_label")
+    if task == "regression":
+        return "scatter.png", scatter_figure(y_true, y_pred, metrics, f"Predicted vs true ({title})")
+    if task == "multi_label":
+        return "per_label_f1.png", label_f1_figure(metrics, title)
+    return "confusion_matrix.png", confusion_matrix_figure(metrics, f"Confusion matrix ({title})")
+
+
 def read_log(path: str | Path) -> list[dict]:
     """The records of a run's ``log.jsonl`` (one per evaluation), in order."""
     lines = Path(path).read_text(encoding="utf-8").splitlines()
@@ -93,9 +223,10 @@ def read_log(path: str | Path) -> list[dict]:
 def curves_figure(records: Sequence[dict], title: str = "Training curves") -> Figure:
     """Training loss, validation scores and learning rate against the optimizer step.
 
-    ``records`` are ``log.jsonl`` lines (step, epoch, train_loss, lr,
-    val_accuracy, val_macro_f1, ...); each evaluation is one marked point, so a
-    one-epoch run still shows its single evaluation.
+    ``records`` are ``log.jsonl`` lines (step, epoch, train_loss, lr, and the
+    task's ``val_*`` scores, e.g. val_accuracy and val_macro_f1); each
+    evaluation is one marked point, so a one-epoch run still shows its single
+    evaluation. The best evaluation is marked by the first score.
     """
     if not records:
         raise ValueError("no log records to plot; the run logged no evaluation")
@@ -104,11 +235,13 @@ def curves_figure(records: Sequence[dict], title: str = "Training curves") -> Fi
     loss_ax, score_ax, lr_ax = fig.subplots(1, 3)
     loss_ax.plot(step, [r["train_loss"] for r in records], "o-", color="tab:red")
     loss_ax.set_title("training loss (mean since last evaluation)", fontsize=10)
-    loss_ax.set_ylabel("cross-entropy")
-    for key, name in (("val_accuracy", "accuracy"), ("val_macro_f1", "macro-F1")):
-        score_ax.plot(step, [r[key] for r in records], "o-", label=name)
-    best = max(range(len(records)), key=lambda i: records[i]["val_accuracy"])
-    score_ax.axvline(step[best], color="grey", linestyle=":", label=f"best accuracy (step {step[best]})")
+    loss_ax.set_ylabel("loss")
+    scores = [key for key in records[0] if key.startswith("val_")]
+    for key in scores:
+        score_ax.plot(step, [r[key] for r in records], "o-", label=NAMES.get(key[4:], key[4:]))
+    best = max(range(len(records)), key=lambda i: records[i][scores[0]])
+    score_ax.axvline(step[best], color="grey", linestyle=":",
+                     label=f"best {NAMES.get(scores[0][4:], scores[0][4:])} (step {step[best]})")
     score_ax.set_title("validation scores", fontsize=10)
     score_ax.set_ylabel("score")
     score_ax.legend(fontsize=8, loc="best")

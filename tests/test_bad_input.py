@@ -154,6 +154,37 @@ def case(name: str, root: Path, model_dir: Path) -> tuple[list[str], list[str]]:
         return ["pretrain", "--data", str(splits(root, GOOD_TRAIN)), "--out", "{out}", "--quiet", "--set",
                 "data.split=test"], ["no 'test' split (splits found: train, validation)",
                                      "pick one with --set data.split=NAME"]
+    pairs = "sentence1\tsentence2\tlabel\n"
+    if name == "pair column missing in validation":
+        return data(splits(root, pairs + "a good film\ta fine film\t1\na bad film\ta fine cast\t0\n",
+                           "sentence1\tlabel\ngood\t1\n")), [
+            "validation.tsv: no column 'sentence2', which", "train.tsv has as a text column", "add the column"]
+    if name == "empty second text":
+        return data(splits(root, pairs + "a good film\ta fine film\t1\na bad film\t \t0\n")), [
+            "train.tsv: row 2 has empty text in column 'sentence2', the second text of the pair",
+            "fill it in or remove the row"]
+    if name == "multi-label name only in validation":
+        return data(splits(root, "text\tlabels\nwow\tjoy,surprise\nmeh\tneutral\n",
+                           "text\tlabels\nugh\tjoy,anger\n")), [
+            "validation.tsv: label 'anger' (row 1) never occurs in training", "known labels: joy, neutral, surprise"]
+    if name == "label columns mixing 0/1 with text":
+        return data(write(root / "train.csv", "text,joy,anger,note\nwow,1,0,0\nugh,0,1,angry\n")) + [
+            "--set", "data.label_columns=joy,anger,note"], [
+            "train.csv: row 2 of label column 'note' holds 'angry'", "holds only 0 or 1"]
+    if name == "regression target infinite":
+        return data(write(root / "train.csv", "text,score\na,0.5\nb,inf\nc,2.5\n")), [
+            "train.csv: row 2 of label column 'score' is inf, not a finite number", "fix or remove the row"]
+    if name == "regression target missing":
+        return data(write(root / "train.csv", "text,score\na,0.5\nb,\nc,2.5\n")), [
+            "train.csv: row 2 has no value in label column 'score'"]
+    if name == "regression target not a number":
+        return data(write(root / "train.csv", "text,score\na,0.5\nb,high\nc,2.5\nd,1.5\n")), [
+            "train.csv: label column 'score' holds numbers and text (row 2: 'high')", "data.task"]
+    if name == "task contradicts the data":
+        return data(splits(root, GOOD_TRAIN.replace("\t1", "\tpos").replace("\t0", "\tneg"))) + [
+            "--set", "data.task=regression"], [
+            "train.tsv: data.task=regression contradicts label column 'label', which holds text, not numbers "
+            "(row 1: 'pos')", "drop data.task"]
     predict = ["predict", "--model"]
     if name == "predict with no text":
         return predict + [str(model_dir)], ["no text to classify; pass TEXT arguments, --file PATH"]
@@ -177,10 +208,12 @@ CASES = ["missing path", "unsupported extension", "missing text column", "missin
          "invalid checkpoint setting", "config file not JSON", "tokenizer file missing",
          "init model with a mismatched tokenizer", "existing run directory", "resume a missing run",
          "resume a finished run", "resume without checkpoints", "resume with new settings",
-         "evaluate: missing text column", "evaluate: unknown label column", "embed: ambiguous text column",
-         "embed: missing split", "pretrain: missing split", "predict with no text",
-         "model directory missing", "model weights missing", "model weights corrupted",
-         "tokenizer does not match the model"]
+         "pair column missing in validation", "empty second text", "multi-label name only in validation",
+         "label columns mixing 0/1 with text", "regression target infinite", "regression target missing",
+         "regression target not a number", "task contradicts the data", "evaluate: missing text column",
+         "evaluate: unknown label column", "embed: ambiguous text column", "embed: missing split",
+         "pretrain: missing split", "predict with no text", "model directory missing", "model weights missing",
+         "model weights corrupted", "tokenizer does not match the model"]
 
 
 def snapshot(root: Path) -> dict[str, bytes | None]:
@@ -238,7 +271,7 @@ def test_a_1mb_text_tokenizes_in_linear_time(model, text):
         times = []
         for _ in range(3):
             start = time.perf_counter()
-            ids, _ = encode(tokenizer, [huge])
+            ids = encode(tokenizer, [huge]).ids
             times.append(time.perf_counter() - start)
             assert len(ids[0]) <= 128
         return sorted(times)[1]

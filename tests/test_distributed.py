@@ -172,6 +172,27 @@ def test_killed_two_process_run_resumes_to_the_same_result(toy_data, tmp_path):
 
 
 
+def test_two_processes_train_a_pair_regression_model(tmp_path):
+    """Pairs' token types and a regression target go through the ranks' shards and the gathered evaluation."""
+    rows = ["sentence1\tsentence2\tscore"]
+    rng = np.random.default_rng(0)
+    words = ["great", "awful", "film", "plot", "cast", "the"]
+    for _ in range(160):
+        a, b = (" ".join(rng.choice(words, 4)) for _ in range(2))
+        rows.append(f"{a}\t{b}\t{len(set(a.split()) & set(b.split())) + rng.uniform(-0.2, 0.2):.3f}")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "train.tsv").write_text("\n".join(rows) + "\n")
+    settings = [*TINY, "train.epochs=2", "train.precision=fp32", "model.ngram_buckets=64"]
+    args = ["train", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "run"), "--quiet",
+            *settings_args(settings)]
+    result = torchrun(args, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["task"] == "regression" and metrics["text_pairs"] and metrics["processes"] == 2
+    assert metrics["validation"]["n"] == 16 and np.isfinite(metrics["validation"]["pearson"])
+    assert (tmp_path / "run" / "scatter.png").is_file()
+
+
 def test_make_train_ddp_launches_torchrun_with_the_train_flags():
     root = Path(__file__).resolve().parents[1]
     if shutil.which("make") is None:

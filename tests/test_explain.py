@@ -1,13 +1,16 @@
-"""Attention weights out of the model, the per-pooling token weights, and `encoder-clf explain`."""
+"""Attention weights out of the model, the per-pooling token weights, pairs, multi-label, regression, and `explain`."""
+
+import re
 
 import numpy as np
 import pytest
 import torch
 
 from encoder_clf.cli import main
-from encoder_clf.data.tokenization import TokenizerConfig, pad_id, train_tokenizer
+from encoder_clf.data.tokenization import TokenizerConfig, encode, pad_id, train_tokenizer
+from encoder_clf.errors import UsageError
 from encoder_clf.explanations import TOKEN_WEIGHT_MEANINGS, TOKEN_WEIGHTS, explain
-from encoder_clf.inference import predict
+from encoder_clf.inference import forward_texts, predict
 from encoder_clf.model.attention import SCORE_RULES
 from encoder_clf.model.classifier import TextClassifier
 from encoder_clf.model.pooling import POOLINGS
@@ -193,3 +196,190 @@ def test_cli_explain_missing_model_or_empty_text(model_dir, tmp_path, monkeypatc
     assert main(["explain", "--model", str(model_dir), "  ", "--out", str(tmp_path / "a.png")]) == 2
     assert "no text to explain" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+# Sentence pairs: [CLS] first [SEP] second [SEP], token types 0 then 1.
+
+PAIR = ("the plot was dull", "but the cast was great")
+
+
+def pair_model(tokenizer, **overrides) -> TextClassifier:
+    model = build(tokenizer, text_pairs=True, type_vocab_size=2, pooling="attention", **overrides)
+    torch.nn.init.normal_(model.encoder.embeddings.token_types.weight, std=1.0)  # types must change the outputs,
+    torch.nn.init.normal_(model.head.parts["encoder"].linear.weight, std=1.0)  # and the outputs be far from 0
+    return model
+
+
+def test_a_pair_is_read_through_the_pair_template_with_its_token_types(tokenizer):
+    model = pair_model(tokenizer)
+    explanation = explain(model, tokenizer, PAIR)
+    encoding = tokenizer.encode(*PAIR)
+    assert explanation.text == PAIR and explanation.tokens == encoding.tokens
+    assert explanation.type_ids.tolist() == encoding.type_ids  # the boundary is where the tokenizer puts type 1
+    assert explanation.second_start == encoding.type_ids.index(1) == encode(tokenizer, [PAIR]).segments[0]
+    assert explanation.tokens[explanation.second_start - 1] == "[SEP]" and explanation.tokens[-1] == "[SEP]"
+    expected = model.task.scores(torch.from_numpy(forward_texts(model, tokenizer, [PAIR])))[0]
+    np.testing.assert_allclose(list(explanation.probabilities.values()), expected, atol=1e-5)
+    with torch.no_grad():  # read as all type 0, the pair would score otherwise: the types were given
+        untyped = model.task.scores(model(torch.tensor([encoding.ids])).logits)[0]
+    assert not np.allclose(untyped, expected, atol=1e-4)
+
+
+def test_cross_segment_attention_is_a_share_of_rows_that_sum_to_one(tokenizer):
+    explanation = explain(pair_model(tokenizer), tokenizer, PAIR)
+    s, n = explanation.second_start, len(explanation.tokens)
+    for weights in explanation.attentions:
+        np.testing.assert_allclose(weights.sum(-1), 1.0, atol=1e-5)
+    shares = explanation.cross_segment_attention()
+    assert shares.shape == (explanation.n_layers, 2) and ((shares >= 0) & (shares <= 1)).all()
+    last = explanation.attentions[-1]
+    assert shares[-1, 0] == pytest.approx(last[:, :s, s:].sum(-1).mean(), abs=1e-6)  # first text's queries
+    assert shares[-1, 1] == pytest.approx(last[:, s:, :s].sum(-1).mean(), abs=1e-6)  # second text's queries
+    np.testing.assert_allclose(explanation.uniform_cross_segment_attention(), [(n - s) / n, s / n])
+    single = explain(build(tokenizer), tokenizer, TEXT)
+    assert single.second_start is None and not single.type_ids.any()
+    with pytest.raises(ValueError, match="needs a sentence pair"):
+        single.cross_segment_attention()
+
+
+@pytest.mark.parametrize("pairs, text, message", [
+    (True, TEXT, "the model takes sentence pairs, and one text was given"),
+    (False, PAIR, "the model takes one text per example, and a pair was given"),
+    (True, ("the plot", "  "), "a pair needs both texts"),
+    (True, ("a", "b", "c"), "a sentence pair is two texts, (first, second); got 3 item(s)"),
+])
+def test_input_that_does_not_match_the_model_is_refused_in_one_line(tokenizer, pairs, text, message):
+    model = pair_model(tokenizer) if pairs else build(tokenizer)
+    with pytest.raises(UsageError, match=re.escape(message)) as error:
+        explain(model, tokenizer, text)
+    assert "\n" not in str(error.value)
+
+
+# Multi-label: one section per label at or above its threshold, each explaining its own (uncentred) logit.
+
+LABELS = ["x", "y", "z"]
+
+
+def multi_label_model(tokenizer) -> tuple[TextClassifier, torch.Tensor, torch.Tensor]:
+    """A model with n-gram logits, and its logits and sigmoid probabilities for TEXT."""
+    model = build(tokenizer, task="multi_label", labels=LABELS, ngram_buckets=64)
+    torch.nn.init.normal_(model.head.parts["ngrams"].table.weight, std=3.0)
+    model.head.weights.copy_(torch.tensor([0.6, 0.9]))
+    with torch.no_grad():
+        out = model(torch.tensor([tokenizer.encode(TEXT).ids]))
+    return model, out, model.task.scores(out.logits)[0]
+
+
+def test_multi_label_explains_each_predicted_label(tokenizer):
+    model, out, probabilities = multi_label_model(tokenizer)
+    order = probabilities.argsort(descending=True).tolist()
+    thresholds = torch.ones(3)
+    thresholds[order[:2]] = probabilities[order[:2]] - 1e-3  # the two most probable labels are predicted
+    model.task.thresholds.copy_(thresholds)
+    explanation = explain(model, tokenizer, TEXT)
+    assert explanation.labels == [LABELS[i] for i in order[:2]] == [s.label for s in explanation.sections]
+    np.testing.assert_allclose([explanation.probabilities[n] for n in LABELS], probabilities, atol=1e-5)
+    assert explanation.quantity[0] == "logit" and "nothing is centred" in explanation.quantity[1]
+    for section, index in zip(explanation.sections, order):
+        assert section.predicted and section.probability == pytest.approx(float(probabilities[index]), abs=1e-5)
+        assert section.threshold == pytest.approx(float(thresholds[index]))
+        logit = float(out.logits[0, index])  # the sigmoid's own logit: not centred over the labels
+        assert section.logit == pytest.approx(logit, abs=1e-5)
+        assert sum(p.logit for p in section.parts) == pytest.approx(logit, abs=1e-5)
+        assert section.parts[1].logit == pytest.approx(0.9 * float(out.parts[1, 0, index]), abs=1e-5)
+        assert sum(n.logit for n in section.ngrams) == pytest.approx(section.parts[1].logit, abs=1e-5)
+    first, second = explanation.sections
+    assert [n.name for n in first.ngrams] != [n.name for n in second.ngrams]  # each label has its own top n-grams
+
+
+def test_multi_label_with_no_label_at_its_threshold_explains_the_most_probable(tokenizer):
+    model, out, probabilities = multi_label_model(tokenizer)
+    model.task.thresholds.fill_(1.0)
+    explanation = explain(model, tokenizer, TEXT)
+    (section,) = explanation.sections
+    assert explanation.labels == [] and not section.predicted
+    assert section.label == LABELS[int(probabilities.argmax())] and section.threshold == 1.0
+
+
+def test_regression_explains_the_value_through_the_standardised_output(tokenizer):
+    model = build(tokenizer, task="regression", labels=["score"], ngram_buckets=64)
+    torch.nn.init.normal_(model.head.parts["ngrams"].table.weight, std=3.0)
+    model.task.mean.fill_(3.0)
+    model.task.std.fill_(2.0)
+    explanation = explain(model, tokenizer, TEXT)
+    with torch.no_grad():
+        out = model(torch.tensor([tokenizer.encode(TEXT).ids]))
+    (section,) = explanation.sections
+    assert (explanation.label, explanation.probabilities, section.probability) == ("score", {}, None)
+    assert explanation.value == pytest.approx(float(model.task.scores(out.logits)[0]), abs=1e-5)
+    assert section.logit == pytest.approx(float(out.logits[0, 0]), abs=1e-5)  # the standardised output
+    assert explanation.value == pytest.approx(3.0 + 2.0 * sum(p.logit for p in section.parts), abs=1e-5)
+    assert sum(n.logit for n in section.ngrams) == pytest.approx(section.parts[1].logit, abs=1e-5)
+
+
+@pytest.fixture(scope="module")
+def pair_dir(tokenizer, tmp_path_factory):
+    directory = tmp_path_factory.mktemp("explain-pair") / "model"
+    save_model(directory, pair_model(tokenizer), tokenizer)
+    return directory
+
+
+def test_cli_explain_of_a_pair_marks_the_texts_and_prints_the_attention_across_them(pair_dir, tmp_path, capsys):
+    out = tmp_path / "pair.png"
+    assert main(["explain", "--model", str(pair_dir), "--pair", *PAIR, "--top", "20", "--out", str(out)]) == 0
+    data = out.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split("\t")[0] in ("neg", "pos")
+    ranked = [line for line in lines if "(position" in line]
+    assert {line.rsplit(", ", 1)[1] for line in ranked} == {"first text)", "second text)"}
+    start = lines.index(next(line for line in lines if line.startswith("attention across the two texts")))
+    layers = [line.split() for line in lines[start + 1:-1]]
+    assert [words[:2] for words in layers] == [["layer", "1:"], ["layer", "2:"]]
+    assert all(0.0 <= float(words[i]) <= 1.0 for words in layers for i in (5, 9))
+    assert lines[-1] == f"attention heatmap of layer 2 of 2 written to {out}"
+
+
+@pytest.mark.parametrize("which, args, message", [
+    ("pair", PAIR, "the model takes sentence pairs; pass --pair FIRST SECOND"),
+    ("pair", ["--pair", "the plot", "was", "dull"], "--pair takes exactly two texts, the first and the second of "
+                                                    "the pair; got 3"),
+    ("single", ["--pair", *PAIR], "the model takes one text per example; drop --pair"),
+])
+def test_cli_explain_refuses_input_that_does_not_match_the_model(pair_dir, model_dir, tmp_path, monkeypatch, capsys,
+                                                                 which, args, message):
+    monkeypatch.chdir(tmp_path)
+    directory = pair_dir if which == "pair" else model_dir
+    assert main(["explain", "--model", str(directory), *args, "--out", str(tmp_path / "map.png")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_explain_of_a_multi_label_model_prints_a_section_per_predicted_label(tokenizer, tmp_path, capsys):
+    model, _, probabilities = multi_label_model(tokenizer)
+    order = probabilities.argsort(descending=True).tolist()
+    model.task.thresholds.copy_(torch.where(probabilities >= probabilities[order[1]], 0.0, 1.0))
+    save_model(tmp_path / "model", model, tokenizer)
+    assert main(["explain", "--model", str(tmp_path / "model"), TEXT, "--top", "2",
+                 "--out", str(tmp_path / "map.png")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    predicted = [LABELS[i] for i in order[:2]]
+    assert lines[0].split("\t")[0] == ",".join(predicted)
+    headings = [line for line in lines if line.startswith("label ")]
+    assert [h.split()[1] for h in headings] == [f"{name!r}:" for name in predicted]
+    assert all(">= threshold 0.000, logit " in h for h in headings)
+    parts = [line for line in lines if line.startswith("what each part adds")]
+    assert parts == [f"what each part adds to the logit of {name!r} (the label's own sigmoid logit: labels are "
+                     f"independent, nothing is centred):" for name in predicted]
+
+
+def test_cli_explain_of_a_regression_model_prints_the_value(tokenizer, tmp_path, capsys):
+    model = build(tokenizer, task="regression", labels=["score"], ngram_buckets=0)
+    model.task.mean.fill_(3.0)
+    save_model(tmp_path / "model", model, tokenizer)
+    assert main(["explain", "--model", str(tmp_path / "model"), TEXT, "--out", str(tmp_path / "map.png")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    value, name = lines[0].split("\t")
+    assert name == "score" and lines[1].startswith(f"{value} = mean 3.0000 + std 1.0000 x standardised output ")
+    assert (tmp_path / "map.png").is_file()

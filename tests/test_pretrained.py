@@ -38,7 +38,7 @@ def test_hidden_states_match_transformers(tiny_bert):
     directory, reference = tiny_bert
     imported = import_bert(directory)
     assert imported.config.activation == "gelu_tanh" and imported.config.layer_norm_eps == 1e-7
-    ids, _ = tokenize(imported.tokenizer, ["the film was great", "poor writing"])
+    ids = tokenize(imported.tokenizer, ["the film was great", "poor writing"]).ids
     width = max(map(len, ids))
     batch = torch.tensor([s + [0] * (width - len(s)) for s in ids])
     padding = batch == 0

@@ -79,6 +79,26 @@ def test_fine_tuning_starts_from_the_pretrained_encoder(pretrained, tmp_path):
     assert run_config["train"]["lr"] == 1e-4 and run_config["train"]["init"] == str(pretrained[0] / "model")
 
 
+def test_a_pair_task_fine_tunes_an_encoder_pretrained_without_token_types(pretrained, tmp_path):
+    """The MLM encoder has no token-type embeddings; a pair model gets them fresh and every other weight loaded."""
+    from conftest import toy_rows
+
+    data = tmp_path / "pairs.tsv"
+    rows = zip(toy_rows(120, 0), toy_rows(120, 1))
+    data.write_text("premise\thypothesis\tlabel\n" + "".join(f"{a}\t{b}\t{ya == yb:d}\n"
+                                                               for (a, ya), (b, yb) in rows))
+    out = tmp_path / "run"
+    assert main(["train", "--init", str(pretrained[0] / "model"), "--data", str(data), "--out", str(out), "--quiet",
+                 "--precision", "fp32", "--set", "train.epochs=1", "--set", "train.freeze_layers=1"]) == 0
+    start, start_config, _ = load_saved_encoder(pretrained[0] / "model")
+    tuned, _ = load_model(out / "model")
+    assert start_config.type_vocab_size == 0 and tuned.config.type_vocab_size == 2 and tuned.config.text_pairs
+    start_state = start.state_dict()
+    for name, tensor in tuned.encoder.state_dict().items():
+        if name != "embeddings.token_types.weight":
+            assert torch.equal(tensor, start_state[name]) == name.startswith(("embeddings.", "blocks.0.")), name
+
+
 def test_layerwise_learning_rates_cover_every_parameter_once():
     model = TextClassifier(tiny_config(n_layers=3))
     optimizer = layerwise_adamw(model, lr=1e-3, weight_decay=0.1, head_lr=1e-2, layer_lr_decay=0.5, freeze_layers=1)

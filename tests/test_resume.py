@@ -157,7 +157,7 @@ def test_resume_refuses_data_that_changed(toy_data, pinned, tmp_path, monkeypatc
 
 
 def test_non_finite_loss_stops_the_run_naming_the_step(toy_data, pinned, tmp_path, monkeypatch, capsys):
-    real, steps, last = training.class_weighted_loss, [0], [None]
+    real, steps, last = training.task_loss, [0], [None]
 
     def poisoned(*args, **kwargs):
         loss_fn = real(*args, **kwargs)
@@ -169,7 +169,7 @@ def test_non_finite_loss_stops_the_run_naming_the_step(toy_data, pinned, tmp_pat
 
         return loss
 
-    monkeypatch.setattr(training, "class_weighted_loss", poisoned)
+    monkeypatch.setattr(training, "task_loss", poisoned)
     run = tmp_path / "run"
     capsys.readouterr()
     assert main(train_args(toy_data, run, pinned)) == 2
@@ -362,3 +362,28 @@ def test_a_run_checkpointed_by_an_older_version_is_refused_in_one_line(tmp_path,
                    "(encoder-clf-checkpoint/1), whose runs this version cannot continue; finish the run with the "
                    "version that started it, or start it again with --overwrite"]
     assert sorted(p.relative_to(run) for p in run.rglob("*")) == before  # nothing set aside or rewritten
+
+
+@pytest.fixture(scope="module")
+def multi_label_pairs(tmp_path_factory):
+    """Pairs of toy sentences with any of two labels: each text's sentiment word, when it is a positive one."""
+    from conftest import toy_rows
+
+    root = tmp_path_factory.mktemp("pairs")
+    for name, n, seed in [("train", 300, 0), ("validation", 60, 1)]:
+        rows = zip(toy_rows(n, seed), toy_rows(n, seed + 10))
+        lines = [f"{a}\t{b}\t{','.join(tag for tag, y in (('first', ya), ('second', yb)) if y)}"
+                 for (a, ya), (b, yb) in rows]
+        (root / f"{name}.tsv").write_text("sentence1\tsentence2\tlabels\n" + "\n".join(lines) + "\n")
+    return root
+
+
+def test_a_multi_label_pair_run_resumes_bit_for_bit(multi_label_pairs, pinned, tmp_path, monkeypatch):
+    """The thresholds tuned at each evaluation and the pairs' token types survive a kill like the weights."""
+    settings = pinned + ["model.ngram_buckets=64"]
+    assert main(train_args(multi_label_pairs, tmp_path / "reference", settings)) == 0
+    metrics = json.loads((tmp_path / "reference" / "metrics.json").read_text())
+    assert metrics["task"] == "multi_label" and metrics["text_pairs"]
+    run = interrupted_run(monkeypatch, multi_label_pairs, tmp_path / "run", settings, at=23)
+    assert main(["train", "--resume", str(run), "--quiet"]) == 0
+    assert_same_run(tmp_path / "reference", run, [10, 20, 30, 38])

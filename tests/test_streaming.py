@@ -36,7 +36,7 @@ def stream(path, toy_tokenizer, classes, seed=0, epoch=0, **kwargs):
 def rows_of(batches) -> collections.Counter:
     """Each example as (token ids, label), counted: the batches' content regardless of order."""
     return collections.Counter((tuple(ids[~mask].tolist()), int(label))
-                               for batch in batches for ids, mask, label in zip(*batch))
+                               for batch in batches for ids, mask, label in zip(batch.ids, batch.mask, batch.labels))
 
 
 def test_stream_is_the_whole_split_in_seeded_length_bucketed_batches(stream_dir, toy_tokenizer):
@@ -44,13 +44,15 @@ def test_stream_is_the_whole_split_in_seeded_length_bucketed_batches(stream_dir,
     assert classes.label_names == ["0", "1"] and len(classes.validation) == 40 and classes.test is None
     first = stream(stream_dir, toy_tokenizer, classes.classes, pool_batches=4, buffer_size=50)
     again = stream(stream_dir, toy_tokenizer, classes.classes, pool_batches=4, buffer_size=50)
-    assert len(first) == len(again) and all(torch.equal(x, y) for a, b in zip(first, again) for x, y in zip(a, b))
+    assert len(first) == len(again) and all(torch.equal(a.ids, b.ids) and torch.equal(a.mask, b.mask)
+                                            and a.types is None and torch.equal(a.labels, b.labels)
+                                            for a, b in zip(first, again))
     other = stream(stream_dir, toy_tokenizer, classes.classes, epoch=1, pool_batches=4, buffer_size=50)
-    assert any(not torch.equal(a[2], b[2]) for a, b in zip(first, other))
+    assert any(not torch.equal(a.labels, b.labels) for a, b in zip(first, other))
     in_memory = tokenize_split(toy_tokenizer, load_splits(DataConfig(path=str(stream_dir))).train)
     expected = collections.Counter(zip(map(tuple, in_memory.sequences), in_memory.labels.tolist()))
     assert rows_of(first) == rows_of(other) == expected
-    assert all(len(labels) <= 16 for _, _, labels in first)
+    assert all(len(labels) <= 16 for _, _, _, labels in first)
 
 
 def test_stream_holds_at_most_a_pool_and_the_shuffle_buffer(monkeypatch, stream_dir, toy_tokenizer):
@@ -68,7 +70,7 @@ def test_stream_holds_at_most_a_pool_and_the_shuffle_buffer(monkeypatch, stream_
     pool, buffer = 16 * 3, 40
     yielded, ahead = 0, []
     classes = Classes(["0", "1"], {0: 0, 1: 1})
-    for _, _, labels in streaming.stream_batches(DataConfig(path=str(stream_dir)), toy_tokenizer, classes,
+    for _, _, _, labels in streaming.stream_batches(DataConfig(path=str(stream_dir)), toy_tokenizer, classes,
                                                  batch_size=16, seed=0, epoch=0, pool_batches=3, buffer_size=buffer):
         yielded += len(labels)
         ahead.append(read[0] - yielded)
@@ -128,7 +130,7 @@ def test_hub_names_are_streamed(monkeypatch, toy_tokenizer):
     config = DataConfig(path="someone/reviews:small")
     classes = streaming.stream_splits(config)
     batches = list(streaming.stream_batches(config, toy_tokenizer, classes.classes, batch_size=8, seed=0, epoch=0))
-    assert sum(len(labels) for _, _, labels in batches) == 30
+    assert sum(len(labels) for _, _, _, labels in batches) == 30
     assert ("someone/reviews", "small", "train", True) in calls and all(call[3] for call in calls)
 
 
@@ -140,7 +142,7 @@ def test_the_stream_applies_the_row_rules_of_a_split_in_memory(stream_dir, toy_t
     classes = streaming.stream_splits(config).classes
     if not strict:
         batches = list(streaming.stream_batches(config, toy_tokenizer, classes, batch_size=8, seed=0, epoch=0))
-        assert sum(len(labels) for _, _, labels in batches) == len(load_splits(config).train) == 20
+        assert sum(len(labels) for _, _, _, labels in batches) == len(load_splits(config).train) == 20
         return
     with pytest.raises(UsageError) as streamed:
         list(streaming.stream_batches(config, toy_tokenizer, classes, batch_size=8, seed=0, epoch=0))

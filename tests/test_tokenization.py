@@ -72,13 +72,13 @@ def test_known_words_are_not_unknown(tokenizer, corpus):
 
 def test_truncation_is_applied_and_counted(tokenizer, corpus):
     texts = ["the movie", long_text(corpus), "boring", long_text(corpus[5:])]
-    ids, truncated = encode(tokenizer, texts)
+    ids, truncated, _ = encode(tokenizer, texts)
     assert truncated == 2
     assert all(len(row) <= MAX_LENGTH for row in ids)
     for row in (ids[1], ids[3]):
         assert len(row) == MAX_LENGTH
         assert row[0] == tokenizer.token_to_id(CLS) and row[-1] == tokenizer.token_to_id(SEP)
-    untruncated, none_cut = encode(tokenizer, ["the plot", "dark"])
+    untruncated, none_cut, _ = encode(tokenizer, ["the plot", "dark"])
     assert none_cut == 0 and all(len(row) < MAX_LENGTH for row in untruncated)
 
 
@@ -95,7 +95,7 @@ def test_save_and_load_round_trip(tokenizer, corpus, tmp_path, target):
 def test_load_with_max_length_sets_truncation(tokenizer, corpus, tmp_path):
     tokenizer.save(str(tmp_path / "tokenizer.json"))
     loaded = load_tokenizer(tmp_path, max_length=6)
-    ids, truncated = encode(loaded, [long_text(corpus)])
+    ids, truncated, _ = encode(loaded, [long_text(corpus)])
     assert truncated == 1 and len(ids[0]) == 6
 
 

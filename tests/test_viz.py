@@ -5,9 +5,12 @@ import json
 import numpy as np
 import pytest
 import torch
+from matplotlib.colors import to_hex
 
 from encoder_clf import viz
 from encoder_clf.data.splits import Split, Splits
+from encoder_clf.errors import UsageError
+from encoder_clf.explanations import Contribution, Explanation, LabelExplanation
 from encoder_clf.metrics import compute_metrics, plot_confusion_matrix
 from encoder_clf.settings import with_overrides
 from encoder_clf.training.config import RunConfig
@@ -128,3 +131,77 @@ def test_training_writes_curves_next_to_metrics(tmp_path, one_thread):
     train_on_splits(config, Splits(split, split, None, ["0", "1"]), tmp_path, progress=False)
     assert (tmp_path / "metrics.json").is_file()
     assert is_png(tmp_path / "curves.png") and is_png(tmp_path / "confusion_matrix.png")
+
+
+PAIR_TOKENS = ["[CLS]", "a", "dull", "film", "[SEP]", "it", "bored", "me", "[SEP]"]
+
+
+def synthetic(task="single_label", sections=None, second_start=None, tokens=PAIR_TOKENS, **fields) -> Explanation:
+    """An explanation with random attention rows (each summing to 1) over ``tokens``: 2 layers of 2 heads."""
+    generator = torch.Generator().manual_seed(0)
+    n = len(tokens)
+    attentions = [torch.softmax(torch.randn(2, n, n, generator=generator), dim=-1).numpy() for _ in range(2)]
+    part = [Contribution("encoder", 0.5, 0.5), Contribution("ngrams", -0.5, -0.5)]
+    sections = sections or [LabelExplanation("pos", 0.0, part, [], probability=0.7)]
+    return Explanation(text=("a dull film", "it bored me") if second_start else "a dull film", tokens=tokens,
+                       attentions=attentions, token_weights=np.full(n, 1 / n), pooling="max", task=task,
+                       probabilities={s.label: s.probability for s in sections if s.probability is not None},
+                       sections=sections, second_start=second_start, **fields)
+
+
+def test_attention_figure_marks_where_a_pairs_second_text_starts(tmp_path):
+    explanation = synthetic(second_start=5)
+    fig = viz.explanation_figure(explanation, layer=1)
+    panels = [ax for ax in fig.axes if ax.images]
+    assert len(panels) == 2
+    for ax in panels:
+        lines = {(tuple(line.get_xdata()), tuple(line.get_ydata())) for line in ax.lines}
+        assert ((4.5, 4.5), (0, 1)) in lines and ((0, 1), (4.5, 4.5)) in lines  # a vertical and a horizontal line
+        for labels in (ax.get_xticklabels(), ax.get_yticklabels()):
+            colours = [to_hex(label.get_color()) for label in labels]
+            assert len(set(colours[:5])) == 1 and set(colours[5:]) == {to_hex(viz.SECOND_TEXT)} != set(colours[:5])
+        np.testing.assert_array_equal(ax.images[0].get_array(), explanation.attentions[0][panels.index(ax)])
+    assert "\u201ca dull film\u201d / \u201cit bored me\u201d" in fig.get_suptitle()
+    assert "where the second text starts" in fig.get_suptitle()
+    assert is_png(viz.save(fig, tmp_path / "pair.png"))
+    single = viz.explanation_figure(synthetic())
+    assert not any(ax.lines for ax in single.axes) and "second text" not in single.get_suptitle()
+    with pytest.raises(ValueError, match="second_start must be a position inside the 9 tokens; got 9"):
+        viz.attention_figure(PAIR_TOKENS, explanation.attentions[0], second_start=9)
+
+
+def test_cross_segment_figure_draws_each_layers_shares_beside_even_attention(tmp_path):
+    explanation = synthetic(second_start=5)
+    fig = viz.cross_segment_figure(explanation)
+    ax = fig.axes[0]
+    heights = np.array([bar.get_height() for bar in ax.patches]).reshape(2, 2)  # (direction, layer)
+    np.testing.assert_allclose(heights.T, explanation.cross_segment_attention(), atol=1e-6)
+    dashed = sorted(line.get_ydata()[0] for line in ax.lines)
+    np.testing.assert_allclose(dashed, sorted(explanation.uniform_cross_segment_attention()))
+    assert ax.get_ylim() == (0.0, 1.0) and [t.get_text() for t in ax.get_xticklabels()] == ["1", "2"]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["first \u2192 second", "second \u2192 first"]
+    assert is_png(viz.save(fig, tmp_path / "cross.png"))
+    with pytest.raises(ValueError, match="needs a sentence pair"):
+        viz.cross_segment_figure(synthetic())
+
+
+def test_contributions_and_titles_follow_the_task_and_the_chosen_label():
+    sections = [LabelExplanation(name, logit, [Contribution("encoder", logit, 1.0)], [], probability=p,
+                                 threshold=0.5) for name, logit, p in [("joy", 1.5, 0.82), ("love", 0.4, 0.6)]]
+    explanation = synthetic("multi_label", sections)
+    fig = viz.contributions_figure(explanation, label="love")
+    ax = fig.axes[0]
+    assert [bar.get_width() for bar in ax.patches] == [0.4] and "'love'" in ax.get_title()
+    assert ax.get_xlabel().startswith("logit added (the label's own sigmoid logit")
+    with pytest.raises(UsageError, match="label 'anger' is not explained here; pick one of joy, love"):
+        viz.contributions_figure(explanation, label="anger")
+    assert "predicted joy (p = 0.82), love (p = 0.60)\n" in viz.explanation_figure(explanation).get_suptitle()
+    many = synthetic("multi_label", sections * 3)  # six predicted labels: the title names four
+    assert "joy (p = 0.82), love (p = 0.60) and 2 more\n" in viz.explanation_figure(many).get_suptitle()
+    none = [LabelExplanation("joy", -1.0, sections[0].parts, [], probability=0.3, threshold=0.5, predicted=False)]
+    assert "no label reaches its threshold; most probable joy (p = 0.30)" in \
+        viz.explanation_figure(synthetic("multi_label", none)).get_suptitle()
+    value = [LabelExplanation("score", 0.25, sections[0].parts, [])]
+    regression = synthetic("regression", value, value=3.5, mean=3.0, std=2.0)
+    assert "predicted score = 3.500" in viz.explanation_figure(regression).get_suptitle()
+    assert viz.contributions_figure(regression).axes[-1].get_xlabel().startswith("standardised output added")

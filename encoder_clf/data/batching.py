@@ -1,15 +1,26 @@
 """Token ids into padded batches: length-bucketed for training, sorted by length for evaluation.
 
 Every batch is ``(ids (batch, seq), padding mask (batch, seq))``, the mask
-``True`` at padding, padded to the batch's longest sequence.
+``True`` at padding, padded to the batch's longest sequence; a batch of
+sentence pairs also has token types ``(batch, seq)``, 1 on the second text.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import NamedTuple
 
 import numpy as np
 import torch
+
+
+class Batch(NamedTuple):
+    """A training batch: ids and padding mask ``(batch, seq)``, token types (pairs) or None, targets."""
+
+    ids: torch.Tensor
+    mask: torch.Tensor
+    types: torch.Tensor | None
+    labels: torch.Tensor
 
 
 def bucket_batches(lengths: np.ndarray, batch_size: int, shuffle: bool, seed: int = 0,
@@ -44,12 +55,24 @@ def collate(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torc
     return ids, torch.arange(width)[None, :] >= lengths[:, None]
 
 
-def sorted_batches(sequences: list[list[int]], pad_id: int,
-                   batch_size: int) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor]]:
-    """Evaluation batches by length: ``(indices into sequences, ids, padding mask)``, padded per batch.
+def token_types(segments: np.ndarray | None, mask: torch.Tensor) -> torch.Tensor | None:
+    """Token types ``(batch, seq)`` of pairs whose first ``segments`` tokens are type 0: 1 from there on, 0 at padding.
+
+    None for single texts (``segments`` None), which the encoder reads as all type 0.
+    """
+    if segments is None:
+        return None
+    second = torch.arange(mask.shape[1])[None, :] >= torch.as_tensor(segments)[:, None]
+    return (second & ~mask).long()
+
+
+def sorted_batches(sequences: list[list[int]], pad_id: int, batch_size: int, segments: np.ndarray | None = None
+                   ) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor, torch.Tensor | None]]:
+    """Evaluation batches by length: ``(indices into sequences, ids, padding mask, token types)``, padded per batch.
 
     Callers write each batch's results at ``indices`` to get them back in input order.
     """
     lengths = np.array([len(s) for s in sequences])
     for index in bucket_batches(lengths, batch_size, shuffle=False):
-        yield (index, *collate([sequences[i] for i in index], pad_id))
+        ids, mask = collate([sequences[i] for i in index], pad_id)
+        yield index, ids, mask, token_types(None if segments is None else segments[index], mask)

@@ -6,8 +6,11 @@ each message exists once:
 
 - Columns are detected by name; when two candidates are both present the choice
   is left to the user, since picking one silently could train on the wrong column.
-- A row without a label is refused, naming it. A row whose text is empty is
-  dropped, with one warning counting them, or refused under ``data.strict``.
+  Two text columns named like a sentence pair (``sentence1``/``sentence2``, ...)
+  make each example a pair; 0/1 columns and no label column make multi-label data.
+- A row without a label is refused, naming it (a multi-label row may have no
+  labels). A row whose text is empty is dropped, with one warning counting
+  them, or refused under ``data.strict``; a pair with an empty text is refused.
 - Labels may be strings or integers (or a ``ClassLabel`` feature's ids); they
   become class ids in a fixed order (:class:`Classes`).
 """
@@ -27,12 +30,18 @@ from ..errors import UsageError
 log = logging.getLogger(__name__)
 
 TEXT_COLUMNS = ("text", "sentence", "content", "review", "document", "body")
-LABEL_COLUMNS = ("label", "labels", "target", "class", "category", "y")
+# Sentence-pair datasets name their two texts like this (GLUE, SNLI, SICK, QA relevance sets, ...).
+PAIR_COLUMNS = (("sentence1", "sentence2"), ("sentence_A", "sentence_B"), ("premise", "hypothesis"),
+                ("question", "sentence"), ("question", "answer"), ("query", "passage"), ("text_a", "text_b"),
+                ("text", "text_pair"))
+LABEL_COLUMNS = ("label", "labels", "target", "class", "category", "y", "score", "rating")
 # How the user of each entry point names a column or a split, for the fix an error message suggests:
 # train and pretrain take settings, evaluate and embed take flags.
 SETTING_HINTS = {"text": "--set data.text_column=NAME", "label": "--set data.label_column=NAME",
-                 "split": "--set data.split=NAME"}
-FLAG_HINTS = {"text": "--text-column NAME", "label": "--label-column NAME", "split": "--split NAME"}
+                 "split": "--set data.split=NAME", "texts": "--set data.text_columns=FIRST,SECOND",
+                 "labels": "--set data.label_columns=NAME,NAME,..."}
+FLAG_HINTS = {"text": "--text-column NAME", "label": "--label-column NAME", "split": "--split NAME",
+              "texts": "--text-columns FIRST,SECOND", "labels": "--label-columns NAME,NAME,..."}
 
 
 def pick_column(columns: Sequence[str], requested: str | None, kind: str, where: str,
@@ -52,21 +61,86 @@ def pick_column(columns: Sequence[str], requested: str | None, kind: str, where:
     raise UsageError(f"{where}: no {kind} column found among {', '.join(columns)}; pass {hints[kind]}")
 
 
+def pick_texts(columns: Sequence[str], requested: list[str] | None, single: str | None, where: str,
+               hints: dict[str, str] = SETTING_HINTS, pairs: bool | None = None) -> tuple[str, ...]:
+    """The text column, or the two of a sentence pair: as requested, else a known pair of names, else one text.
+
+    ``pairs`` True or False asks for two texts or one (a trained model's inputs); None detects.
+    """
+    if requested:
+        if len(requested) > 2:
+            raise UsageError(f"data.text_columns names {len(requested)} columns ({', '.join(requested)}); "
+                             "name one text column, or the two of a sentence pair")
+        for name in requested:
+            pick_column(columns, name, "text", where, {**hints, "text": hints["texts"]})
+        found = tuple(requested)
+    elif single is not None or pairs is False:
+        found = (pick_column(columns, single, "text", where, hints),)
+    else:
+        found = next((pair for pair in PAIR_COLUMNS if all(name in columns for name in pair)), None)
+        if found is None and pairs:
+            raise UsageError(f"{where}: the model takes sentence pairs, and no pair of text columns was found among "
+                             f"{', '.join(columns)}; pass {hints['texts']}")
+        found = found or (pick_column(columns, None, "text", where, hints),)
+    if pairs is not None and pairs != (len(found) == 2):
+        raise UsageError(f"{where}: the model takes {'two texts' if pairs else 'one text'} per example, and "
+                         f"{'one' if pairs else 'two'} text column{'s' * (not pairs)} ({', '.join(found)}) "
+                         f"{'was' if pairs else 'were'} given; pass {hints['texts' if pairs else 'text']}")
+    return found
+
+
 @dataclass(frozen=True)
 class Columns:
-    """The text and label columns of a split, and the label's ``ClassLabel`` names if it has them."""
+    """The text column(s) of a split and where its labels are: one label column, or one 0/1 column per label.
 
-    text: str
-    label: str
+    ``class_names`` are the label column's ``ClassLabel`` names, if it has them.
+    """
+
+    texts: tuple[str, ...]
+    label: str | None
+    indicators: tuple[str, ...] = ()
     class_names: list[str] | None = None
 
     @classmethod
-    def of(cls, columns: Sequence[str], features, text: str | None, label: str | None, where: str,
-           hints: dict[str, str] = SETTING_HINTS) -> Columns:
-        text_column = pick_column(columns, text, "text", where, hints)
-        label_column = pick_column(columns, label, "label", where, hints)
-        names = getattr((features or {}).get(label_column), "names", None)
-        return cls(text_column, label_column, list(names) if names else None)
+    def of(cls, columns: Sequence[str], features, config, where: str, hints: dict[str, str] = SETTING_HINTS,
+           table=None, pairs: bool | None = None) -> Columns:
+        """Detect the columns (``config`` is a :class:`~encoder_clf.data.config.DataConfig`).
+
+        Without a label column by name, a ``table`` whose other columns (two or more) all hold only 0 and 1
+        is multi-label data with one indicator column per label, in the file's order.
+        """
+        texts = pick_texts(columns, config.text_columns, config.text_column, where, hints, pairs)
+        if config.label_columns:
+            for name in config.label_columns:
+                pick_column(columns, name, "label", where, {**hints, "label": hints["labels"]})
+            return cls(texts, None, tuple(config.label_columns))
+        if config.label_column is None and table is not None and not any(n in columns for n in LABEL_COLUMNS):
+            rest = [name for name in columns if name not in texts]
+            if len(rest) >= 2 and all(_zero_one(table[name]) for name in rest):
+                return cls(texts, None, tuple(rest))
+        label = pick_column(columns, config.label_column, "label", where, hints)
+        names = getattr((features or {}).get(label), "names", None)
+        return cls(texts, label, (), list(names) if names else None)
+
+    def found_in(self, columns: Sequence[str], where: str, first: str) -> Columns:
+        """These columns (found in the split ``first``) in another split, or a one-line error naming the missing one."""
+        for name in (*self.texts, *([self.label] if self.label else []), *self.indicators):
+            if name not in columns:
+                role = ("text column" if name in self.texts else "label column")
+                raise UsageError(f"{where}: no column {name!r}, which {first} has as a {role}; columns found: "
+                                 f"{', '.join(columns)}; add the column or rename it")
+        return self
+
+    @property
+    def target(self) -> str:
+        """How messages name where the labels are."""
+        return repr(self.label) if self.label else f"{', '.join(self.indicators)} (one 0/1 column per label)"
+
+    def rows(self, table) -> Iterable[tuple[tuple, Any]]:
+        """``(texts, raw label value)`` of each row of a table; indicator labels as a tuple of the columns' values."""
+        texts = zip(*(table[name] for name in self.texts))
+        values = table[self.label] if self.label else zip(*(table[name] for name in self.indicators))
+        return zip(texts, values)
 
     def label_value(self, value: Any) -> Any:
         """A raw label as the user names it: a ``ClassLabel`` id becomes its name."""
@@ -75,27 +149,39 @@ class Columns:
         return value
 
 
-def labelled_rows(pairs: Iterable[tuple[Any, Any]], where: str, columns: Columns,
-                  strict: bool) -> Iterator[tuple[int, str, Any]]:
+def _zero_one(values: Sequence) -> bool:
+    """Whether a column holds only 0 and 1 (integers or booleans): a label's indicator."""
+    return all(isinstance(v, (bool, int, np.integer)) and v in (0, 1) for v in values)
+
+
+def labelled_rows(rows: Iterable[tuple[tuple, Any]], where: str, columns: Columns, strict: bool,
+                  empty_label_ok: bool = False) -> Iterator[tuple[int, str | tuple[str, str], Any]]:
     """``(row, text, label value)`` of every row that has text, in order; the row rules of the module docstring.
 
-    ``pairs`` are the raw ``(text, label)`` of each row, in file order; rows are counted from 1.
+    ``rows`` are the raw ``(texts, label)`` of each row, in file order; rows are counted from 1. A pair's
+    text is the tuple of its two; either one empty refuses the row (half a pair is no example).
+    ``empty_label_ok``: a missing label is a valid row (a multi-label text with no labels).
     """
     dropped = 0
-    for row, (text, value) in enumerate(pairs, 1):
+    for row, (texts, value) in enumerate(rows, 1):
         value = columns.label_value(value)
-        if value is None or (isinstance(value, float) and np.isnan(value)):
+        if not empty_label_ok and (value is None or (isinstance(value, float) and np.isnan(value))):
             raise UsageError(f"{where}: row {row} has no value in label column {columns.label!r}; "
                              "fill it in or remove the row")
-        if not (isinstance(text, str) and text.strip()):
+        empty = [name for name, text in zip(columns.texts, texts) if not (isinstance(text, str) and text.strip())]
+        if empty and len(texts) == 2:
+            which = "first" if empty[0] == columns.texts[0] else "second"
+            raise UsageError(f"{where}: row {row} has empty text in column {empty[0]!r}, the {which} text of the "
+                             "pair; fill it in or remove the row")
+        if empty:
             if strict:
-                raise UsageError(f"{where}: row {row} has empty text in column {columns.text!r}; fill it in or "
+                raise UsageError(f"{where}: row {row} has empty text in column {columns.texts[0]!r}; fill it in or "
                                  "remove it, or drop --strict to skip such rows")
             dropped += 1
             continue
-        yield row, text, value
+        yield row, (texts if len(texts) == 2 else texts[0]), value
     if dropped:
-        log.warning("%s: dropped %d row(s) with empty text in column %r", where, dropped, columns.text)
+        log.warning("%s: dropped %d row(s) with empty text in column %r", where, dropped, columns.texts[0])
 
 
 @dataclass(frozen=True)

@@ -9,16 +9,23 @@ from ..errors import UsageError
 
 @dataclass
 class DataConfig:
-    """Where the data is and which columns hold text and labels.
+    """Where the data is, which columns hold text and labels, and what the labels are.
 
     ``labels`` fixes the class order; for integer labels 0..K-1 it may instead
     give the K class names (e.g. ``World,Sports,Business,Sci/Tech``).
+    ``text_columns`` names the two texts of a sentence pair; ``label_columns``
+    one 0/1 column per label (multi-label). ``task`` is detected from the
+    labels unless given (see :mod:`encoder_clf.data.targets`).
     """
 
     path: str = ""
     text_column: str | None = None
     label_column: str | None = None
     labels: list[str] | None = None
+    text_columns: list[str] | None = None
+    label_columns: list[str] | None = None
+    label_separator: str = ","  # between the names of a multi-label row held in one string column
+    task: str | None = None  # single_label, multi_label or regression; None = detected from the labels
     validation_fraction: float = 0.1
     class_weights: str | None = None
     strict: bool = False  # refuse rows with empty text instead of dropping them with a warning
@@ -31,5 +38,10 @@ class DataConfig:
             raise UsageError(f"data.num_proc must be a positive integer; got {self.num_proc}")
         if not 0.0 < self.validation_fraction < 1.0:
             raise UsageError(f"data.validation_fraction must be in (0, 1); got {self.validation_fraction}")
+        if self.task not in (None, "single_label", "multi_label", "regression"):
+            raise UsageError(f"data.task must be single_label, multi_label, regression or null (detect it); "
+                             f"got {self.task!r}")
+        if not self.label_separator:
+            raise UsageError("data.label_separator must not be empty; the default is ','")
         if self.class_weights not in (None, "balanced"):
             raise UsageError(f"data.class_weights must be balanced or null; got {self.class_weights!r}")

@@ -3,28 +3,35 @@
 A data path is a directory of split files (``train``, ``validation``/``dev``,
 ``test``), a single file (validation carved out by a seeded stratified split),
 or a Hugging Face Hub dataset name (``name`` or ``name:config``), as
-:mod:`.sources` finds them; columns, labels and the row rules are :mod:`.columns`'.
+:mod:`.sources` finds them; columns, labels and the row rules are :mod:`.columns`',
+the task and its targets :mod:`.targets`'.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import UsageError
-from .columns import FLAG_HINTS, SETTING_HINTS, Classes, Columns, labelled_rows, pick_column
+from .columns import FLAG_HINTS, SETTING_HINTS, Columns, labelled_rows, pick_column
 from .config import DataConfig
 from .sources import SplitSource, empty_split, find_splits, train_split
+from .targets import Target, detect_task, model_target, target_of
 
 
 @dataclass
 class Split:
-    """One split's texts and integer class ids (indices into the label names)."""
+    """One split's examples and targets.
 
-    texts: list[str]
+    ``texts`` holds one text per example, or a ``(first, second)`` tuple per sentence pair; ``labels`` the
+    targets: class ids ``(n,)``, 0/1 indicators ``(n, labels)`` (multi-label) or values ``(n,)``
+    (regression), as :mod:`.targets` makes them.
+    """
+
+    texts: list
     labels: np.ndarray
     source: str
 
@@ -37,7 +44,9 @@ class Splits:
     train: Split
     validation: Split
     test: Split | None
-    label_names: list[str]
+    label_names: list[str]  # the classes or labels in order; a regression target's one name
+    task: str = "single_label"
+    text_pairs: bool = False
 
 
 @dataclass
@@ -45,48 +54,70 @@ class Rows:
     """A split's rows that passed the row rules: texts, raw label values and the rows they came from."""
 
     where: str
-    texts: list[str]
+    texts: list
     values: list
     rows: list[int]
-    class_names: list[str] | None  # the label column's ClassLabel names, if it has them
+    columns: Columns
+    task: str
 
-    def labelled(self, classes: Classes) -> Split:
-        return Split(self.texts, classes.ids(self.values, self.where, self.rows), self.where)
+    def labelled(self, target: Target) -> Split:
+        return Split(self.texts, target.encode(self.values, self.where, self.rows), self.where)
 
 
 def read_rows(source: SplitSource, config: DataConfig, hints: dict[str, str] = SETTING_HINTS,
-              streamed: bool = False) -> Rows:
-    """Read a split whole (``streamed``: through its stream) and apply the row rules; refuse it if nothing is left."""
+              streamed: bool = False, like: Rows | None = None, pairs: bool | None = None,
+              task: str | None = None) -> Rows:
+    """Read a split whole (``streamed``: through its stream) and apply the row rules; refuse it if nothing is left.
+
+    ``like``: the train split's rows, whose columns and task this split must have. Otherwise the columns are
+    detected (``pairs``: a model's inputs, if known) and the task is ``task`` or else detected.
+    """
     table = source.read_streamed() if streamed else source.read()
-    columns = Columns.of(table.column_names, table.features, config.text_column, config.label_column, source.where,
-                         hints)
-    kept = list(labelled_rows(zip(table[columns.text], table[columns.label]), source.where, columns, config.strict))
+    if like is not None:
+        columns, task = like.columns.found_in(table.column_names, source.where, like.where), like.task
+    else:
+        columns = Columns.of(table.column_names, table.features, config, source.where, hints, table, pairs)
+    raw = list(columns.rows(table))
+    if task is None:
+        values = [columns.label_value(value) for _, value in raw]
+        task = detect_task(columns, values, config.task, config.label_separator, source.where)
+    kept = list(labelled_rows(raw, source.where, columns, config.strict, empty_label_ok=task == "multi_label"))
     if not kept:
         raise empty_split(source.where)
     rows, texts, values = (list(column) for column in zip(*kept))
-    return Rows(source.where, texts, values, rows, columns.class_names)
+    return Rows(source.where, texts, values, rows, columns, task)
 
 
 def load_splits(config: DataConfig, seed: int = 0) -> Splits:
-    """Read train/validation(/test), detect columns and fix the class order (``data.labels``, else sorted)."""
+    """Read train/validation(/test), detect columns and the task, and fix the label order (``data.labels``, else
+    sorted)."""
     sources = find_splits(config.path)
     train = read_rows(train_split(sources, config.path), config)
-    classes = Classes.from_values(train.values, config.labels or train.class_names, train.where)
-    labelled = train.labelled(classes)
+    target = target_of(train.task, train.columns, train.values, config.labels, config.label_separator, train.where)
+    labelled = train.labelled(target)
     if "validation" in sources:
-        validation = read_rows(sources["validation"], config).labelled(classes)
+        validation = read_rows(sources["validation"], config, like=train).labelled(target)
     else:
         labelled, validation = carve_validation(labelled, config.validation_fraction, seed)
-    test = read_rows(sources["test"], config).labelled(classes) if "test" in sources else None
-    return Splits(labelled, validation, test, classes.names)
+    test = read_rows(sources["test"], config, like=train).labelled(target) if "test" in sources else None
+    return Splits(labelled, validation, test, target.names, train.task, len(train.columns.texts) == 2)
 
 
-def read_split(path: str, split: str, label_names: list[str], text_column: str | None = None,
-               label_column: str | None = None, hints: dict[str, str] = FLAG_HINTS) -> Split:
-    """Read one named split for evaluation against a trained model's classes."""
+def read_split(path: str, split: str, label_names: list[str], task: str = "single_label", text_pairs: bool = False,
+               config: DataConfig | None = None, hints: dict[str, str] = FLAG_HINTS) -> Split:
+    """Read one named split for evaluation against a trained model's task, label names and inputs.
+
+    ``config`` names the columns (and the label separator); a multi-label model trained on one 0/1 column
+    per label finds its labels' columns by name.
+    """
+    config = config or DataConfig(path=path)
     source = _named_split(find_splits(path), path, split, hints)
-    rows = read_rows(source, DataConfig(path=path, text_column=text_column, label_column=label_column), hints)
-    return rows.labelled(Classes.of_model(label_names, rows.values))
+    if task == "multi_label" and not (config.label_column or config.label_columns):
+        names = source.read().column_names
+        if all(label in names for label in label_names):
+            config = replace(config, label_columns=list(label_names))
+    rows = read_rows(source, config, hints, pairs=text_pairs, task=task)
+    return rows.labelled(model_target(task, label_names, rows.columns, rows.values, config.label_separator))
 
 
 def read_texts(path: str, split: str = "train", text_column: str | None = None,
@@ -115,11 +146,13 @@ def _named_split(sources: dict[str, SplitSource], path: str, split: str, hints: 
 
 
 def carve_validation(train: Split, fraction: float, seed: int) -> tuple[Split, Split]:
-    """A seeded hold-out of ``fraction`` of the rows, stratified when every class can appear on both sides."""
+    """A seeded hold-out of ``fraction`` of the rows, stratified by class when every class can appear on both sides
+    (multi-label and regression targets are split at random)."""
     from sklearn.model_selection import train_test_split
 
     index = np.arange(len(train))
-    stratify = train.labels if min(Counter(train.labels.tolist()).values()) >= 2 else None
+    classes = train.labels.ndim == 1 and np.issubdtype(train.labels.dtype, np.integer)
+    stratify = train.labels if classes and min(Counter(train.labels.tolist()).values()) >= 2 else None
     try:
         train_idx, val_idx = train_test_split(index, test_size=fraction, random_state=seed, stratify=stratify)
     except ValueError:  # more classes than hold-out rows: stratifying is impossible, a plain split may not be

@@ -21,15 +21,15 @@ import numpy as np
 import torch
 
 from ..errors import UsageError
-from .batching import bucket_batches, collate
+from .batching import Batch, bucket_batches, collate
 from .columns import Classes, Columns, labelled_rows, pick_column
 from .config import DataConfig
 from .sources import READERS, find_splits, train_split
 from .splits import Split, read_rows
+from .targets import SingleLabelTarget
 from .tokenization import encode, pad_id
 
 T = TypeVar("T")
-Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # ids (b, seq), padding mask (b, seq), labels (b,)
 
 
 @dataclass
@@ -40,6 +40,9 @@ class StreamingSplits:
     validation: Split
     test: Split | None
     train_source: str
+
+    task = "single_label"  # the only task a stream trains (stream_splits refuses the others)
+    text_pairs = False
 
     @property
     def label_names(self) -> list[str]:
@@ -60,17 +63,23 @@ def stream_splits(config: DataConfig) -> StreamingSplits:
                          "validation split out of it; add a validation file beside the train file "
                          f"(validation{', validation'.join(READERS)}) or turn data.streaming off")
     validation = read_rows(sources["validation"], config, streamed=True)
+    if validation.task != "single_label" or len(validation.columns.texts) > 1:
+        shape = "sentence pairs" if len(validation.columns.texts) > 1 else f"{validation.task} data"
+        raise UsageError(f"{config.path}: data.streaming reads one text and one class per row; {shape} train in "
+                         "memory: turn data.streaming off (data.cache_dir keeps the token ids on disk instead)")
     unknown = ("is not one of the classes ({known}), which come from data.labels or else the validation split; "
                "pass --set data.labels=NAME,NAME,... listing every class")
-    classes = Classes.from_values(validation.values, config.labels or validation.class_names, validation.where,
+    classes = Classes.from_values(validation.values, config.labels or validation.columns.class_names, validation.where,
                                   unknown=unknown)
-    test = read_rows(sources["test"], config, streamed=True).labelled(classes) if "test" in sources else None
-    return StreamingSplits(classes, validation.labelled(classes), test, train.where)
+    target = SingleLabelTarget(classes)
+    test = read_rows(sources["test"], config, streamed=True, like=validation).labelled(target) \
+        if "test" in sources else None
+    return StreamingSplits(classes, validation.labelled(target), test, train.where)
 
 
 def stream_batches(config: DataConfig, tokenizer, classes: Classes, batch_size: int, seed: int, epoch: int,
                    pool_batches: int = 50, buffer_size: int = 10_000) -> Iterator[Batch]:
-    """One epoch of the train split as ``(ids (b, seq), padding mask (b, seq), labels (b,))`` batches.
+    """One epoch of the train split as batches of ids and padding mask ``(b, seq)`` and class ids ``(b,)``.
 
     At most one pool and the shuffle buffer are held (plus the reader's own chunk of the file). The same
     ``seed`` and ``epoch`` give the same batches; another epoch gives another order. The number of batches
@@ -78,10 +87,9 @@ def stream_batches(config: DataConfig, tokenizer, classes: Classes, batch_size: 
     """
     source = train_split(find_splits(config.path), config.path)
     stream = source.stream()
-    columns = Columns.of(source.column_names(stream), stream.features, config.text_column, config.label_column,
-                         source.where)
-    rows = labelled_rows(((row[columns.text], row[columns.label]) for row in source.rows(stream)), source.where,
-                         columns, config.strict)
+    columns = Columns.of(source.column_names(stream), stream.features, config, source.where)
+    rows = labelled_rows((((row[columns.texts[0]],), row[columns.label]) for row in source.rows(stream)),
+                         source.where, columns, config.strict)
     examples = ((text, classes.id(value, source.where, row)) for row, text, value in rows)
     shuffled = shuffle_buffer(examples, buffer_size, np.random.default_rng(derived_seed(seed, epoch)))
     pad, pool_size = pad_id(tokenizer), batch_size * pool_batches
@@ -90,13 +98,13 @@ def stream_batches(config: DataConfig, tokenizer, classes: Classes, batch_size: 
         if not pool:
             return
         texts, labels = zip(*pool)
-        sequences, _ = encode(tokenizer, texts)
+        sequences = encode(tokenizer, texts).ids
         labels = np.array(labels, dtype=np.int64)
         lengths = np.array([len(s) for s in sequences])
         for index in bucket_batches(lengths, batch_size, shuffle=True, seed=derived_seed(seed, epoch, number),
                                     bucket_batches=pool_batches):
             ids, mask = collate([sequences[i] for i in index], pad)
-            yield ids, mask, torch.as_tensor(labels[index])
+            yield Batch(ids, mask, None, torch.as_tensor(labels[index]))
         del pool, texts, sequences, labels  # released before the next pool is read
 
 

@@ -1,8 +1,9 @@
 """Tokenizers built from Hugging Face ``tokenizers`` parts, trained on the training split.
 
 A tokenizer is normaliser → pre-tokeniser → model (WordPiece, BPE or Unigram)
-→ ``[CLS] $A [SEP]`` post-processor, saved as one ``tokenizer.json`` that any
-``tokenizers`` user can load. Padding is left to the batcher (dynamic, per
+→ post-processor (``[CLS] $A [SEP]``, and ``[CLS] $A [SEP] $B [SEP]`` with
+token types 0 then 1 for a sentence pair, as BERT's), saved as one
+``tokenizer.json`` that any ``tokenizers`` user can load. Padding is left to the batcher (dynamic, per
 batch); truncation to ``max_length`` is set on the tokenizer and counted.
 """
 
@@ -12,7 +13,9 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
+import numpy as np
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 from ..errors import UsageError
@@ -134,8 +137,22 @@ def pad_id(tokenizer: Tokenizer) -> int:
     return 0 if token_id is None else token_id
 
 
-def encode(tokenizer: Tokenizer, texts: Sequence[str]) -> tuple[list[list[int]], int]:
-    """Token ids for each text, and how many texts were cut at the truncation length."""
-    encodings = tokenizer.encode_batch(list(texts))
+class Encoded(NamedTuple):
+    """Token ids of each example, how many were cut at the truncation length, and where pairs' second texts start."""
+
+    ids: list[list[int]]
+    truncated: int
+    segments: np.ndarray | None  # (n,) tokens of type 0 ([CLS] a [SEP]) in each pair; None for single texts
+
+
+def encode(tokenizer: Tokenizer, texts: Sequence[str | tuple[str, str]]) -> Encoded:
+    """Token ids of each text, or of each ``(first, second)`` pair through the tokenizer's pair template.
+
+    A pair is cut longest-first (the longer text loses a token at a time), so both texts survive truncation.
+    """
+    texts = list(texts)
+    pairs = bool(texts) and isinstance(texts[0], tuple)
+    encodings = tokenizer.encode_batch(texts)
     truncated = sum(1 for e in encodings if e.overflowing)
-    return [e.ids for e in encodings], truncated
+    segments = np.array([e.type_ids.count(0) for e in encodings], dtype=np.int64) if pairs else None
+    return Encoded([e.ids for e in encodings], truncated, segments)

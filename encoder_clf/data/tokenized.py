@@ -27,13 +27,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from .batching import collate
+from .batching import Batch, collate, token_types
 from .splits import Split
 from .tokenization import encode, pad_id
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = b"encoder-clf token cache 1"  # part of every cache key: change it when the file's columns change
+CACHE_FORMAT = b"encoder-clf token cache 2"  # part of every cache key: change it when the file's columns change
 
 
 class ArrowSequences(Sequence):
@@ -70,24 +70,26 @@ class TokenizedSplit:
     """
 
     sequences: Sequence[list[int]]
-    labels: np.ndarray  # (n,) class ids
+    labels: np.ndarray  # the split's targets: (n,) class ids, (n, labels) indicators or (n,) values
     lengths: np.ndarray  # (n,) token counts, special tokens included
     truncated: int  # texts cut at the tokenizer's truncation length
     pad_id: int
     source: str
     cache_file: str = ""  # the Arrow file the ids are mapped from; "" = in memory
+    segments: np.ndarray | None = None  # (n,) tokens of a pair's first text ([CLS] a [SEP]); None: single texts
 
     def __len__(self) -> int:
         return len(self.labels)
 
-    def batch(self, index: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """ids ``(b, seq)``, padding mask ``(b, seq)`` (True at padding) and labels ``(b,)`` of the rows at index."""
+    def batch(self, index: np.ndarray) -> Batch:
+        """ids and padding mask ``(b, seq)`` (True at padding), token types (pairs) and targets of the rows at index."""
         if isinstance(self.sequences, ArrowSequences):
             rows = self.sequences.take(index)
         else:
             rows = [self.sequences[i] for i in index]
         ids, mask = collate(rows, self.pad_id)
-        return ids, mask, torch.as_tensor(self.labels[index], dtype=torch.long)
+        types = token_types(None if self.segments is None else self.segments[index], mask)
+        return Batch(ids, mask, types, torch.as_tensor(self.labels[index]))
 
 
 def tokenize_split(tokenizer, split: Split, cache_dir: str = "", num_proc: int = 1) -> TokenizedSplit:
@@ -96,9 +98,10 @@ def tokenize_split(tokenizer, split: Split, cache_dir: str = "", num_proc: int =
     ``num_proc`` processes tokenize into a new cache file; in memory, the tokenizer's own threads do.
     """
     if not cache_dir:
-        sequences, truncated = encode(tokenizer, split.texts)
+        sequences, truncated, segments = encode(tokenizer, split.texts)
         lengths = np.array([len(s) for s in sequences], dtype=np.int64)
-        return TokenizedSplit(sequences, split.labels, lengths, truncated, pad_id(tokenizer), split.source)
+        return TokenizedSplit(sequences, split.labels, lengths, truncated, pad_id(tokenizer), split.source,
+                              segments=segments)
     import datasets
 
     file = cache_file(cache_dir, tokenizer, split.texts)
@@ -109,8 +112,10 @@ def tokenize_split(tokenizer, split: Split, cache_dir: str = "", num_proc: int =
     table = datasets.Dataset.from_file(str(file)).data  # memory-mapped, nothing read yet
     lengths = table.column("length").to_numpy().astype(np.int64)
     truncated = pc.sum(table.column("truncated")).as_py() or 0
+    pairs = bool(split.texts) and isinstance(split.texts[0], tuple)
+    segments = table.column("segment").to_numpy().astype(np.int64) if pairs else None
     return TokenizedSplit(ArrowSequences(table.column("ids")), split.labels, lengths, truncated,
-                          pad_id(tokenizer), split.source, str(file))
+                          pad_id(tokenizer), split.source, str(file), segments)
 
 
 def cache_file(cache_dir: str, tokenizer, texts: Sequence[str]) -> Path:
@@ -121,11 +126,19 @@ def cache_file(cache_dir: str, tokenizer, texts: Sequence[str]) -> Path:
     return Path(cache_dir).expanduser() / f"tokens-{key.hexdigest()}.arrow"
 
 
-def _texts_digest(texts: Sequence[str], chunk: int = 10_000) -> bytes:
-    """A hash of the texts in order, each one's byte length hashed with it so no two lists hash alike by joining."""
+def _texts_digest(texts: Sequence, chunk: int = 10_000) -> bytes:
+    """A hash of the texts in order, each one's byte length hashed with it so no two lists hash alike by joining.
+
+    A pair hashes as its two texts, after a marker that sets it apart from two single texts.
+    """
     digest = hashlib.blake2b(len(texts).to_bytes(8, "little"))
+    pairs = bool(texts) and isinstance(texts[0], tuple)
+    if pairs:
+        digest.update(b"pairs")
     for start in range(0, len(texts), chunk):
-        encoded = [text.encode("utf-8", "surrogatepass") for text in texts[start: start + chunk]]
+        part = texts[start: start + chunk]
+        flat = [text for pair in part for text in pair] if pairs else part
+        encoded = [text.encode("utf-8", "surrogatepass") for text in flat]
         digest.update(np.array([len(b) for b in encoded], dtype=np.int64).tobytes())
         digest.update(b"".join(encoded))
     return digest.digest()
@@ -133,9 +146,10 @@ def _texts_digest(texts: Sequence[str], chunk: int = 10_000) -> bytes:
 
 def _encode_rows(batch: dict, tokenizer) -> dict:
     """``datasets.map`` function: :func:`tokenization.encode` per row, keeping which rows were truncated."""
-    encodings = tokenizer.encode_batch(batch["text"])
+    texts = list(zip(batch["text"], batch["second"])) if "second" in batch else batch["text"]
+    encodings = tokenizer.encode_batch(texts)
     return {"ids": [e.ids for e in encodings], "length": [len(e.ids) for e in encodings],
-            "truncated": [bool(e.overflowing) for e in encodings]}
+            "truncated": [bool(e.overflowing) for e in encodings], "segment": [e.type_ids.count(0) for e in encodings]}
 
 
 def _write_cache(file: Path, tokenizer, texts: Sequence[str], num_proc: int) -> None:
@@ -151,9 +165,12 @@ def _write_cache(file: Path, tokenizer, texts: Sequence[str], num_proc: int) -> 
     try:
         datasets.disable_progress_bars()
         features = datasets.Features({"ids": datasets.Sequence(datasets.Value("int32")),
-                                      "length": datasets.Value("int32"), "truncated": datasets.Value("bool")})
-        mapped = datasets.Dataset.from_dict({"text": list(texts)}).map(
-            _encode_rows, fn_kwargs={"tokenizer": tokenizer}, batched=True, remove_columns=["text"],
+                                      "length": datasets.Value("int32"), "truncated": datasets.Value("bool"),
+                                      "segment": datasets.Value("int32")})
+        pairs = bool(texts) and isinstance(texts[0], tuple)
+        columns = {"text": [a for a, _ in texts], "second": [b for _, b in texts]} if pairs else {"text": list(texts)}
+        mapped = datasets.Dataset.from_dict(columns).map(
+            _encode_rows, fn_kwargs={"tokenizer": tokenizer}, batched=True, remove_columns=list(columns),
             num_proc=num_proc if num_proc > 1 else None, features=features,
             cache_file_name=str(work / "ids.arrow"), new_fingerprint=file.stem)
         shards = [Path(entry["filename"]) for entry in mapped.cache_files]
@@ -199,10 +216,13 @@ def stream_key(source: str, validation: TokenizedSplit) -> str:
 
 
 def _add_split(digest, split: TokenizedSplit, by_file: bool) -> None:
-    """Hash a split's ids (a cache file's name, which hashes its tokenizer and texts, stands for them) and labels."""
+    """Hash a split's ids (a cache file's name, which hashes its tokenizer and texts, stands for them), its pairs'
+    segments and its targets."""
     if by_file:
         digest.update(Path(split.cache_file).name.encode())
     else:
         digest.update(np.array([len(s) for s in split.sequences], dtype=np.int64).tobytes())
         digest.update(np.fromiter(itertools.chain.from_iterable(split.sequences), dtype=np.int64).tobytes())
-    digest.update(np.asarray(split.labels, dtype=np.int64).tobytes())
+        if split.segments is not None:
+            digest.update(np.asarray(split.segments, dtype=np.int64).tobytes())
+    digest.update(np.ascontiguousarray(split.labels).tobytes())

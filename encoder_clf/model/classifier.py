@@ -11,15 +11,17 @@ from .config import ModelConfig
 from .encoder import Encoder, init_weights
 from .heads import EnsembleHead
 from .pooling import POOLINGS
+from .tasks import TASKS
 
 
 @dataclass
 class ClassifierOutput:
     """What a forward pass gives back.
 
-    ``logits`` ``(batch, num_labels)``; ``pooled`` the sentence vectors
+    ``logits`` ``(batch, outputs)`` (what :attr:`TextClassifier.task` turns into
+    predictions); ``pooled`` the sentence vectors
     ``(batch, d_model)``; ``parts`` each part's own logits ``(parts, batch,
-    num_labels)`` (the encoder's head, then the n-gram logits if the model has
+    outputs)`` (the encoder's head, then the n-gram logits if the model has
     them), which training scores against the labels one by one; ``attentions``
     one ``(batch, heads, seq, seq)`` tensor per layer when asked for, else empty.
     """
@@ -31,24 +33,29 @@ class ClassifierOutput:
 
 
 class TextClassifier(nn.Module):
-    """Token ids in, class logits out: self-attention blocks, a pooling, and a head of one or two parts.
+    """Token ids in, task outputs out: self-attention blocks, a pooling, and a head of one or two parts.
 
     The encoder turns ``(batch, seq)`` ids into ``(batch, seq, d_model)``
     states; the pooling named by ``config.pooling`` makes one sentence vector of
     them; the head scores it linearly and, with ``config.ngram_buckets``, adds
     a bag of n-grams read from the ids, mixed by weights fitted on validation
-    (see :mod:`encoder_clf.model.heads`). ``padding_mask`` is ``True`` at
-    padding, and padding changes no output.
+    (see :mod:`encoder_clf.model.heads`). ``task`` (:mod:`encoder_clf.model.tasks`)
+    holds the loss and turns outputs into predictions. ``padding_mask`` is
+    ``True`` at padding, and padding changes no output; ``token_type_ids`` mark
+    the second text of a pair.
     """
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        if config.vocab_size <= 0 or config.num_labels < 2:
-            raise ValueError(
-                f"model config needs vocab_size > 0 and at least 2 labels; got vocab_size={config.vocab_size}, "
-                f"labels={config.labels}"
-            )
+        needed = {"single_label": "at least 2 labels", "multi_label": "at least 1 label",
+                  "regression": "1 label (the target's name)"}[config.task]
+        counts = {"single_label": config.num_labels >= 2, "multi_label": config.num_labels >= 1,
+                  "regression": config.num_labels == 1}
+        if config.vocab_size <= 0 or not counts[config.task]:
+            raise ValueError(f"a {config.task} model needs vocab_size > 0 and {needed}; "
+                             f"got vocab_size={config.vocab_size}, labels={config.labels}")
         self.config = config
+        self.task = TASKS[config.task](config.num_labels)
         self.encoder = Encoder(config)
         self.pooling = POOLINGS[config.pooling](config.d_model, config.n_heads)
         self.head = EnsembleHead(config)
@@ -60,11 +67,12 @@ class TextClassifier(nn.Module):
                 token_type_ids: torch.Tensor | None = None, need_weights: bool = False) -> ClassifierOutput:
         """input_ids ``(batch, seq)``; padding_mask ``(batch, seq)``, ``True`` at padding."""
         states, attentions = self.encoder(input_ids, padding_mask, token_type_ids, need_weights)
-        return self.classify(states, input_ids, padding_mask, attentions)
+        return self.classify(states, input_ids, padding_mask, attentions, token_type_ids)
 
     def classify(self, states: torch.Tensor, input_ids: torch.Tensor, padding_mask: torch.Tensor | None,
-                 attentions: list[torch.Tensor] | None = None) -> ClassifierOutput:
+                 attentions: list[torch.Tensor] | None = None,
+                 token_type_ids: torch.Tensor | None = None) -> ClassifierOutput:
         """Pool the encoder's ``states`` ``(batch, seq, d_model)`` and score them with every part of the head."""
         pooled = self.pooling(states, padding_mask)
-        logits, parts = self.head(pooled, input_ids, padding_mask)
+        logits, parts = self.head(pooled, input_ids, padding_mask, token_type_ids)
         return ClassifierOutput(logits, pooled, parts, attentions or [])

@@ -13,6 +13,7 @@ from ..settings import require, require_choice
 from .attention import SCORE_RULES
 from .encoder import ACTIVATIONS, NORM_PLACEMENTS, POSITION_ENCODINGS
 from .pooling import POOLINGS
+from .tasks import TASKS
 
 # Architecture additions beyond a plain transformer encoder, each with the value that turns it off: what a
 # BERT import is built with, and what a model directory saved before the key existed was built with (today's
@@ -25,7 +26,9 @@ class ModelConfig:
     """Architecture of the encoder and its classification head.
 
     ``vocab_size`` and ``labels`` are filled in from the tokenizer and the
-    training data when they are left at their empty defaults.
+    training data when they are left at their empty defaults; so are ``task``
+    and ``text_pairs``, which the data decides. A regression model's one
+    ``label`` names the target.
     """
 
     d_model: int = 256
@@ -49,6 +52,8 @@ class ModelConfig:
     vocab_size: int = 0
     pad_token_id: int = 0
     labels: list[str] = field(default_factory=list)
+    task: str = "single_label"  # single_label, multi_label or regression (see model/tasks.py)
+    text_pairs: bool = False  # each example is two texts, encoded as [CLS] a [SEP] b [SEP] with token types
 
     RETIRED: ClassVar[dict[str, str]] = {
         "part_weights": "the weights that mix the head's parts are learned (fitted on the validation split) and "
@@ -77,8 +82,14 @@ class ModelConfig:
         for name in ("dropout", "attention_dropout", "activation_dropout"):
             value = getattr(self, name)
             require(0.0 <= value < 1.0, f"model.{name} must be in [0, 1); got {value}")
+        require_choice("model.task", self.task, TASKS)
         require(self.vocab_size >= 0, f"model.vocab_size must be >= 0; got {self.vocab_size}")
 
     @property
     def num_labels(self) -> int:
         return len(self.labels)
+
+    @property
+    def num_outputs(self) -> int:
+        """The head's outputs: one per label, or one value for regression."""
+        return 1 if self.task == "regression" else self.num_labels

@@ -20,7 +20,7 @@ from .ngrams import NgramLogits
 
 
 class LinearHead(nn.Module):
-    """Dropout, then a linear map of the sentence vector ``(batch, d_model)`` to ``(batch, num_labels)`` logits."""
+    """Dropout, then a linear map of the sentence vector ``(batch, d_model)`` to ``(batch, outputs)`` logits."""
 
     def __init__(self, d_model: int, num_labels: int, dropout: float) -> None:
         super().__init__()
@@ -32,22 +32,23 @@ class LinearHead(nn.Module):
 
 
 class HeadOutput(NamedTuple):
-    logits: torch.Tensor  # (batch, num_labels): the parts mixed by the weights
-    parts: torch.Tensor  # (parts, batch, num_labels): each part's own logits, in the order of EnsembleHead.names
+    logits: torch.Tensor  # (batch, outputs): the parts mixed by the weights
+    parts: torch.Tensor  # (parts, batch, outputs): each part's own logits, in the order of EnsembleHead.names
 
 
 class EnsembleHead(nn.Module):
     """The parts that score a text, and one mixing weight each (``weights``, in the state dict).
 
     ``parts["encoder"]`` reads the pooled sentence vector; ``parts["ngrams"]``,
-    there when ``model.ngram_buckets`` is set, reads the token ids.
+    there when ``model.ngram_buckets`` is set, reads the token ids (and a pair's token types).
     """
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        parts: dict[str, nn.Module] = {"encoder": LinearHead(config.d_model, config.num_labels, config.dropout)}
+        parts: dict[str, nn.Module] = {"encoder": LinearHead(config.d_model, config.num_outputs, config.dropout)}
         if config.ngram_buckets:
-            parts["ngrams"] = NgramLogits(config.vocab_size, config.ngram_buckets, config.num_labels)
+            parts["ngrams"] = NgramLogits(config.vocab_size, config.ngram_buckets, config.num_outputs,
+                                          config.text_pairs)
         self.parts = nn.ModuleDict(parts)
         self.register_buffer("weights", torch.full((len(parts),), 1.0 / len(parts)))
 
@@ -55,14 +56,14 @@ class EnsembleHead(nn.Module):
     def names(self) -> list[str]:
         return list(self.parts)
 
-    def forward(self, pooled: torch.Tensor, input_ids: torch.Tensor,
-                padding_mask: torch.Tensor | None) -> HeadOutput:
+    def forward(self, pooled: torch.Tensor, input_ids: torch.Tensor, padding_mask: torch.Tensor | None,
+                token_type_ids: torch.Tensor | None = None) -> HeadOutput:
         scored = [self.parts["encoder"](pooled)]
         if "ngrams" in self.parts:
-            scored.append(self.parts["ngrams"](input_ids, padding_mask).to(scored[0].dtype))
+            scored.append(self.parts["ngrams"](input_ids, padding_mask, token_type_ids).to(scored[0].dtype))
         parts = torch.stack(scored)
         return HeadOutput(self.mix(parts), parts)
 
     def mix(self, parts: torch.Tensor) -> torch.Tensor:
-        """The weighted sum of the parts' logits ``(parts, batch, num_labels)`` → ``(batch, num_labels)``."""
+        """The weighted sum of the parts' logits ``(parts, batch, outputs)`` → ``(batch, outputs)``."""
         return torch.einsum("p,pbc->bc", self.weights.to(parts.dtype), parts)

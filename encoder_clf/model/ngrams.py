@@ -32,34 +32,61 @@ class NgramLogits(nn.Module):
     The sum over the n-grams is divided by the square root of their number, as
     a TF-IDF vector is normalised; padding is left out. Rows start at zero, so
     a new model's logits are the encoder's alone.
+
+    For sentence pairs (``pairs``) what matters is what the two texts share:
+    an n-gram found in both texts has a row of its own, apart from the same
+    n-gram found in one text only, and every n-gram also adds one of two rows
+    common to all shared (or all unshared) n-grams, which together measure
+    the texts' overlap. These are the binary counterparts of the product and
+    difference of two TF-IDF vectors that a linear pair classifier reads.
     """
 
-    def __init__(self, vocab_size: int, buckets: int, num_labels: int) -> None:
+    def __init__(self, vocab_size: int, buckets: int, num_labels: int, pairs: bool = False) -> None:
         super().__init__()
-        self.vocab_size, self.buckets = vocab_size, buckets
-        self.table = nn.Embedding(vocab_size + buckets, num_labels)
+        self.vocab_size, self.buckets, self.pairs = vocab_size, buckets, pairs
+        rows = vocab_size + buckets
+        self.table = nn.Embedding(2 * rows + 2 if pairs else rows, num_labels)
 
-    def terms(self, input_ids: torch.Tensor, padding_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Each text's n-grams as rows of the table, and the weight of each in the sum: both ``(batch, 2·seq − 1)``.
+    def terms(self, input_ids: torch.Tensor, padding_mask: torch.Tensor | None,
+              token_type_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each text's n-grams as rows of the table, and the weight of each in the sum: both ``(batch, terms)``.
 
         Positions ``0 … seq−1`` are the unigrams, then position ``seq + i`` the
         bigram of tokens ``i, i+1``; padding (and a bigram touching it) weighs 0.
+        A pair model's n-grams come next again, as the rows common to shared or
+        unshared n-grams.
         """
         real = torch.ones_like(input_ids, dtype=torch.bool) if padding_mask is None else ~padding_mask
         bigrams = self.vocab_size + bigram_buckets(input_ids[:, :-1], input_ids[:, 1:], self.vocab_size, self.buckets)
         index = torch.cat([input_ids, bigrams], dim=1)
-        keep = torch.cat([real, real[:, :-1] & real[:, 1:]], dim=1).float()
+        keep = torch.cat([real, real[:, :-1] & real[:, 1:]], dim=1)
+        if self.pairs:
+            index, keep = self._pair_terms(index, keep, input_ids, token_type_ids)
+        keep = keep.float()
         return index, keep / keep.sum(dim=1, keepdim=True).clamp(min=1).sqrt()
 
-    def forward(self, input_ids: torch.Tensor, padding_mask: torch.Tensor | None) -> torch.Tensor:
+    def _pair_terms(self, index: torch.Tensor, keep: torch.Tensor, input_ids: torch.Tensor,
+                    token_type_ids: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Shared n-grams moved to their own rows, then each n-gram's shared-or-not row appended."""
+        types = torch.zeros_like(input_ids) if token_type_ids is None else token_type_ids
+        segment = torch.cat([types, types[:, :-1]], dim=1)  # a bigram belongs to its first token's text
+        same = index[:, :, None] == index[:, None, :]
+        other = (segment[:, :, None] != segment[:, None, :]) & keep[:, None, :]
+        shared = (same & other).any(dim=2).long()
+        rows = self.vocab_size + self.buckets
+        summary = 2 * rows + 1 - shared  # 2·rows: the row of every shared n-gram; 2·rows + 1: of every other one
+        return torch.cat([index + shared * rows, summary], dim=1), torch.cat([keep, keep], dim=1)
+
+    def forward(self, input_ids: torch.Tensor, padding_mask: torch.Tensor | None,
+                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
         """``(batch, num_labels)`` logits."""
-        index, scale = self.terms(input_ids, padding_mask)
+        index, scale = self.terms(input_ids, padding_mask, token_type_ids)
         return torch.einsum("bn,bnc->bc", scale, self.table(index).float())
 
-    def contributions(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """What each n-gram of one unpadded text ``(1, seq)`` adds to the logits: ``(2·seq − 1, num_labels)``.
+    def contributions(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """What each n-gram of one unpadded text ``(1, seq)`` adds to the logits: ``(terms, num_labels)``.
 
         They sum to :meth:`forward`'s logits; the order is that of :meth:`terms`.
         """
-        index, scale = self.terms(input_ids, None)
+        index, scale = self.terms(input_ids, None, token_type_ids)
         return scale[0, :, None] * self.table(index[0]).float()

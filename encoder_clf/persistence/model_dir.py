@@ -70,9 +70,7 @@ def save_model(directory: str | Path, model: TextClassifier, tokenizer: Tokenize
 
 def load_model(directory: str | Path) -> tuple[TextClassifier, Tokenizer]:
     """Rebuild the model and its tokenizer from a model directory, in eval mode."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise UsageError(f"model directory {directory} not found; pass the model/ folder of a training run")
+    directory = _existing(directory)
     files = {name: _read_file(directory / name) for name in FILES}
     return model_from_files(files, str(directory))
 
@@ -92,7 +90,7 @@ def model_from_files(files: dict[str, bytes], where: str) -> tuple[TextClassifie
 
 def load_model_config(directory: str | Path) -> ModelConfig:
     """The ``config.json`` of a model directory (a classifier's, or a pretrained encoder's with no labels)."""
-    file = Path(directory) / CONFIG
+    file = _existing(directory) / CONFIG
     return _model_config(_config_json(_read_file(file), str(file)), str(file))
 
 
@@ -132,6 +130,13 @@ def load_weights(model: torch.nn.Module, file: str | Path, state: dict[str, torc
             raise UsageError(f"{file}: weight {name} has shape {tuple(tensor.shape)}, the config expects "
                              f"{tuple(expected[name].shape)}; check that config.json belongs to these weights")
     model.load_state_dict(state, strict=True)
+
+
+def _existing(directory: str | Path) -> Path:
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise UsageError(f"model directory {directory} not found; pass the model/ folder of a training run")
+    return directory
 
 
 def _read_file(file: Path) -> bytes:

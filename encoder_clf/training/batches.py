@@ -1,6 +1,7 @@
 """The train split as the loop reads it: one seeded iterable of batches per epoch, dealt into optimizer steps.
 
-A batch is ``(ids (batch, seq), padding mask (batch, seq) True at padding, labels (batch,))``.
+A batch is a :class:`~encoder_clf.data.batching.Batch`: ids and padding mask
+``(batch, seq)`` (True at padding), token types for pairs, and the targets.
 """
 
 from __future__ import annotations
@@ -11,12 +12,11 @@ from typing import TypeVar
 
 import torch
 
-from ..data.batching import bucket_batches
+from ..data.batching import Batch, bucket_batches
 from ..data.tokenized import TokenizedSplit
 from .distributed import World
 
 T = TypeVar("T")
-Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 @dataclass

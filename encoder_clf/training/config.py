@@ -6,12 +6,13 @@ from dataclasses import dataclass, field
 
 from ..data.config import DataConfig
 from ..data.tokenization import TokenizerConfig
+from ..metrics import SELECTION_METRICS
 from ..model.config import ModelConfig
 from ..runtime import PRECISIONS
 from ..settings import check_fields
 from .optim import SCHEDULES
 
-METRICS = ("accuracy", "macro_f1")
+METRICS = tuple(dict.fromkeys(name for names in SELECTION_METRICS.values() for name in names))
 
 
 @dataclass
@@ -35,7 +36,7 @@ class TrainConfig:
     ema_decay: float = 0.0  # evaluate and keep an exponential moving average of the weights; 0 = off
     max_steps: int = 0  # stop after this many optimizer steps (the schedule ends there); 0 = epochs decide
     eval_every: int = 0  # optimizer steps between evaluations; 0 = once per epoch (a stream: ten per run)
-    metric: str = "accuracy"
+    metric: str = ""  # what selects the best model; "" = the task's: accuracy, macro-F1 (multi-label), Pearson
     patience: int = 0  # evaluations without improvement before stopping; 0 = never stop early
     precision: str = "auto"
     seed: int = 0
@@ -68,7 +69,7 @@ class TrainConfig:
             (self.checkpoint_every >= 0, "checkpoint_every", ">= 0 (0 = at evaluations only)"),
             (self.keep_checkpoints >= 1, "keep_checkpoints", "a positive integer"),
             (self.schedule in SCHEDULES, "schedule", f"one of {', '.join(SCHEDULES)}"),
-            (self.metric in METRICS, "metric", f"one of {', '.join(METRICS)}"),
+            (self.metric in ("", *METRICS), "metric", f"one of {', '.join(METRICS)} (or empty: the task's own)"),
             (self.precision in PRECISIONS, "precision", f"one of {', '.join(PRECISIONS)}"),
         ]
         check_fields("train", self, checks)

@@ -17,11 +17,13 @@ quiet run prints nothing.
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import logging
 import math
 import resource
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,8 +37,8 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from ..data.tokenization import UNK, pad_id
 from ..data.tokenized import TokenizedSplit
 from ..errors import UsageError
-from ..inference import forward_batches
-from ..metrics import compute_metrics
+from ..inference import forward_batches, scored
+from ..metrics import HEADLINE, NAMES
 from ..model.classifier import TextClassifier
 from ..persistence.checkpoints import Checkpoint, Progress, Trainables, restore
 from ..runtime import autocast
@@ -46,23 +48,36 @@ from .distributed import SOLO, World, all_sum, barrier, gather_rows, rank_stream
 from .optim import layerwise_adamw, warmup_then_decay
 from .recorder import Recorder
 from .stacking import fit_mixing_weights
+from .thresholds import fit_thresholds
 
 log = logging.getLogger(__name__)
 
 
 
-def class_weighted_loss(class_weights: str | None, labels: np.ndarray | None, num_labels: int,
-                        label_smoothing: float, device) -> nn.Module:
-    """Cross-entropy, with ``balanced`` class weights from the train labels when asked for."""
+def task_loss(model: TextClassifier, class_weights: str | None, labels: np.ndarray | None, label_smoothing: float,
+              device) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The model's task loss, with ``balanced`` weights from the train targets when asked for.
+
+    One class per text: class weights inversely proportional to the classes' frequencies (scikit-learn's
+    ``balanced``). Multi-label: each label's positive weight is its negatives over its positives, so a rare
+    label's few positives weigh as much as its many negatives.
+    """
     weight = None
-    if class_weights == "balanced":
+    if class_weights == "balanced" and model.config.task == "single_label":
         from sklearn.utils.class_weight import compute_class_weight
 
         present = np.unique(labels)
-        values = np.ones(num_labels, dtype=np.float32)
+        values = np.ones(model.config.num_labels, dtype=np.float32)
         values[present] = compute_class_weight("balanced", classes=present, y=labels)
         weight = torch.tensor(values, device=device)
-    return nn.CrossEntropyLoss(weight=weight, label_smoothing=label_smoothing)
+    elif class_weights == "balanced" and model.config.task == "multi_label":
+        positives = labels.sum(axis=0)
+        weight = torch.tensor(np.where(positives > 0, (len(labels) - positives) / np.maximum(positives, 1), 1.0),
+                              dtype=torch.float32, device=device)
+    elif class_weights == "balanced":
+        raise UsageError("data.class_weights=balanced weighs classes or labels, and a regression target has "
+                         "neither; drop it")
+    return functools.partial(model.task.loss, weight=weight, label_smoothing=label_smoothing)
 
 
 @dataclass
@@ -93,7 +108,7 @@ class Session:
     evaluated: TextClassifier  # what is scored and kept: the model, or its moving average
     runner: nn.Module  # the model as training forward passes call it: DDP-wrapped, compiled, or itself
     ddp: DistributedDataParallel | None
-    loss_fn: nn.Module
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     cfg: TrainConfig
     precision: str
     device: torch.device
@@ -107,7 +122,8 @@ class Session:
 
 
 def fit(model: TextClassifier, tokenizer, train: TrainBatches, validation: TokenizedSplit, cfg: TrainConfig,
-        loss_fn: nn.Module, precision: str, recorder: Recorder, progress: bool = True, *,
+        loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], precision: str, recorder: Recorder,
+        progress: bool = True, *,
         resume_from: Checkpoint | None = None, world: World = SOLO) -> dict:
     """Train, keeping the history, the best model and checkpoints in ``recorder``; return the run's summary.
 
@@ -145,9 +161,10 @@ def fit(model: TextClassifier, tokenizer, train: TrainBatches, validation: Token
                     record = _record(session, plan, scores)
                     recorder.evaluation(record, session.evaluated if improved else None, tokenizer)
                     if world.main:
-                        log.info("step %d%s: train loss %.4f, val accuracy %.4f, macro-F1 %.4f", at.step,
+                        shown = ", ".join(f"{NAMES[key]} {scores[key]:.4f}" for key in HEADLINE[scores["task"]])
+                        log.info("step %d%s: train loss %.4f, val %s", at.step,
                                  "" if record["epoch"] is None else f" (epoch {record['epoch']:.2f})",
-                                 record["train_loss"], scores["accuracy"], scores["macro_f1"])
+                                 record["train_loss"], shown)
                 if evaluating or (cfg.checkpoint_every and at.step % cfg.checkpoint_every == 0):
                     _checkpoint(session, recorder, tokenizer, train.key)
                 if at.stop_reason != "completed" or at.step >= plan.total_steps:
@@ -168,15 +185,15 @@ def train_step(session: Session, group: list[Batch], epoch: int, recorder: Recor
     The loss and the time budget are reduced over the ranks, so that every rank takes the same decision.
     """
     cfg, world, objects = session.cfg, session.world, session.objects
-    mine, examples = group[world.rank::world.size], sum(len(labels) for _, _, labels in group)
+    mine, examples = group[world.rank::world.size], sum(len(batch.labels) for batch in group)
     objects.optimizer.zero_grad(set_to_none=True)
     loss_sum = 0.0
-    for i, (ids, mask, labels) in enumerate(mine):
+    for i, batch in enumerate(mine):
         # DDP averages gradients over ranks: weights that sum to world.size give the step's mean loss
-        weight = len(labels) / examples * world.size
+        weight = len(batch.labels) / examples * world.size
         last = i == len(mine) - 1
         with session.ddp.no_sync() if session.ddp is not None and not last else contextlib.nullcontext():
-            loss_sum += _forward_backward(session, ids, mask, labels, weight) * len(labels)
+            loss_sum += _forward_backward(session, batch, weight) * len(batch.labels)
     late = float(bool(cfg.max_minutes) and session.elapsed() > cfg.max_minutes * 60)
     loss_sum, late = all_sum([loss_sum, late], world)  # one rank out of time stops them all
     if not math.isfinite(loss_sum):
@@ -194,23 +211,27 @@ def train_step(session: Session, group: list[Batch], epoch: int, recorder: Recor
 
 def evaluate(model: TextClassifier, tokens: TokenizedSplit, batch_size: int, precision: str,
              world: World = SOLO) -> dict:
-    """Fit the head's mixing weights on ``tokens`` (a labelled split), then score the model on it.
+    """Fit what the model learns from held-out rows on ``tokens`` (a labelled split), then score it there.
 
-    The weights only mix the parts' logits, not their training losses, so fitting them at each evaluation
-    picks the best model as it will be used.
+    First the head's mixing weights, then a multi-label model's thresholds on the mixed outputs: they only
+    turn outputs into decisions, not training losses, so fitting them at each evaluation picks the best
+    model as it will be used.
     """
     logits, parts = _forward_split(model, tokens, batch_size, precision, world, with_parts=True)
     if len(parts) > 1:
         fit_mixing_weights(model, parts, tokens.labels)
         logits = model.head.mix(torch.from_numpy(parts)).numpy()
-    return compute_metrics(tokens.labels, logits.argmax(axis=1), model.config.labels)
+    if model.config.task == "multi_label":
+        fit_thresholds(model, logits, tokens.labels)
+    return scored(model, logits, tokens.labels)
 
 
 def score(model: TextClassifier, tokens: TokenizedSplit, batch_size: int, precision: str,
-          world: World = SOLO) -> dict:
-    """Metrics of the model as it is on a labelled split (each rank scores a share; all ranks get them)."""
+          world: World = SOLO) -> tuple[dict, np.ndarray]:
+    """Metrics of the model as it is on a labelled split, and its predictions (each rank scores a share; all ranks
+    get them)."""
     logits, _ = _forward_split(model, tokens, batch_size, precision, world, with_parts=False)
-    return compute_metrics(tokens.labels, logits.argmax(axis=1), model.config.labels)
+    return scored(model, logits, tokens.labels), model.task.predict(torch.from_numpy(logits)).numpy()
 
 
 def decide(at: Progress, scores: dict, cfg: TrainConfig, late: bool) -> bool:
@@ -229,9 +250,10 @@ def decide(at: Progress, scores: dict, cfg: TrainConfig, late: bool) -> bool:
 
 def _forward_split(model: TextClassifier, tokens: TokenizedSplit, batch_size: int, precision: str, world: World,
                    with_parts: bool) -> tuple[np.ndarray, np.ndarray | None]:
-    """The logits ``(n, labels)`` of a split and, ``with_parts``, each part's ``(parts, n, labels)``, gathered."""
+    """The outputs ``(n, outputs)`` of a split and, ``with_parts``, each part's ``(parts, n, outputs)``, gathered."""
     mine = shard(len(tokens), world)
-    out = forward_batches(model, [tokens.sequences[i] for i in mine], tokens.pad_id, batch_size, precision)
+    segments = None if tokens.segments is None else tokens.segments[mine]
+    out = forward_batches(model, [tokens.sequences[i] for i in mine], tokens.pad_id, batch_size, precision, segments)
     parts = gather_rows(out.parts.transpose(1, 0, 2), len(tokens), world).transpose(1, 0, 2) if with_parts else None
     return gather_rows(out.logits, len(tokens), world), parts
 
@@ -271,14 +293,15 @@ def _resume(session: Session, checkpoint: Checkpoint, train: TrainBatches, plan:
              at.epoch + 1, at.batches_done)
 
 
-def _forward_backward(session: Session, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor,
-                      weight: float) -> float:
+def _forward_backward(session: Session, batch: Batch, weight: float) -> float:
     """One micro-batch: each part of the head scored on its own loss, their mean scaled by ``weight`` for backward."""
+    ids, mask, types, labels = batch
     if session.cfg.token_dropout:
         ids = drop_tokens(ids, mask, session.cfg.token_dropout, session.unk, session.objects.generator)
-    with autocast(session.precision, session.device):
-        out = session.runner(ids.to(session.device), mask.to(session.device))
-    labels = labels.to(session.device)
+    device = session.device
+    with autocast(session.precision, device):
+        out = session.runner(ids.to(device), mask.to(device), None if types is None else types.to(device))
+    labels = labels.to(device)
     loss = torch.stack([session.loss_fn(part.float(), labels) for part in out.parts]).mean()
     (loss * weight).backward()
     return loss.item()
@@ -290,21 +313,21 @@ def _advance(at: Progress, group: list[Batch], loss_sum: float, plan: Plan, epoc
     at.batches_done += 1
     if at.batches_done == plan.steps_per_epoch:
         at.epoch, at.batches_done = epoch + 1, 0
-    examples = sum(len(labels) for _, _, labels in group)
+    examples = sum(len(batch.labels) for batch in group)
     at.seen += examples
     at.running_loss += loss_sum
     at.running_n += examples
     for rank in range(world.size):
-        at.examples_per_process[rank] += sum(len(labels) for _, _, labels in group[rank::world.size])
+        at.examples_per_process[rank] += sum(len(batch.labels) for batch in group[rank::world.size])
 
 
 def _record(session: Session, plan: Plan, scores: dict) -> dict:
     """One line of the history (``log.jsonl``), and the running loss starts again."""
     at, elapsed = session.at, session.elapsed()
+    shown = dict.fromkeys([session.cfg.metric, *HEADLINE[scores["task"]]])  # the selection metric first
     record = {"step": at.step, "epoch": plan.epochs_at(at.step), "train_loss": at.running_loss / at.running_n,
-              "lr": session.objects.scheduler.get_last_lr()[0], "val_accuracy": scores["accuracy"],
-              "val_macro_f1": scores["macro_f1"], "elapsed_s": round(elapsed, 2),
-              "examples_per_s": round(at.seen / elapsed, 1)}
+              "lr": session.objects.scheduler.get_last_lr()[0], **{f"val_{key}": scores[key] for key in shown},
+              "elapsed_s": round(elapsed, 2), "examples_per_s": round(at.seen / elapsed, 1)}
     at.running_loss, at.running_n = 0.0, 0
     return record
 

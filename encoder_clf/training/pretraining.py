@@ -200,13 +200,13 @@ def _corpus(config: PretrainRunConfig) -> _Corpus:
     n_heldout = max(1, int(cfg.heldout_fraction * len(texts)))
     train_texts = [texts[i] for i in order[n_heldout:]]
     tokenizer = train_tokenizer(train_texts, config.tokenizer)
-    sequences, truncated = encode(tokenizer, train_texts)
+    sequences, truncated, _ = encode(tokenizer, train_texts)
     if truncated:
         log.warning("%d of %d texts truncated at max_length=%d tokens", truncated, len(train_texts),
                     config.tokenizer.max_length)
     special = torch.tensor([tokenizer.token_to_id(t) for t in (PAD, CLS, SEP, MASK)
                             if tokenizer.token_to_id(t) is not None])
-    heldout, _ = encode(tokenizer, [texts[i] for i in order[:n_heldout]])
+    heldout = encode(tokenizer, [texts[i] for i in order[:n_heldout]]).ids
     return _Corpus(tokenizer, sequences, heldout, special, tokenizer.token_to_id(MASK), pad_id(tokenizer))
 
 
@@ -246,7 +246,7 @@ def _heldout_loss(model: MaskedLanguageModel, corpus: _Corpus, cfg: PretrainConf
     model.eval()
     generator = torch.Generator().manual_seed(cfg.seed + 1)
     total, count = 0.0, 0
-    for _, ids, padding in sorted_batches(corpus.heldout, corpus.pad, 256):
+    for _, ids, padding, _ in sorted_batches(corpus.heldout, corpus.pad, 256):
         corrupted, targets = mask_tokens(ids, padding, corpus.special, corpus.mask_id, model.config.vocab_size,
                                          cfg.mask_prob, generator)
         if not targets.any():

@@ -7,7 +7,8 @@ resumed and a finished one read:
 
 - ``log.jsonl``, one line per evaluation; ``model/``, the best model, saved
   at each improvement; ``checkpoints/``, the newest checkpoints;
-- at the end ``report.txt``, ``confusion_matrix.png``, ``curves.png`` and,
+- at the end ``report.txt``, the task's figure (``confusion_matrix.png``,
+  ``per_label_f1.png`` or ``scatter.png``), ``curves.png`` and,
   last, ``metrics.json``, each written to a temporary file and renamed into
   place. ``metrics.json`` marks the run as finished, so a kill at any point
   leaves a run that ``--resume`` completes or a complete one; the checkpoints
@@ -24,10 +25,11 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 from tokenizers import Tokenizer
 
-from ..metrics import confusion_matrix_figure, curves_figure, format_report, save
+from ..metrics import curves_figure, format_report, save, task_figure
 from ..model.classifier import TextClassifier
 from ..persistence.checkpoints import CHECKPOINTS, Progress, Trainables, save_checkpoint
 from ..persistence.model_dir import load_model, save_model
@@ -61,8 +63,8 @@ class Recorder:
         """What survives a run stopped now, for the message that stops it."""
         return "stopped"
 
-    def finish(self, metrics: dict) -> None:
-        """Nothing to write in memory."""
+    def finish(self, metrics: dict, final: tuple[np.ndarray, np.ndarray]) -> None:
+        """Nothing to write in memory (``final``: the targets and predictions of the last split scored)."""
 
 
 class RunDirectory(Recorder):
@@ -118,17 +120,20 @@ class RunDirectory(Recorder):
         if self._log is not None:
             self._log.close()
 
-    def finish(self, metrics: dict) -> None:
-        """Write the report, the plots and then ``metrics.json``; then remove the checkpoints."""
+    def finish(self, metrics: dict, final: tuple[np.ndarray, np.ndarray]) -> None:
+        """Write the report, the plots and then ``metrics.json``; then remove the checkpoints.
+
+        ``final`` holds the targets and predictions of the last split scored (test, else validation), which
+        the task's figure draws.
+        """
         self.close()
         if not self.writes:
             return
         scored = [name for name in ("validation", "test") if name in metrics]
         report = "\n\n".join(format_report(metrics[name], name) for name in scored)
         _write_atomically(self.path / REPORT, lambda file: file.write_text(report + "\n", encoding="utf-8"))
-        final = scored[-1]
-        figure = confusion_matrix_figure(metrics[final], f"Confusion matrix ({final})")
-        _write_atomically(self.path / "confusion_matrix.png", lambda file: save(figure, file))
+        name, figure = task_figure(metrics[scored[-1]], scored[-1], *final)
+        _write_atomically(self.path / name, lambda file: save(figure, file))
         curves = curves_figure(self.history)
         _write_atomically(self.path / "curves.png", lambda file: save(curves, file))
         text = json.dumps(metrics, indent=2) + "\n"

@@ -35,15 +35,16 @@ from ..data.streaming import StreamingSplits, stream_batches, stream_splits, str
 from ..data.tokenization import TokenizerConfig, load_tokenizer, pad_id, train_tokenizer
 from ..data.tokenized import TokenizedSplit, data_key, stream_key, tokenize_split
 from ..errors import UsageError
+from ..metrics import SELECTION_METRICS
 from ..model.classifier import TextClassifier
 from ..persistence.checkpoints import CHECKPOINTS, Checkpoint, load_latest
 from ..persistence.encoders import load_encoder
 from ..runtime import default_device, resolve_precision
 from ..settings import load_json
 from .batches import TrainBatches, bucketed
-from .config import RunConfig
+from .config import RunConfig, TrainConfig
 from .distributed import World, barrier, broadcast_text, current
-from .loop import class_weighted_loss, fit, score
+from .loop import fit, score, task_loss
 from .recorder import CONFIG, METRICS, Recorder, RunDirectory
 
 log = logging.getLogger(__name__)
@@ -66,13 +67,14 @@ def train(config: RunConfig, out_dir: str | Path | None = None, overwrite: bool 
     """Train on ``config.data`` and return the result; with ``out_dir``, write the run directory there too.
 
     The directory holds ``model/`` (the best model), ``metrics.json``, ``report.txt``, ``log.jsonl``,
-    ``run_config.json``, ``confusion_matrix.png`` and ``curves.png``.
+    ``run_config.json``, the task's figure (``confusion_matrix.png``, ``per_label_f1.png`` or ``scatter.png``)
+    and ``curves.png``.
     """
     out_dir = _prepared(out_dir, overwrite)
     _check_lengths(config)
     if config.data.streaming:
         streamed = _stream_splits(config)
-        config, model, tokenizer = _build(config, streamed.label_names, lambda: stream_texts(config.data))
+        config, model, tokenizer = _build(config, streamed, lambda: stream_texts(config.data))
         return _run(config, model, tokenizer, streamed, out_dir, progress)
     return _train_on(config, load_splits(config.data, seed=config.train.seed), out_dir, progress)
 
@@ -144,33 +146,74 @@ def _stream_splits(config: RunConfig) -> StreamingSplits:
 
 def _train_on(config: RunConfig, splits: Splits, out_dir: Path | None, progress: bool) -> TrainResult:
     _check_lengths(config)
-    config, model, tokenizer = _build(config, splits.label_names, lambda: splits.train.texts)
+    if current().main:
+        log.info("task: %s", describe(splits))
+    texts = splits.train.texts
+    flat = (lambda: (text for pair in texts for text in pair)) if splits.text_pairs else (lambda: texts)
+    config, model, tokenizer = _build(config, splits, flat)
+    if splits.task == "regression":  # the head learns the standardised target: its mean and spread are kept
+        model.task.mean.fill_(float(splits.train.labels.mean()))
+        model.task.std.fill_(max(float(splits.train.labels.std()), 1e-6))
     return _run(config, model, tokenizer, splits, out_dir, progress)
 
 
-def _build(config: RunConfig, label_names: list[str],
+def describe(splits: Splits) -> str:
+    """The task as the run states it: ``multi_label, 28 labels, sentence pairs``."""
+    count = len(splits.label_names)
+    what = f"target {splits.label_names[0]!r}" if splits.task == "regression" else \
+        f"{count} {'classes' if splits.task == 'single_label' else 'labels'}"
+    return f"{splits.task} ({what}), {'sentence pairs' if splits.text_pairs else 'one text per example'}"
+
+
+def _build(config: RunConfig, splits: Splits | StreamingSplits,
            train_texts: Callable[[], Iterable[str]]) -> tuple[RunConfig, TextClassifier, Tokenizer]:
-    """The tokenizer (trained on ``train_texts()``, loaded, or the pretrained encoder's) and the model."""
+    """The tokenizer (trained on ``train_texts()``, loaded, or the pretrained encoder's) and the model.
+
+    The data decides the task, the labels and whether examples are pairs (which need two token types); the
+    selection metric, unless set, is the task's own.
+    """
     torch.manual_seed(config.train.seed)
     start = load_encoder(config.train.init, config.tokenizer.max_length) if config.train.init else None
+    shape = {"labels": splits.label_names, "task": splits.task, "text_pairs": splits.text_pairs}
     if start is not None:  # the architecture and tokenizer come with the pretrained encoder
         tokenizer = start.tokenizer
         model_config = replace(start.config, pooling=config.model.pooling, dropout=config.model.dropout,
-                               attention_dropout=config.model.attention_dropout, labels=label_names)
+                               attention_dropout=config.model.attention_dropout, **shape)
     else:
         if config.tokenizer.path:
             tokenizer = load_tokenizer(config.tokenizer.path, config.tokenizer.max_length)
         else:
             tokenizer = _trained_once(train_texts, config.tokenizer, current())
-        model_config = replace(config.model, vocab_size=tokenizer.get_vocab_size(), labels=label_names,
-                               pad_token_id=pad_id(tokenizer))
+        model_config = replace(config.model, vocab_size=tokenizer.get_vocab_size(), pad_token_id=pad_id(tokenizer),
+                               **shape)
+    if splits.text_pairs:
+        model_config = replace(model_config, type_vocab_size=max(model_config.type_vocab_size, 2))
     if model_config.n_layers < config.train.freeze_layers:
         raise UsageError(f"train.freeze_layers ({config.train.freeze_layers}) exceeds the model's "
                          f"{model_config.n_layers} layers; pick at most {model_config.n_layers}")
     model = TextClassifier(model_config)
     if start is not None:
-        model.encoder.load_state_dict(start.encoder.state_dict())
-    return replace(config, model=model_config), model, tokenizer
+        _load_start(model, start)
+    return replace(config, model=model_config, train=_with_metric(config.train, splits.task)), model, tokenizer
+
+
+def _load_start(model: TextClassifier, start) -> None:
+    """The pretrained encoder's weights; token types it lacks (pairs on an encoder pretrained without them) start
+    fresh, as initialised."""
+    state = start.encoder.state_dict()
+    new = {name for name in model.encoder.state_dict() if name not in state}
+    if new - {"embeddings.token_types.weight"}:
+        raise UsageError(f"--init {start.config}: the pretrained encoder lacks {', '.join(sorted(new))}")
+    model.encoder.load_state_dict(state, strict=not new)
+
+
+def _with_metric(train: TrainConfig, task: str) -> TrainConfig:
+    """``train.metric``, or the task's default; one the task cannot score is refused."""
+    allowed = SELECTION_METRICS[task]
+    if train.metric and train.metric not in allowed:
+        raise UsageError(f"train.metric={train.metric} does not score a {task} task; pick one of "
+                         f"{', '.join(allowed)}")
+    return replace(train, metric=train.metric or allowed[0])
 
 
 def _trained_once(train_texts: Callable[[], Iterable[str]], config: TokenizerConfig, world: World) -> Tokenizer:
@@ -205,8 +248,8 @@ def _run(config: RunConfig, model: TextClassifier, tokenizer: Tokenizer, splits:
     device = default_device()
     model.to(device)
     precision = resolve_precision(cfg.precision, device)
-    loss_fn = class_weighted_loss(config.data.class_weights, None if streaming else tokens["train"].labels,
-                                  model.config.num_labels, cfg.label_smoothing, device)
+    loss_fn = task_loss(model, config.data.class_weights, None if streaming else tokens["train"].labels,
+                        cfg.label_smoothing, device)
     try:
         summary = fit(model, tokenizer, train, tokens["validation"], cfg, loss_fn, precision, recorder, progress,
                       resume_from=checkpoint, world=world)
@@ -216,14 +259,17 @@ def _run(config: RunConfig, model: TextClassifier, tokenizer: Tokenizer, splits:
 
     best_model, best_tokenizer = recorder.best_model()
     best_model.to(device)
-    results = {name: score(best_model, split, cfg.eval_batch_size, precision, world)
-               for name, split in tokens.items() if name != "train"}
+    scored = {name: score(best_model, split, cfg.eval_batch_size, precision, world)
+              for name, split in tokens.items() if name != "train"}
+    results = {name: metrics for name, (metrics, _) in scored.items()}
     head = best_model.head
     fitted = {"part_weights": dict(zip(head.names, head.weights.tolist()))} if len(head.names) > 1 else {}
-    metrics = {**results, **summary, **fitted, "precision": precision, "device": str(device),
+    metrics = {"task": model.config.task, "text_pairs": model.config.text_pairs, **results, **summary, **fitted,
+               "precision": precision, "device": str(device),
                "data": {name: {"rows": len(split), "truncated": split.truncated} for name, split in tokens.items()},
                "parameters": sum(p.numel() for p in model.parameters())}
-    recorder.finish(metrics)
+    final = "test" if "test" in scored else "validation"
+    recorder.finish(metrics, (tokens[final].labels, scored[final][1]))
     return TrainResult(best_model, best_tokenizer, config, recorder.history, metrics)
 
 
