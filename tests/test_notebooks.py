@@ -10,13 +10,19 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
+from conftest import SST2
+
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 TRAINING = dict(TRAIN_ROWS=600, EVAL_ROWS=200, EPOCHS=1, D_MODEL=32, N_LAYERS=1, VOCAB_SIZE=2000)
-SMALL = {  # notebook -> (parameters, whether it reads SST-2, where it writes)
-    "01_attention_rules": ({}, False, None),
-    "02_train_and_evaluate": (TRAINING, True, "RUN_DIR"),
-    "03_features_and_attention": ({**TRAINING, "EXAMPLES": 1}, True, "OUT_DIR"),
+SST2_DATA = {"DATA": "sst2_excerpt"}
+SMALL = {  # notebook -> (parameters, {parameter: the fixture giving its data path}, where it writes)
+    "01_attention_rules": ({}, {}, None),
+    "02_train_and_evaluate": (TRAINING, SST2_DATA, "RUN_DIR"),
+    "03_features_and_attention": ({**TRAINING, "EXAMPLES": 1}, SST2_DATA, "OUT_DIR"),
+    "04_pairs_multilabel_regression": ({**TRAINING, "TRAIN_ROWS": 400, "EVAL_ROWS": 150, "VOCAB_SIZE": 1000,
+                                        "NGRAM_BUCKETS": 1000}, {"DATA_ROOT": "task_datasets"}, "OUT_DIR"),
 }
+TASK_DATASETS = ("mrpc", "goemotions", "stsb")  # what notebook 04 reads from under SST2's parent folder
 
 
 def test_every_notebook_is_covered_and_committed_without_outputs():
@@ -51,11 +57,21 @@ def sst2_excerpt(sst2_dir, tmp_path_factory):
     return root
 
 
+@pytest.fixture(scope="module")
+def task_datasets() -> Path:
+    """The folder of MRPC, GoEmotions and STS-B (the notebook samples them itself: they read in about a second)."""
+    root = SST2.parent
+    missing = [name for name in TASK_DATASETS if not (root / name / "train.tsv").is_file()]
+    if missing:
+        pytest.skip(f"{', '.join(missing)} not found under {root}")
+    return root
+
+
 @pytest.mark.parametrize("name", list(SMALL))
 def test_notebook_runs_clean(name, request, tmp_path, monkeypatch):
-    parameters, reads_sst2, out_key = SMALL[name]
-    if reads_sst2:  # skips when the data set is absent
-        parameters = {**parameters, "DATA": str(request.getfixturevalue("sst2_excerpt"))}
+    parameters, data, out_key = SMALL[name]
+    for key, fixture in data.items():  # the fixture skips when its data set is absent
+        parameters = {**parameters, key: str(request.getfixturevalue(fixture))}
     if out_key:
         parameters = {**parameters, out_key: str(tmp_path / "out")}
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # tiny models: one thread beats two contended ones
