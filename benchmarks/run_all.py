@@ -27,6 +27,7 @@ FULL = [
     ("sst2_preset", []),
     ("embed_minilm", []),
     ("finetune_minilm", []),
+    ("tasks", []),
     ("mlm_vs_scratch", []),
     ("fault_injection", []),
     ("fault_injection", ["--nproc", "2"]),
