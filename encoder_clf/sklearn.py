@@ -201,7 +201,7 @@ class _EncoderEstimator(BaseEstimator):
                  attention: str = ModelConfig.attention, pooling: str = ModelConfig.pooling,
                  dropout: float = ModelConfig.dropout, tokenizer: str = TokenizerConfig.model,
                  vocab_size: int = TokenizerConfig.vocab_size, min_frequency: int = TokenizerConfig.min_frequency,
-                 max_length: int = TokenizerConfig.max_length, epochs: int = TrainConfig.epochs,
+                 max_length: int = TokenizerConfig.max_length, epochs: int | None = TrainConfig.epochs,
                  batch_size: int = TrainConfig.batch_size, lr: float = TrainConfig.lr,
                  weight_decay: float = TrainConfig.weight_decay, patience: int = TrainConfig.patience,
                  validation_fraction: float = DataConfig.validation_fraction, precision: str = TrainConfig.precision,

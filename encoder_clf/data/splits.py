@@ -9,6 +9,7 @@ the task and its targets :mod:`.targets`'.
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -20,6 +21,8 @@ from .columns import FLAG_HINTS, SETTING_HINTS, Columns, labelled_rows, pick_col
 from .config import DataConfig
 from .sources import SplitSource, empty_split, find_splits, train_split
 from .targets import Target, detect_task, model_target, target_of
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -99,6 +102,9 @@ def load_splits(config: DataConfig, seed: int = 0) -> Splits:
         validation = read_rows(sources["validation"], config, like=train).labelled(target)
     else:
         labelled, validation = carve_validation(labelled, config.validation_fraction, seed)
+        log.info("%s: no validation split given; %d of its %d rows (data.validation_fraction=%g, seed %d, stratified "
+                 "by class where possible) are held out for validation", train.where, len(validation),
+                 len(labelled) + len(validation), config.validation_fraction, seed)
     test = read_rows(sources["test"], config, like=train).labelled(target) if "test" in sources else None
     return Splits(labelled, validation, test, target.names, train.task, len(train.columns.texts) == 2)
 

@@ -191,3 +191,25 @@ def model_target(task: str, names: list[str], columns: Columns, values: Sequence
         seen = [name for value in values for name in label_names(value, separator)]
         return MultiLabelTarget(Classes.of_model(names, seen), separator)
     return SingleLabelTarget(Classes.of_model(names, values))
+
+
+def balance(labels: np.ndarray, names: list[str], task: str) -> dict:
+    """What a split's targets look like, for the run's report: rows per class, positives per label (and rows with
+    none), or the target's mean, spread and range."""
+    if task == "regression":
+        return {"mean": float(labels.mean()), "std": float(labels.std()), "min": float(labels.min()),
+                "max": float(labels.max())}
+    if task == "multi_label":
+        return {**dict(zip(names, labels.sum(axis=0).astype(int).tolist())),
+                "(no label)": int((labels.sum(axis=1) == 0).sum())}
+    return dict(zip(names, np.bincount(labels, minlength=len(names)).tolist()))
+
+
+def describe_balance(counts: dict, rows: int, task: str) -> str:
+    """:func:`balance` in a line: ``Business 25%, Sports 25%, …`` (the largest first; a regression target's
+    mean ± std and range)."""
+    if task == "regression":
+        return f"mean {counts['mean']:.3g} ± {counts['std']:.3g}, range {counts['min']:.3g} to {counts['max']:.3g}"
+    ranked = sorted(counts.items(), key=lambda item: -item[1])
+    shown = ", ".join(f"{name} {100 * count / max(rows, 1):.1f}%" for name, count in ranked[:8])
+    return shown + (f", … ({len(ranked) - 8} more)" if len(ranked) > 8 else "")

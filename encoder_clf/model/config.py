@@ -12,13 +12,14 @@ from typing import ClassVar
 from ..settings import require, require_choice
 from .attention import SCORE_RULES
 from .encoder import ACTIVATIONS, NORM_PLACEMENTS, POSITION_ENCODINGS
+from .ngrams import WEIGHTINGS
 from .pooling import POOLINGS
 from .tasks import TASKS
 
-# Architecture additions beyond a plain transformer encoder, each with the value that turns it off: what a
-# BERT import is built with, and what a model directory saved before the key existed was built with (today's
+# Architecture additions beyond a plain transformer encoder, each with the value a BERT import is built with
+# (the one that turns it off) and a model directory saved before the key existed was built with (today's
 # default may differ: the preset changes as it is re-measured).
-ADDITIONS_OFF = {"conv_kernel": 0, "relative_buckets": 0, "ngram_buckets": 0}
+ADDITIONS_OFF = {"conv_kernel": 0, "relative_buckets": 0, "ngram_buckets": 0, "ngram_weighting": "sqrt"}
 
 
 @dataclass
@@ -47,6 +48,7 @@ class ModelConfig:
     relative_buckets: int = 0  # buckets of a learned relative-position bias in every block's attention (T5); 0 = none
     conv_kernel: int = 5  # a depthwise convolution of this odd width before each block's attention; 0 = none
     ngram_buckets: int = 1_000_000  # hashed bigram buckets of a linear bag-of-n-grams beside the head; 0 = none
+    ngram_weighting: str = "tfidf"  # of the n-grams in that bag: tfidf (sublinear tf, idf, unit length) or sqrt
     layer_norm_eps: float = 1e-5
     type_vocab_size: int = 0
     vocab_size: int = 0
@@ -74,6 +76,7 @@ class ModelConfig:
                  f"got {self.relative_buckets}")
         require(self.ngram_buckets >= 0, f"model.ngram_buckets must be >= 0 (0 = no n-gram logits); "
                                           f"got {self.ngram_buckets}")
+        require_choice("model.ngram_weighting", self.ngram_weighting, WEIGHTINGS)
         require_choice("model.attention", self.attention, SCORE_RULES)
         require_choice("model.norm", self.norm, NORM_PLACEMENTS)
         require_choice("model.positions", self.positions, POSITION_ENCODINGS)

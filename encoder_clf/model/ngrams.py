@@ -4,13 +4,18 @@ The encoder learns composition slowly from a small dataset, while a linear
 model over n-grams (fastText's hashed bigrams) gives each telling phrase a
 weight of its own; their errors differ, so a mix of the two beats either
 (Wide & Deep, Cheng et al., 2016). :class:`~encoder_clf.model.heads.EnsembleHead`
-holds it beside the encoder's head.
+holds it beside the encoder's head. Its features are the text's TF-IDF vector
+(``tfidf``), so that it is the linear model a TF-IDF baseline fits, and it is
+fitted as one (:mod:`encoder_clf.training.linear`); ``sqrt``, the older
+weighting, is kept for the model directories saved with it.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+WEIGHTINGS = ("tfidf", "sqrt")
 
 
 def bigram_buckets(first: torch.Tensor, second: torch.Tensor, vocab_size: int, buckets: int) -> torch.Tensor:
@@ -29,9 +34,9 @@ def bigram_buckets(first: torch.Tensor, second: torch.Tensor, vocab_size: int, b
 class NgramLogits(nn.Module):
     """Class logits from the text's token unigrams and hashed bigrams, one learned row of logits each.
 
-    The sum over the n-grams is divided by the square root of their number, as
-    a TF-IDF vector is normalised; padding is left out. Rows start at zero, so
-    a new model's logits are the encoder's alone.
+    The logits are the weighted sum of the text's rows (see :meth:`terms`);
+    padding is left out. Rows start at zero, so a new model's logits are the
+    encoder's alone.
 
     For sentence pairs (``pairs``) what matters is what the two texts share:
     an n-gram found in both texts has a row of its own, apart from the same
@@ -41,20 +46,24 @@ class NgramLogits(nn.Module):
     difference of two TF-IDF vectors that a linear pair classifier reads.
     """
 
-    def __init__(self, vocab_size: int, buckets: int, num_labels: int, pairs: bool = False) -> None:
+    def __init__(self, vocab_size: int, buckets: int, num_labels: int, pairs: bool = False,
+                 weighting: str = "tfidf") -> None:
         super().__init__()
-        self.vocab_size, self.buckets, self.pairs = vocab_size, buckets, pairs
+        self.vocab_size, self.buckets, self.pairs, self.weighting = vocab_size, buckets, pairs, weighting
         rows = vocab_size + buckets
         self.table = nn.Embedding(2 * rows + 2 if pairs else rows, num_labels)
+        if weighting == "tfidf":  # fitted to the train split (training/linear.py); a stream's part trains by AdamW
+            self.register_buffer("idf", torch.ones(self.table.num_embeddings))  # each row's; 1 until fitted
+            self.register_buffer("strength", torch.zeros(()))  # the fit's C, chosen on validation; 0 = not fitted
 
-    def terms(self, input_ids: torch.Tensor, padding_mask: torch.Tensor | None,
-              token_type_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Each text's n-grams as rows of the table, and the weight of each in the sum: both ``(batch, terms)``.
+    def indices(self, input_ids: torch.Tensor, padding_mask: torch.Tensor | None,
+                token_type_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each text's n-grams as rows of the table, and which are real: both ``(batch, terms)``.
 
         Positions ``0 … seq−1`` are the unigrams, then position ``seq + i`` the
-        bigram of tokens ``i, i+1``; padding (and a bigram touching it) weighs 0.
-        A pair model's n-grams come next again, as the rows common to shared or
-        unshared n-grams.
+        bigram of tokens ``i, i+1``; padding (and a bigram touching it) is not
+        real. A pair model's n-grams come next again, as the rows common to
+        shared or unshared n-grams.
         """
         real = torch.ones_like(input_ids, dtype=torch.bool) if padding_mask is None else ~padding_mask
         bigrams = self.vocab_size + bigram_buckets(input_ids[:, :-1], input_ids[:, 1:], self.vocab_size, self.buckets)
@@ -62,8 +71,25 @@ class NgramLogits(nn.Module):
         keep = torch.cat([real, real[:, :-1] & real[:, 1:]], dim=1)
         if self.pairs:
             index, keep = self._pair_terms(index, keep, input_ids, token_type_ids)
+        return index, keep
+
+    def terms(self, input_ids: torch.Tensor, padding_mask: torch.Tensor | None,
+              token_type_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`indices`, with the weight of each position in the sum (0 for padding): both ``(batch, terms)``.
+
+        ``tfidf``: scikit-learn's ``TfidfTransformer(sublinear_tf=True)`` of the
+        text's n-gram counts, spread over the positions: an n-gram seen ``tf``
+        times weighs ``(1 + ln tf) · idf`` in all, and each text's vector has
+        unit length. ``sqrt``: every position weighs ``1 / √positions``.
+        """
+        index, keep = self.indices(input_ids, padding_mask, token_type_ids)
         keep = keep.float()
-        return index, keep / keep.sum(dim=1, keepdim=True).clamp(min=1).sqrt()
+        if self.weighting == "sqrt":
+            return index, keep / keep.sum(dim=1, keepdim=True).clamp(min=1).sqrt()
+        tf = _counts(torch.where(keep > 0, index, -1))
+        value = self.idf[index] * (1 + tf.log()) * keep
+        norm = (value.square() / tf).sum(dim=1, keepdim=True).sqrt().clamp(min=1e-12)  # each n-gram's value once
+        return index, value / tf / norm
 
     def _pair_terms(self, index: torch.Tensor, keep: torch.Tensor, input_ids: torch.Tensor,
                     token_type_ids: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -90,3 +116,13 @@ class NgramLogits(nn.Module):
         """
         index, scale = self.terms(input_ids, None, token_type_ids)
         return scale[0, :, None] * self.table(index[0]).float()
+
+
+def _counts(index: torch.Tensor) -> torch.Tensor:
+    """How often each position's value occurs in its row of ``index`` ``(batch, terms)``, at every position."""
+    ordered, order = index.sort(dim=1)
+    starts = torch.ones_like(ordered, dtype=torch.bool)
+    starts[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+    group = starts.long().cumsum(dim=1) - 1
+    sizes = torch.zeros_like(group).scatter_add_(1, group, torch.ones_like(group))
+    return torch.empty_like(group).scatter_(1, order, sizes.gather(1, group)).float()

@@ -20,7 +20,9 @@ class TrainConfig:
     """Optimisation, evaluation and stopping."""
 
     init: str = ""  # start from this encoder (our model dir, a BERT-family dir or a Hub id); "" = from scratch
-    epochs: int = 2
+    epochs: int | None = None  # None = by the train split's size: enough epochs for min_steps (see loop.Plan)
+    min_steps: int = 2000  # optimizer steps a run with epochs=None takes at least (in at least 2 epochs) ...
+    max_epochs: int = 50  # ... and at most this many epochs
     batch_size: int = 64  # examples per forward pass (per process in a multi-process run)
     grad_accum: int = 1  # forward passes per optimizer step: the step sees batch_size x grad_accum x processes
     lr: float = 1e-3
@@ -37,7 +39,7 @@ class TrainConfig:
     max_steps: int = 0  # stop after this many optimizer steps (the schedule ends there); 0 = epochs decide
     eval_every: int = 0  # optimizer steps between evaluations; 0 = once per epoch (a stream: ten per run)
     metric: str = ""  # what selects the best model; "" = the task's: accuracy, macro-F1 (multi-label), Pearson
-    patience: int = 0  # evaluations without improvement before stopping; 0 = never stop early
+    patience: int = 5  # evaluations without improvement before stopping (the best model is kept); 0 = never
     precision: str = "auto"
     seed: int = 0
     max_minutes: float = 0.0  # wall-clock budget for the loop; 0 = none
@@ -48,7 +50,9 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         checks = [
-            (self.epochs > 0, "epochs", "a positive integer"),
+            (self.epochs is None or self.epochs > 0, "epochs", "a positive integer (or null: by the data's size)"),
+            (self.min_steps >= 0, "min_steps", ">= 0"),
+            (self.max_epochs > 0, "max_epochs", "a positive integer"),
             (self.batch_size > 0, "batch_size", "a positive integer"),
             (self.grad_accum > 0, "grad_accum", "a positive integer (1 = no accumulation)"),
             (self.eval_batch_size > 0, "eval_batch_size", "a positive integer"),

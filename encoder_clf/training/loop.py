@@ -45,6 +45,7 @@ from ..runtime import autocast
 from .batches import Batch, TrainBatches, deal_steps, drop_tokens
 from .config import TrainConfig
 from .distributed import SOLO, World, all_sum, barrier, gather_rows, rank_streams, restore_rank_streams, shard
+from .linear import selection_score
 from .optim import layerwise_adamw, warmup_then_decay
 from .recorder import Recorder
 from .stacking import fit_mixing_weights
@@ -82,19 +83,43 @@ def task_loss(model: TextClassifier, class_weights: str | None, labels: np.ndarr
 
 @dataclass
 class Plan:
-    """How long the run is and when it evaluates, fixed before the first step."""
+    """How long the run is and when it evaluates, fixed before the first step, and the rule that set its length.
+
+    Unless ``train.epochs`` (or ``train.max_steps``) is set, the length follows the train split's size: at least
+    ``train.min_steps`` optimizer steps, in at least 2 and at most ``train.max_epochs`` epochs. The preset's 2
+    epochs are 2,100 steps on SST-2's 67k rows, but only about 130 on 4k rows, too few for the encoder to
+    learn; early stopping (``train.patience``) ends a long run once validation stops improving.
+    """
 
     steps_per_epoch: int | None  # None for a stream
     total_steps: int
     eval_every: int
+    epochs: int | None = None
+    rule: str = ""
 
     @classmethod
     def of(cls, train: TrainBatches, cfg: TrainConfig, world: World) -> Plan:
         if train.per_epoch is None:  # a stream: the run is max_steps long, as many passes as that takes
-            return cls(None, cfg.max_steps, cfg.eval_every or max(1, cfg.max_steps // 10))
+            return cls(None, cfg.max_steps, cfg.eval_every or max(1, cfg.max_steps // 10), None,
+                       f"train.max_steps={cfg.max_steps} (a stream)")
         per_epoch = sum(1 for _ in deal_steps(range(train.per_epoch), cfg.grad_accum, world))
-        total = min(per_epoch * cfg.epochs, cfg.max_steps or math.inf)
-        return cls(per_epoch, total, cfg.eval_every or per_epoch)
+        if cfg.epochs is not None:
+            epochs, rule = cfg.epochs, f"train.epochs={cfg.epochs}"
+        elif cfg.max_steps:
+            epochs, rule = math.ceil(cfg.max_steps / per_epoch), f"train.max_steps={cfg.max_steps}"
+        else:
+            epochs = min(cfg.max_epochs, max(2, math.ceil(cfg.min_steps / per_epoch)))
+            rule = (f"by the data's size: at least train.min_steps={cfg.min_steps} steps in 2 to "
+                    f"train.max_epochs={cfg.max_epochs} epochs")
+        total = min(per_epoch * epochs, cfg.max_steps or math.inf)
+        return cls(per_epoch, total, cfg.eval_every or per_epoch, epochs, rule)
+
+    def describe(self, cfg: TrainConfig) -> str:
+        """The plan as the run states it."""
+        length = (f"{self.total_steps} steps" if self.epochs is None else
+                  f"{self.epochs} epoch(s) of {self.steps_per_epoch} steps = {self.total_steps} steps")
+        stop = f"stop after {cfg.patience} evaluations without improvement" if cfg.patience else "no early stopping"
+        return f"{length} ({self.rule}), evaluating every {self.eval_every} steps, {stop}"
 
     def epochs_at(self, step: int) -> float | None:
         return round(step / self.steps_per_epoch, 3) if self.steps_per_epoch else None
@@ -131,6 +156,8 @@ def fit(model: TextClassifier, tokenizer, train: TrainBatches, validation: Token
     rank 0's recorder writes.
     """
     plan = Plan.of(train, cfg, world)
+    if world.main:
+        log.info("plan: %s", plan.describe(cfg))
     session = _session(model, tokenizer, cfg, loss_fn, precision, plan, world)
     if resume_from is not None:
         _resume(session, resume_from, train, plan)
@@ -176,7 +203,7 @@ def fit(model: TextClassifier, tokenizer, train: TrainBatches, validation: Token
     if at.stop_reason != "completed":
         log.info(at.stop_reason)
     barrier(world)  # the best model is on disk before any rank reads it
-    return _summary(session)
+    return _summary(session, plan)
 
 
 def train_step(session: Session, group: list[Batch], epoch: int, recorder: Recorder) -> tuple[float, bool]:
@@ -232,6 +259,17 @@ def score(model: TextClassifier, tokens: TokenizedSplit, batch_size: int, precis
     get them)."""
     logits, _ = _forward_split(model, tokens, batch_size, precision, world, with_parts=False)
     return scored(model, logits, tokens.labels), model.task.predict(torch.from_numpy(logits)).numpy()
+
+
+def part_scores(model: TextClassifier, tokens: TokenizedSplit, batch_size: int, precision: str, metric: str,
+                world: World = SOLO) -> dict[str, float]:
+    """The selection metric of each part of the head alone, and of their mix, on a labelled split.
+
+    The report that shows whether the mix earns its place: it should be at least as good as its best part.
+    """
+    logits, parts = _forward_split(model, tokens, batch_size, precision, world, with_parts=True)
+    scores = {name: selection_score(model, part, tokens.labels, metric) for name, part in zip(model.head.names, parts)}
+    return {**scores, "mixed": selection_score(model, logits, tokens.labels, metric)}
 
 
 def decide(at: Progress, scores: dict, cfg: TrainConfig, late: bool) -> bool:
@@ -342,10 +380,13 @@ def _checkpoint(session: Session, recorder: Recorder, tokenizer, data_key: str) 
         recorder.checkpoint(session.objects, session.at, tokenizer, data_key, extra)
 
 
-def _summary(session: Session) -> dict:
+def _summary(session: Session, plan: Plan) -> dict:
     at, cfg, elapsed = session.at, session.cfg, session.elapsed()
-    return {"best_step": at.best_step, f"best_val_{cfg.metric}": at.best, "steps": at.step,
-            "stop_reason": at.stop_reason, "train_time_s": round(elapsed, 2),
+    planned = {"epochs": plan.epochs, "steps_per_epoch": plan.steps_per_epoch, "steps": plan.total_steps,
+               "eval_every": plan.eval_every, "patience": cfg.patience, "rule": plan.rule}
+    stop = f"completed: the plan's {plan.total_steps} steps" if at.stop_reason == "completed" else at.stop_reason
+    return {"plan": planned, "best_step": at.best_step, f"best_val_{cfg.metric}": at.best, "steps": at.step,
+            "stop_reason": stop, "train_time_s": round(elapsed, 2),
             "train_examples_per_s": round(at.seen / elapsed, 1), "processes": session.world.size,
             "examples_per_process": list(at.examples_per_process),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}

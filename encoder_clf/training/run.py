@@ -32,6 +32,7 @@ from tokenizers import Tokenizer
 from ..data.config import DataConfig
 from ..data.splits import Split, Splits, load_splits
 from ..data.streaming import StreamingSplits, stream_batches, stream_splits, stream_texts
+from ..data.targets import balance, describe_balance
 from ..data.tokenization import TokenizerConfig, load_tokenizer, pad_id, train_tokenizer
 from ..data.tokenized import TokenizedSplit, data_key, stream_key, tokenize_split
 from ..errors import UsageError
@@ -44,7 +45,8 @@ from ..settings import load_json
 from .batches import TrainBatches, bucketed
 from .config import RunConfig, TrainConfig
 from .distributed import World, barrier, broadcast_text, current
-from .loop import fit, score, task_loss
+from .linear import fit_ngrams
+from .loop import fit, part_scores, score, task_loss
 from .recorder import CONFIG, METRICS, Recorder, RunDirectory
 
 log = logging.getLogger(__name__)
@@ -148,6 +150,9 @@ def _train_on(config: RunConfig, splits: Splits, out_dir: Path | None, progress:
     _check_lengths(config)
     if current().main:
         log.info("task: %s", describe(splits))
+        train = splits.train
+        log.info("train: %d rows (%s)", len(train), describe_balance(
+            balance(train.labels, splits.label_names, splits.task), len(train), splits.task))
     texts = splits.train.texts
     flat = (lambda: (text for pair in texts for text in pair)) if splits.text_pairs else (lambda: texts)
     config, model, tokenizer = _build(config, splits, flat)
@@ -244,6 +249,7 @@ def _run(config: RunConfig, model: TextClassifier, tokenizer: Tokenizer, splits:
                                                           cfg.seed, epoch), None, key, splits.train_source)
     else:
         train = bucketed(tokens["train"], cfg.batch_size, cfg.seed, data_key(tokens, splits.label_names))
+    _fitted_ngrams(model, tokens, cfg.metric, config.data.class_weights, checkpoint, world)
     recorder = _recorder(out_dir, config, checkpoint, world)
     device = default_device()
     model.to(device)
@@ -262,15 +268,51 @@ def _run(config: RunConfig, model: TextClassifier, tokenizer: Tokenizer, splits:
     scored = {name: score(best_model, split, cfg.eval_batch_size, precision, world)
               for name, split in tokens.items() if name != "train"}
     results = {name: metrics for name, (metrics, _) in scored.items()}
-    head = best_model.head
-    fitted = {"part_weights": dict(zip(head.names, head.weights.tolist()))} if len(head.names) > 1 else {}
-    metrics = {"task": model.config.task, "text_pairs": model.config.text_pairs, **results, **summary, **fitted,
+    metrics = {"task": model.config.task, "text_pairs": model.config.text_pairs, **results, **summary,
+               **_head_report(best_model, tokens["validation"], cfg, precision, world),
                "precision": precision, "device": str(device),
                "data": {name: {"rows": len(split), "truncated": split.truncated} for name, split in tokens.items()},
                "parameters": sum(p.numel() for p in model.parameters())}
+    if "train" in tokens:
+        metrics["data"]["train"]["balance"] = balance(tokens["train"].labels, splits.label_names, splits.task)
     final = "test" if "test" in scored else "validation"
     recorder.finish(metrics, (tokens[final].labels, scored[final][1]))
     return TrainResult(best_model, best_tokenizer, config, recorder.history, metrics)
+
+
+def _head_report(model: TextClassifier, validation: TokenizedSplit, cfg: TrainConfig, precision: str,
+                 world: World) -> dict:
+    """A head of several parts: their mixing weights, each part's validation score alone, and the n-gram fit's C."""
+    head = model.head
+    if len(head.names) == 1:
+        return {}
+    report = {"part_weights": dict(zip(head.names, head.weights.tolist())),
+              f"validation_{cfg.metric}_by_part": part_scores(model, validation, cfg.eval_batch_size, precision,
+                                                              cfg.metric, world)}
+    ngrams = head.parts["ngrams"]
+    if getattr(ngrams, "strength", 0) > 0:
+        report["ngram_fit"] = {"C": float(ngrams.strength), "features": int((ngrams.idf > 0).sum())}
+    return report
+
+
+def _fitted_ngrams(model: TextClassifier, tokens: dict[str, TokenizedSplit], metric: str, class_weights: str | None,
+                   checkpoint: Checkpoint | None, world: World) -> None:
+    """Fit a TF-IDF n-gram part as a linear model (see :mod:`.linear`) and hold it fixed while the encoder trains.
+
+    A stream has no train split to fit on, and a ``sqrt`` part is the older kind: both train with the encoder.
+    A resumed run finds the fitted table in its checkpoint.
+    """
+    if "ngrams" not in model.head.parts or "train" not in tokens:
+        return
+    part = model.head.parts["ngrams"]
+    if part.weighting != "tfidf":
+        return
+    part.requires_grad_(False)
+    if checkpoint is None:
+        fit = fit_ngrams(model, tokens["train"], tokens["validation"], metric, class_weights)
+        if world.main:
+            log.info("n-gram part: a linear fit on %d distinct n-grams in %.1fs, C=%g chosen on validation "
+                     "(%s %.4f)", fit.features, fit.seconds, fit.C, metric, fit.validation)
 
 
 def _recorder(out_dir: Path | None, config: RunConfig, checkpoint: Checkpoint | None, world: World) -> Recorder:

@@ -1,0 +1,138 @@
+"""The n-gram part of the head fitted as a linear model, to its optimum, before the encoder trains.
+
+Trained by AdamW beside the encoder, a row of the n-gram table moves only in
+the batches whose texts hold its n-gram: a few hundred steps on a few thousand
+rows leave most rows far from their optimum, and the part scores well below a
+TF-IDF + logistic regression baseline on the same rows. The part *is* such a
+linear model over its own features (TF-IDF of the text's unigrams and hashed
+bigrams, :class:`~encoder_clf.model.ngrams.NgramLogits`), so it is fitted the
+way one is: scikit-learn's solvers (logistic regression over the classes, one
+per label for multi-label, ridge regression on the standardised target) at
+each L2 strength of :data:`STRENGTHS`, keeping the one that scores best on the
+validation split by the run's selection metric. The table then stays fixed
+while the encoder trains on its own loss.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from ..data.batching import bucket_batches
+from ..data.tokenized import TokenizedSplit
+from ..metrics import compute_metrics
+from ..model.classifier import TextClassifier
+from ..model.ngrams import NgramLogits
+from .thresholds import tune_thresholds
+
+STRENGTHS = (0.25, 1.0, 4.0, 16.0, 64.0)  # C, the inverse of the L2 penalty (scikit-learn's convention)
+
+
+@dataclass
+class NgramFit:
+    """What the fit chose and how it scored: for the run's log and ``metrics.json``."""
+
+    C: float
+    validation: float  # the selection metric of the n-gram part alone on the validation split
+    features: int  # distinct n-grams of the train split
+    seconds: float
+
+
+def fit_ngrams(model: TextClassifier, train: TokenizedSplit, validation: TokenizedSplit, metric: str,
+               class_weights: str | None = None, batch_size: int = 512) -> NgramFit:
+    """Set the n-gram table, its idf and the chosen C to the best L2-regularised linear fit of ``train``.
+
+    N-grams the train split never holds get idf 0: as in a vocabulary's TF-IDF, they are left out of the sum.
+    """
+    start = time.perf_counter()
+    part: NgramLogits = model.head.parts["ngrams"]
+    frequency = np.bincount(term_matrix(part, train, batch_size, weighted=False).indices,
+                            minlength=part.table.num_embeddings)  # the train texts holding each n-gram
+    seen = np.flatnonzero(frequency)
+    if part.weighting == "tfidf":
+        idf = np.where(frequency > 0, np.log((1 + len(train)) / (1 + frequency)) + 1, 0.0)
+        part.idf.copy_(torch.from_numpy(idf))
+    x_train, x_val = (term_matrix(part, split, batch_size)[:, seen] for split in (train, validation))
+    targets = train.labels
+    if model.config.task == "regression":
+        targets = model.task.standardise(torch.as_tensor(targets, dtype=torch.float64)).numpy()
+    best = None
+    for strength in STRENGTHS:
+        weights = _solve(model.config.task, x_train, targets, strength, class_weights, model.config.num_outputs)
+        value = selection_score(model, x_val @ weights.T, validation.labels, metric)
+        if best is None or value > best[0]:
+            best = (value, strength, weights)
+    value, strength, weights = best
+    table = torch.zeros_like(part.table.weight)
+    table[torch.from_numpy(seen)] = torch.from_numpy(weights.T).to(table.dtype)
+    part.table.weight.data.copy_(table)
+    part.strength.fill_(strength)
+    return NgramFit(strength, float(value), len(seen), round(time.perf_counter() - start, 2))
+
+
+def term_matrix(part: NgramLogits, tokens: TokenizedSplit, batch_size: int = 512,
+                weighted: bool = True) -> sp.csr_matrix:
+    """Each text's n-gram features ``(texts, table rows)``: the weights the part sums (or, unweighted, counts)."""
+    rows, columns, values = [], [], []
+    with torch.no_grad():
+        for index in bucket_batches(tokens.lengths, batch_size, shuffle=False):
+            ids, mask, types, _ = tokens.batch(index)
+            if weighted:
+                terms, weight = part.terms(ids, mask, types)
+            else:
+                terms, keep = part.indices(ids, mask, types)
+                weight = keep.float()
+            real = weight != 0
+            rows.append(np.broadcast_to(np.asarray(index)[:, None], terms.shape)[real.numpy()])
+            columns.append(terms[real].numpy())
+            values.append(weight[real].double().numpy())
+    matrix = sp.csr_matrix((np.concatenate(values), (np.concatenate(rows), np.concatenate(columns))),
+                           shape=(len(tokens), part.table.num_embeddings))
+    matrix.sum_duplicates()
+    return matrix
+
+
+def _solve(task: str, x: sp.csr_matrix, targets: np.ndarray, strength: float, class_weights: str | None,
+           outputs: int) -> np.ndarray:
+    """The L2-regularised linear fit's weights ``(outputs, features)``, without intercept (the part has none)."""
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression, Ridge
+
+    def logistic(y: np.ndarray, classes: int) -> LogisticRegression:
+        solver = "liblinear" if classes == 2 else "lbfgs"  # liblinear's dual solver is the fastest for one output
+        return LogisticRegression(C=strength, fit_intercept=False, solver=solver, max_iter=1000,
+                                  class_weight=class_weights).fit(x, y)
+
+    weights = np.zeros((outputs, x.shape[1]))
+    with warnings.catch_warnings():  # a strength past the data's separable point converges slowly, not wrongly
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        if task == "regression":
+            weights[0] = Ridge(alpha=1 / strength, fit_intercept=False).fit(x, targets).coef_
+        elif task == "multi_label":
+            for label in range(outputs):
+                y = targets[:, label].astype(int)
+                if 0 < y.sum() < len(y):  # a label always (or never) present has nothing to fit
+                    weights[label] = logistic(y, 2).coef_[0]
+        else:
+            fitted = logistic(targets, len(np.unique(targets)))
+            if len(fitted.classes_) == 2:  # one weight vector w: logits -w/2 and +w/2 give the same softmax
+                weights[fitted.classes_] = np.stack([-fitted.coef_[0] / 2, fitted.coef_[0] / 2])
+            else:
+                weights[fitted.classes_] = fitted.coef_
+    return weights
+
+
+def selection_score(model: TextClassifier, logits: np.ndarray, targets: np.ndarray, metric: str) -> float:
+    """The selection metric of ``logits`` alone (a multi-label set's thresholds tuned on the same rows)."""
+    logits = torch.from_numpy(np.asarray(logits, dtype=np.float32))
+    if model.config.task == "multi_label":
+        probabilities = model.task.scores(logits).numpy()
+        predicted = (probabilities >= tune_thresholds(probabilities, targets)).astype(int)
+    else:
+        predicted = model.task.predict(logits).numpy()
+    return compute_metrics(targets, predicted, model.config.labels, model.config.task)[metric]

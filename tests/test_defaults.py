@@ -1,0 +1,141 @@
+"""Defaults that carry over across dataset sizes: the n-gram part's linear fit, the run's length rules, the
+non-negative mix of the head's parts, the validation carve-out and the run's report of all of them."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import pytest
+import torch
+from sklearn.feature_extraction.text import TfidfTransformer
+from sklearn.linear_model import LogisticRegression
+
+from encoder_clf.data.splits import Split
+from encoder_clf.data.tokenized import tokenize_split
+from encoder_clf.model.ngrams import NgramLogits
+from encoder_clf.settings import with_overrides
+from encoder_clf.training.batches import TrainBatches
+from encoder_clf.training.config import RunConfig, TrainConfig
+from encoder_clf.training.distributed import SOLO
+from encoder_clf.training.linear import STRENGTHS, fit_ngrams, term_matrix
+from encoder_clf.training.loop import Plan
+from encoder_clf.training.run import train
+from encoder_clf.training.stacking import stacking_weights
+
+from conftest import TINY, toy_rows, write_tsv
+
+
+def _tokens(tokenizer, rows):
+    return tokenize_split(tokenizer, Split([text for text, _ in rows], np.array([y for _, y in rows]), "toy"))
+
+
+def test_tfidf_weights_are_scikit_learns_sublinear_tfidf_of_the_ngram_counts(toy_tokenizer):
+    tokens = _tokens(toy_tokenizer, toy_rows(50, 0) + [("the film the film the film was great", 1)])
+    part = NgramLogits(toy_tokenizer.get_vocab_size(), 64, 3)
+    counts = term_matrix(part, tokens, batch_size=16, weighted=False)
+    transformer = TfidfTransformer(sublinear_tf=True).fit(counts)
+    part.idf.copy_(torch.from_numpy(transformer.idf_))
+    expected = transformer.transform(counts).toarray()
+    np.testing.assert_allclose(term_matrix(part, tokens, batch_size=16).toarray(), expected, atol=1e-6)
+    # the forward pass sums exactly these features' rows of the table
+    torch.nn.init.normal_(part.table.weight)
+    batch = tokens.batch(np.arange(len(tokens)))
+    logits = part(batch.ids, batch.mask).detach().double().numpy()
+    np.testing.assert_allclose(logits, expected @ part.table.weight.detach().double().numpy(), atol=1e-5)
+
+
+def test_the_fit_is_scikit_learns_logistic_regression_at_the_c_chosen_on_validation(toy_tokenizer, tiny_model):
+    train_rows, validation_rows = toy_rows(200, 0), toy_rows(60, 1)
+    train_tokens, validation = _tokens(toy_tokenizer, train_rows), _tokens(toy_tokenizer, validation_rows)
+    model = tiny_model(vocab_size=toy_tokenizer.get_vocab_size(), ngram_buckets=64)
+    fit = fit_ngrams(model, train_tokens, validation, "accuracy")
+    part = model.head.parts["ngrams"]
+    assert fit.C in STRENGTHS and float(part.strength) == fit.C and fit.validation > 0.9
+    features = term_matrix(part, train_tokens)
+    reference = LogisticRegression(C=fit.C, fit_intercept=False, solver="liblinear").fit(features, train_tokens.labels)
+    batch = validation.batch(np.arange(len(validation)))
+    logits = part(batch.ids, batch.mask).detach().double().numpy()
+    np.testing.assert_allclose(logits[:, 1] - logits[:, 0], reference.decision_function(term_matrix(part, validation)),
+                               atol=1e-4)
+    unseen = part.idf == 0  # n-grams the train split never holds are left out, as a vocabulary's TF-IDF leaves them
+    assert unseen.any() and not part.table.weight[unseen].any()
+
+
+def _plan(per_epoch: int, **settings) -> Plan:
+    return Plan.of(TrainBatches(lambda epoch: iter(()), per_epoch, "key", "toy"), TrainConfig(**settings), SOLO)
+
+
+@pytest.mark.parametrize(("per_epoch", "epochs"), [(1053, 2), (57, 36), (10, 50)])
+def test_a_run_left_to_the_defaults_takes_at_least_min_steps_in_2_to_50_epochs(per_epoch, epochs):
+    plan = _plan(per_epoch)  # SST-2's 67k rows, a 3.6k-row set, 640 rows (batches of 64)
+    assert (plan.epochs, plan.total_steps, plan.eval_every) == (epochs, epochs * per_epoch, per_epoch)
+    assert plan.rule.startswith("by the data's size")
+
+
+def test_settings_given_win_over_the_size_rule():
+    assert (_plan(57, epochs=3).epochs, _plan(57, epochs=3).rule) == (3, "train.epochs=3")
+    by_steps = _plan(57, max_steps=300)
+    assert (by_steps.epochs, by_steps.total_steps, by_steps.rule) == (6, 300, "train.max_steps=300")
+    assert _plan(57, min_steps=570, max_epochs=50).epochs == 10
+    assert _plan(10, max_epochs=8).epochs == 8
+
+
+def test_stacking_never_gives_a_part_a_negative_weight():
+    generator = torch.Generator().manual_seed(0)
+    informative = torch.randn(60, 2, generator=generator)
+    labels = informative.argmax(dim=1)
+    for seed in range(1, 11):  # unconstrained, a noise part's fitted weight is negative about half the time
+        noise = torch.randn(60, 2, generator=torch.Generator().manual_seed(seed))
+        weights = stacking_weights(torch.stack([informative, noise]), labels)
+        assert min(weights) >= 0 and weights[0] > 10 * weights[1]
+
+
+def test_a_directory_of_train_and_test_gets_a_stratified_validation_carve_out_and_says_so(tmp_path, caplog):
+    from encoder_clf.data.config import DataConfig
+    from encoder_clf.data.splits import load_splits
+
+    write_tsv(tmp_path / "train.tsv", toy_rows(200, 0))
+    write_tsv(tmp_path / "test.tsv", toy_rows(40, 1))
+    with caplog.at_level(logging.INFO):
+        splits = load_splits(DataConfig(path=str(tmp_path)), seed=3)
+    assert (len(splits.train), len(splits.validation), len(splits.test)) == (180, 20, 40)
+    assert np.bincount(splits.validation.labels).min() >= 8  # stratified: both classes about half
+    assert f"{tmp_path / 'train.tsv'}: no validation split given; 20 of its 200 rows (data.validation_fraction=0.1, " \
+           "seed 3, stratified by class where possible) are held out for validation" in caplog.messages
+
+
+def test_the_run_reports_its_size_rule_balance_parts_and_fit_and_holds_the_fitted_part(toy_data, tmp_path, one_thread,
+                                                                                     caplog):
+    settings = [f"data.path={toy_data}", *TINY, "train.epochs=null", "train.min_steps=60", "model.ngram_buckets=256",
+                "train.precision=fp32"]
+    config = with_overrides(RunConfig(), settings)
+    assert config.train.epochs is None
+    with caplog.at_level(logging.INFO):
+        result = train(config, tmp_path / "run", progress=False)
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["plan"] == {"epochs": 3, "steps_per_epoch": 25, "steps": 75, "eval_every": 25, "patience": 5,
+                               "rule": "by the data's size: at least train.min_steps=60 steps in 2 to "
+                                       "train.max_epochs=50 epochs"}
+    assert metrics["data"]["train"]["balance"] == dict(zip(["0", "1"], np.bincount(
+        [y for _, y in toy_rows(400, 0)]).tolist()))
+    by_part = metrics["validation_accuracy_by_part"]
+    assert set(by_part) == {"encoder", "ngrams", "mixed"} and by_part["mixed"] == metrics["validation"]["accuracy"]
+    assert metrics["ngram_fit"]["C"] in STRENGTHS and min(metrics["part_weights"].values()) >= 0
+    assert json.loads((tmp_path / "run" / "run_config.json").read_text())["train"]["epochs"] is None
+    assert any(message.startswith("plan: 3 epoch(s) of 25 steps = 75 steps") for message in caplog.messages)
+    assert any(message.startswith("train: 400 rows (") for message in caplog.messages)
+    # the n-gram part was fitted before the encoder's steps, then held: training left its table as fitted
+    part = result.model.head.parts["ngrams"]
+    trained = part.table.weight.detach().clone()
+    fit_ngrams(result.model, *(tokenize_split(result.tokenizer, split) for split in _splits(toy_data)), "accuracy")
+    torch.testing.assert_close(part.table.weight.detach(), trained, rtol=0, atol=0)
+
+
+def _splits(data):
+    from encoder_clf.data.config import DataConfig
+    from encoder_clf.data.splits import load_splits
+
+    splits = load_splits(DataConfig(path=str(data)))
+    return splits.train, splits.validation
