@@ -28,18 +28,21 @@ FULL = [
     ("embed_minilm", []),
     ("finetune_minilm", []),
     ("tasks", []),
+    ("defaults", []),
     ("mlm_vs_scratch", []),
     ("fault_injection", []),
     ("fault_injection", ["--nproc", "2"]),
     ("throughput", []),
 ]
 # About ten minutes on 2 cores: fault injection on a small sample in one process and under torchrun, the
-# throughput suite's smoke run and one repeat of the embedding comparison.
+# throughput suite's smoke run and one repeat of the embedding comparison; then the from-scratch defaults
+# on SST-2's 2,000-row sample and AG News small (several minutes more).
 QUICK = [
     ("fault_injection", ["--rows", "2000", "--kills", "3"]),
     ("fault_injection", ["--rows", "2000", "--kills", "2", "--nproc", "2"]),
     ("throughput", ["--quick", "--skip-compile"]),
     ("embed_minilm", ["--repeats", "1"]),
+    ("defaults", ["--quick"]),
 ]
 
 

@@ -45,7 +45,7 @@ class NgramFit:
 
 def fit_ngrams(model: TextClassifier, train: TokenizedSplit, validation: TokenizedSplit, metric: str,
                class_weights: str | None = None, batch_size: int = 512) -> NgramFit:
-    """Set the n-gram table, its idf and the chosen C to the best L2-regularised linear fit of ``train``.
+    """Set a TF-IDF n-gram part's table, idf and C to the best L2-regularised linear fit of ``train``.
 
     N-grams the train split never holds get idf 0: as in a vocabulary's TF-IDF, they are left out of the sum.
     """
@@ -54,9 +54,7 @@ def fit_ngrams(model: TextClassifier, train: TokenizedSplit, validation: Tokeniz
     frequency = np.bincount(term_matrix(part, train, batch_size, weighted=False).indices,
                             minlength=part.table.num_embeddings)  # the train texts holding each n-gram
     seen = np.flatnonzero(frequency)
-    if part.weighting == "tfidf":
-        idf = np.where(frequency > 0, np.log((1 + len(train)) / (1 + frequency)) + 1, 0.0)
-        part.idf.copy_(torch.from_numpy(idf))
+    part.idf.copy_(torch.from_numpy(np.where(frequency > 0, np.log((1 + len(train)) / (1 + frequency)) + 1, 0.0)))
     x_train, x_val = (term_matrix(part, split, batch_size)[:, seen] for split in (train, validation))
     targets = train.labels
     if model.config.task == "regression":

@@ -1,0 +1,378 @@
+"""From-scratch defaults on every single-label dataset: `encoder-clf train`, no settings, vs TF-IDF + LR and fastText.
+
+The target (issue: "from-scratch defaults never worse than TF-IDF, whatever the dataset's size"): on each
+dataset, `encoder-clf train --data DIR --out OUT` with no settings at all scores at least TF-IDF + LR's test
+accuracy; on the full SST-2 it also reaches 84.0 within 15 minutes. Datasets, single-label only, each a
+directory of split files (the derived ones are written to a temporary directory under ``benchmarks/out/``):
+
+- ``sst2``: SST-2 as it is (67,349 / 872 / 1,821 rows);
+- ``sst2-2k``, ``sst2-8k``: a seeded sample (seed 0) of 2,000 or 8,000 SST-2 training rows, the same
+  validation and test;
+- ``ag_news``: AG News small, its ``train.csv`` (4,000) as train and its ``validation.csv`` (1,000) as
+  ``test.csv``, with no validation file: encoder-clf carves a seeded, stratified 10% out of train, and the
+  peers train and select on the very same two parts;
+- ``goemotions``: GoEmotions' rows with exactly one label (28 classes; 36,308 / 4,548 / 4,590 rows).
+
+Each job runs in its own process (its wall time and peak RSS are its own):
+
+- ours: ``encoder-clf train --data DIR --out OUT --quiet``, the untuned defaults;
+- TF-IDF word 1-2-grams (sublinear tf, fitted on train) + LogisticRegression, C from 0.25, 1, 4, 16 and 64 (the
+  grid encoder-clf's n-gram part chooses from) chosen on validation accuracy;
+- fastText supervised (``fasttext-wheel``), as its users run it: the text normalised as in fastText's
+  ``classification-example.sh`` (lower case, punctuation split off), wordNgrams 2, dim 100, softmax, every
+  core, epoch (5, 10, 25) and lr (0.1, 0.5, 1.0) chosen on validation accuracy.
+
+    python benchmarks/defaults.py [--datasets sst2,sst2-2k,sst2-8k,ag_news,goemotions] [--skip-ours]
+    python benchmarks/defaults.py --quick     # sst2-2k and ag_news only (make bench-quick); docs/ left alone
+
+Results go to the ``defaults`` section of ``docs/BENCHMARKS.md`` and ``benchmarks/out/defaults.json``
+(``--quick``: ``defaults-quick.json``, and the section is printed, not written; so with ``--skip-ours``).
+Expected time of the full run: 64 minutes measured (2026-12-02, a 2-core Intel Xeon with amx_bf16; another
+benchmark shared the CPU during the GoEmotions rows, so about 45 minutes alone). GoEmotions is most of it:
+TF-IDF's multinomial grid over 28 classes (23 minutes) and ours (its linear fit alone 2.6 minutes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from common import DATA, OUT, Checks, machine, run_measured, write_section
+
+SPECS = {
+    "sst2": {"title": "SST-2", "source": "sst2", "rows": 0},
+    "sst2-2k": {"title": "SST-2, 2,000 train rows", "source": "sst2", "rows": 2000},
+    "sst2-8k": {"title": "SST-2, 8,000 train rows", "source": "sst2", "rows": 8000},
+    "ag_news": {"title": "AG News small (4 classes)", "source": "ag_news_small", "rows": 0},
+    "goemotions": {"title": "GoEmotions, single-label rows (28 classes)", "source": "goemotions", "rows": 0},
+}
+QUICK = ["sst2-2k", "ag_news"]
+C_GRID = (0.25, 1.0, 4.0, 16.0, 64.0)  # the strengths encoder-clf's n-gram part chooses from
+FASTTEXT_GRID = [(epoch, lr) for epoch in (5, 10, 25) for lr in (0.1, 0.5, 1.0)]
+FASTTEXT = {"wordNgrams": 2, "dim": 100, "loss": "softmax", "minCount": 1, "seed": 0, "verbose": 0}
+SEED = 0  # the training-row samples, and encoder-clf's default train.seed (the carved validation part's seed)
+VALIDATION_FRACTION = 0.1  # encoder-clf's default data.validation_fraction
+WALL_LIMIT_MIN = 15.0
+SST2_AIM = 0.84
+
+
+# --- data -------------------------------------------------------------------------------------------------------
+
+def sampled(lines: list[str], rows: int) -> list[str]:
+    """The header and a seeded sample of ``rows`` data lines, in file order (all of them when ``rows`` is 0)."""
+    if rows <= 0 or rows >= len(lines) - 1:
+        return lines
+    chosen = np.sort(np.random.default_rng(SEED).permutation(np.arange(1, len(lines)))[:rows])
+    return [lines[0]] + [lines[i] for i in chosen]
+
+
+def prepare(name: str, root: Path, cap: int) -> Path:
+    """The dataset as a directory of split files: the shared one where it is used as is, else one under ``root``.
+
+    ``cap`` (the hidden ``--train-rows``): at most this many training rows, a seeded sample, for smoke tests.
+    """
+    spec, source = SPECS[name], DATA / SPECS[name]["source"]
+    rows = min(r for r in (spec["rows"], cap) if r > 0) if spec["rows"] or cap else 0
+    if name in ("sst2", "sst2-2k", "sst2-8k") and rows == 0:
+        return source
+    target = root / name
+    target.mkdir(parents=True)
+    write = lambda split, lines: (target / split).write_text("\n".join(lines) + "\n", encoding="utf-8")  # noqa: E731
+    read = lambda split: (source / split).read_text(encoding="utf-8").splitlines()  # noqa: E731
+    if name == "ag_news":  # no validation file: encoder-clf carves its validation part out of train
+        write("train.csv", sampled(read("train.csv"), rows))
+        write("test.csv", read("validation.csv"))
+    elif name == "goemotions":  # the rows with exactly one label, as a single-label `text`, `label` table
+        for split in ("train", "validation", "test"):
+            lines = read(f"{split}.tsv")
+            column = lines[0].split("\t").index("labels")
+            kept = [line for line in lines[1:] if "," not in line.split("\t")[column]]
+            write(f"{split}.tsv", sampled(["text\tlabel"] + kept, rows if split == "train" else 0))
+    else:
+        write("train.tsv", sampled(read("train.tsv"), rows))
+        for split in ("validation", "test"):
+            write(f"{split}.tsv", read(f"{split}.tsv"))
+    return target
+
+
+def split_file(data: Path, split: str) -> Path | None:
+    return next((data / f"{split}{s}" for s in (".tsv", ".csv") if (data / f"{split}{s}").is_file()), None)
+
+
+def load(data: Path) -> tuple[dict[str, tuple[list[str], np.ndarray]], list]:
+    """The peers' splits, the very rows encoder-clf trains, selects and is tested on; and the class names.
+
+    The same row rules (a row whose text is empty is dropped; pandas' default missing values, as ``datasets``
+    reads CSV), the classes sorted, and with no validation file the same seeded stratified part of train held
+    out (``carve_validation`` in encoder_clf/data/splits.py, on the class ids, in file order).
+    """
+    import pandas as pd
+
+    frames = {}
+    for split in ("train", "validation", "test"):
+        file = split_file(data, split)
+        if file is not None:
+            options = {"sep": "\t", "quoting": 3} if file.suffix == ".tsv" else {}
+            frame = pd.read_csv(file, **options)
+            text = "sentence" if "sentence" in frame.columns else "text"
+            frame = frame[[isinstance(t, str) and bool(t.strip()) for t in frame[text]]]
+            frames[split] = (frame[text].tolist(), frame["label"].tolist())
+    names = sorted(set(frames["train"][1]))
+    index = {name: i for i, name in enumerate(names)}
+    splits = {split: (texts, np.array([index[v] for v in values])) for split, (texts, values) in frames.items()}
+    if "validation" not in splits:
+        from sklearn.model_selection import train_test_split
+
+        texts, labels = splits["train"]
+        parts = train_test_split(np.arange(len(texts)), test_size=VALIDATION_FRACTION, random_state=SEED,
+                                 stratify=labels)
+        (train_idx, val_idx) = (np.sort(part) for part in parts)
+        splits["train"] = ([texts[i] for i in train_idx], labels[train_idx])
+        splits["validation"] = ([texts[i] for i in val_idx], labels[val_idx])
+    return splits, names
+
+
+def scores(truth: np.ndarray, predicted: np.ndarray, classes: int) -> dict:
+    """Accuracy and macro-F1 over every class, as encoder-clf's metrics.json has them."""
+    from sklearn.metrics import accuracy_score, f1_score
+
+    return {"accuracy": float(accuracy_score(truth, predicted)),
+            "macro_f1": float(f1_score(truth, predicted, labels=list(range(classes)), average="macro",
+                                       zero_division=0))}
+
+
+def sizes(splits: dict) -> dict:
+    return {split: len(texts) for split, (texts, _) in splits.items()}
+
+
+# --- peers ------------------------------------------------------------------------------------------------------
+
+def tfidf_peer(data: Path, result_file: Path) -> None:
+    """TF-IDF word 1-2-grams (sublinear tf, fitted on train) + LogisticRegression, C chosen on validation."""
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+
+    splits, names = load(data)
+    vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True)
+    vectorizer.fit(splits["train"][0])
+    x = {split: vectorizer.transform(texts) for split, (texts, _) in splits.items()}
+    y = {split: labels for split, (_, labels) in splits.items()}
+    best, grid = None, []
+    for c in C_GRID:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ConvergenceWarning)
+            model = LogisticRegression(C=c, max_iter=10000).fit(x["train"], y["train"])
+        found = {split: scores(y[split], model.predict(x[split]), len(names)) for split in ("validation", "test")}
+        converged = not any(issubclass(w.category, ConvergenceWarning) for w in caught)
+        grid.append({"C": c, "validation_accuracy": found["validation"]["accuracy"],
+                     "iterations": int(model.n_iter_.max()), "converged": converged})
+        if best is None or found["validation"]["accuracy"] > best[0]["validation"]["accuracy"]:
+            best = (found, c)
+    found, c = best
+    result_file.write_text(json.dumps({**found, "chosen": {"C": c}, "grid": grid, "rows": sizes(splits),
+                                       "features": x["train"].shape[1]}))
+
+
+def fasttext_line(text: str) -> str:
+    """fastText's one line per text, normalised as its ``classification-example.sh`` does."""
+    text = " ".join(text.split()).lower().replace("<br />", " ").replace("'", " ' ").replace('"', "")
+    for mark in ".,()!?":
+        text = text.replace(mark, f" {mark} ")
+    return " ".join(text.replace(";", " ").replace(":", " ").split())
+
+
+def fasttext_predict(model, lines: list[str], fallback: int) -> np.ndarray:
+    """The top class of each line. fasttext-wheel 0.9.2's ``predict`` of one string fails under numpy 2
+    (``np.array(..., copy=False)``); its list path calls ``multilinePredict``, which this calls directly."""
+    labels, _ = model.f.multilinePredict([line + "\n" for line in lines], 1, 0.0, "strict")
+    return np.array([int(found[0][len("__label__"):]) if found else fallback for found in labels])
+
+
+def verified(model, file: Path, lines: list[str], predicted: np.ndarray, found: dict) -> dict:
+    """The workaround checked against fastText itself: its own ``test()`` (precision at 1 is accuracy with one
+    label a line) and its one-line predict, called below the broken Python wrapper."""
+    _, precision, _ = model.test(str(file), 1)
+    one_by_one = np.array([int(model.f.predict(line + "\n", 1, 0.0, "strict")[0][1][len("__label__"):])
+                           for line in lines])
+    return {"test_accuracy": found["accuracy"], "fasttext_test_precision_at_1": float(precision),
+            "same_as_one_line_predict": float(np.mean(predicted == one_by_one))}
+
+
+def fasttext_peer(data: Path, result_file: Path) -> None:
+    """fastText supervised, wordNgrams 2, epoch and lr chosen on validation accuracy."""
+    import fasttext
+
+    splits, names = load(data)
+    lines = {split: [fasttext_line(text) for text in texts] for split, (texts, _) in splits.items()}
+    y = {split: labels for split, (_, labels) in splits.items()}
+    fallback = int(np.bincount(y["train"]).argmax())
+    best, grid = None, []
+    with tempfile.TemporaryDirectory(prefix="defaults-fasttext-") as tmp:
+        files = {}
+        for split in lines:
+            files[split] = Path(tmp) / f"{split}.txt"
+            labelled = (f"__label__{label} {line}\n" for line, label in zip(lines[split], y[split]))
+            files[split].write_text("".join(labelled), encoding="utf-8")
+        for epoch, lr in FASTTEXT_GRID:
+            model = None  # one model (about 0.8 GB at 2M buckets × dim 100) alive at a time
+            try:
+                model = fasttext.train_supervised(str(files["train"]), epoch=epoch, lr=lr, thread=os.cpu_count(),
+                                                  **FASTTEXT)
+            except (RuntimeError, ValueError) as err:  # "Encountered NaN." at a too high rate
+                grid.append({"epoch": epoch, "lr": lr, "error": str(err)})
+                continue
+            predicted = {split: fasttext_predict(model, lines[split], fallback) for split in ("validation", "test")}
+            found = {split: scores(y[split], p, len(names)) for split, p in predicted.items()}
+            grid.append({"epoch": epoch, "lr": lr, "validation_accuracy": found["validation"]["accuracy"]})
+            if best is None or found["validation"]["accuracy"] > best[0]["validation"]["accuracy"]:
+                best = (found, {"epoch": epoch, "lr": lr}, verified(model, files["test"], lines["test"],
+                                                                     predicted["test"], found["test"]))
+    found, chosen, verify = best
+    result_file.write_text(json.dumps({**found, "chosen": chosen, "grid": grid, "rows": sizes(splits),
+                                       "verify": verify, "settings": FASTTEXT, "threads": os.cpu_count()}))
+
+
+def peer_job(kind: str, name: str, data: Path) -> dict:
+    """A peer in its own process (this file with a hidden flag); its result plus wall time and peak memory."""
+    result_file = OUT / f"defaults-{kind}-{name}.json"
+    result_file.unlink(missing_ok=True)
+    wall, rss = run_measured([sys.executable, __file__, "--peer", kind, "--data", str(data),
+                              "--result", str(result_file)])
+    return {**json.loads(result_file.read_text()), "wall_s": wall, "peak_mib": rss}
+
+
+# --- ours -------------------------------------------------------------------------------------------------------
+
+def ours(name: str, data: Path) -> dict:
+    """`encoder-clf train` with no settings at all (``--quiet`` only hides the progress bar)."""
+    run = OUT / f"defaults-ours-{name}"
+    shutil.rmtree(run, ignore_errors=True)
+    wall, rss = run_measured([sys.executable, "-m", "encoder_clf.cli", "train", "--data", str(data), "--out",
+                              str(run), "--quiet"])
+    metrics = json.loads((run / "metrics.json").read_text())
+    rows = metrics.get("data", {})
+    trained = sum(metrics.get("examples_per_process") or [])
+    epochs = trained / rows["train"]["rows"] if trained and rows.get("train", {}).get("rows") else None
+    if epochs is None and (run / "log.jsonl").is_file():
+        log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if line.strip()]
+        epochs = log[-1].get("epoch") if log else None
+    result = {"validation": metrics["validation"], "test": metrics["test"], "steps": metrics.get("steps"),
+              "epochs": epochs, "stop_reason": metrics.get("stop_reason"), "train_time_s": metrics.get("train_time_s"),
+              "precision": metrics.get("precision", "?"), "rows": {s: r.get("rows") for s, r in rows.items()},
+              "wall_s": wall, "peak_mib": rss}
+    if "plan" in metrics:
+        result["plan"] = metrics["plan"]
+        print(f"{name}: encoder-clf's plan: {json.dumps(metrics['plan'])}", flush=True)
+    return result
+
+
+# --- report -----------------------------------------------------------------------------------------------------
+
+def training(row: dict) -> str:
+    if row["run"] == "ours":
+        epochs = f", {row['epochs']:.2g} epochs" if row.get("epochs") is not None else ""
+        return f"{row['steps']} steps{epochs}, {row['stop_reason']} ({row['precision']})"
+    return ", ".join(f"{k} {v:g}" for k, v in row["chosen"].items())
+
+
+def write_doc(rows: list[dict], argv: str) -> None:
+    lines = ["## From-scratch defaults on every single-label dataset: encoder-clf vs TF-IDF + LR and fastText", "",
+             f"Command: `python benchmarks/defaults.py {argv}`".rstrip() + f" (part of `make bench`), "
+             f"{time.strftime('%Y-%m-%d')}. Machine: {machine()}.",
+             "Ours is `encoder-clf train --data DIR` with no settings at all. The peers train, select and test on "
+             "the same rows: TF-IDF word 1-2-grams (sublinear tf, fitted on train) + LogisticRegression with C "
+             "from 0.25, 1, 4, 16 and 64 chosen on validation accuracy; fastText supervised (wordNgrams 2, "
+             "dim 100, softmax, every core, text lower-cased with punctuation split off as in fastText's "
+             "`classification-example.sh`), epoch 5/10/25 × lr 0.1/0.5/1.0 chosen on validation accuracy. "
+             "SST-2's 2,000- and 8,000-row sets are seeded samples of its train split (same validation and test). "
+             "AG News small has no validation file: encoder-clf holds out a seeded stratified 10% of train and the "
+             "peers hold out the same rows; its test split is the given `validation.csv`. GoEmotions: the rows "
+             "with exactly one label. Each run is its own process: wall time is the whole process (data, "
+             "tokenizer, training, evaluation, and for the peers their whole grid), peak memory its max RSS. "
+             "Accuracy and macro-F1 in points.", "",
+             "| dataset (train / val / test rows) | run | val acc | test acc | test macro-F1 | training | wall time "
+             "| peak memory |",
+             "| --- | --- | ---: | ---: | ---: | --- | ---: | ---: |"]
+    for row in rows:
+        size = " / ".join(f"{row['rows'][s]:,}" for s in ("train", "validation", "test") if row["rows"].get(s))
+        lines.append(f"| {SPECS[row['dataset']]['title']} ({size}) | {row['name']} | "
+                     f"{100 * row['validation']['accuracy']:.2f} | {100 * row['test']['accuracy']:.2f} | "
+                     f"{100 * row['test']['macro_f1']:.2f} | {training(row)} | {row['wall_s'] / 60:.1f} min | "
+                     f"{row['peak_mib']:.0f} MiB |")
+    print(write_section("defaults", lines))
+
+
+# --- main -------------------------------------------------------------------------------------------------------
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--datasets", default=",".join(SPECS), help=f"comma-separated: {', '.join(SPECS)}")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"only {' and '.join(QUICK)} (make bench-quick); docs/BENCHMARKS.md left alone")
+    parser.add_argument("--skip-ours", action="store_true", help="the peers only; docs/BENCHMARKS.md left alone")
+    parser.add_argument("--train-rows", type=int, default=0, help=argparse.SUPPRESS)  # smoke tests: cap train
+    parser.add_argument("--peer", choices=("tfidf", "fasttext"), help=argparse.SUPPRESS)
+    parser.add_argument("--data", help=argparse.SUPPRESS)
+    parser.add_argument("--result", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.peer:
+        (tfidf_peer if args.peer == "tfidf" else fasttext_peer)(Path(args.data), Path(args.result))
+        return
+    names = QUICK if args.quick else [n.strip() for n in args.datasets.split(",") if n.strip()]
+    unknown = [n for n in names if n not in SPECS]
+    if unknown:
+        parser.error(f"unknown dataset(s) {', '.join(unknown)}; choose from {', '.join(SPECS)}")
+    if args.quick or args.skip_ours or args.train_rows:  # a partial run never replaces a full run's figures
+        os.environ["BENCH_DOCS"] = "0"
+    OUT.mkdir(parents=True, exist_ok=True)
+    results_file = OUT / ("defaults-quick.json" if args.quick else "defaults.json")
+    checks = Checks("defaults")
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="defaults-data-", dir=OUT) as tmp:
+        for name in names:
+            data = prepare(name, Path(tmp), args.train_rows)
+            print(f"\n=== {name}: {data}", flush=True)
+            tfidf = {"dataset": name, "run": "tfidf", **peer_job("tfidf", name, data)}
+            tfidf["name"] = "TF-IDF 1-2-grams + LogisticRegression"
+            fast = {"dataset": name, "run": "fasttext", **peer_job("fasttext", name, data)}
+            fast["name"] = "fastText (wordNgrams 2)"
+            verify = fast["verify"]
+            checks.add(f"{name}: fastText's predictions here agree with its own test() and one-line predict",
+                       abs(verify["test_accuracy"] - verify["fasttext_test_precision_at_1"]) < 1e-9
+                       and verify["same_as_one_line_predict"] == 1.0,
+                       f"accuracy {100 * verify['test_accuracy']:.2f}, test() P@1 "
+                       f"{100 * verify['fasttext_test_precision_at_1']:.2f}, same as one-line predict on "
+                       f"{100 * verify['same_as_one_line_predict']:.1f}% of test rows")
+            rows += [tfidf, fast]
+            if not args.skip_ours:
+                mine = {"dataset": name, "run": "ours", "name": "encoder-clf train (defaults)", **ours(name, data)}
+                rows.append(mine)
+                ours_acc, theirs = mine["test"]["accuracy"], tfidf["test"]["accuracy"]
+                checks.add(f"{name}: ours test accuracy >= TF-IDF + LR's", ours_acc >= theirs,
+                           f"{100 * ours_acc:.2f} vs {100 * theirs:.2f} ({100 * (ours_acc - theirs):+.2f})")
+                if all(mine["rows"].get(s) for s in ("train", "validation", "test")):
+                    checks.add(f"{name}: the peers had ours' rows", mine["rows"] == tfidf["rows"] == fast["rows"],
+                               f"ours {mine['rows']}, TF-IDF {tfidf['rows']}, fastText {fast['rows']}")
+                if name == "sst2" and not args.train_rows:
+                    checks.add(f"sst2: ours test accuracy >= {100 * SST2_AIM:.1f}", ours_acc >= SST2_AIM,
+                               f"{100 * ours_acc:.2f}")
+                    checks.add(f"sst2: ours wall time <= {WALL_LIMIT_MIN:g} min",
+                               mine["wall_s"] <= 60 * WALL_LIMIT_MIN, f"{mine['wall_s'] / 60:.1f} min")
+            results_file.write_text(json.dumps(rows, indent=2, default=str))
+    write_doc(rows, " ".join(sys.argv[1:]))
+    checks.finish()
+
+
+if __name__ == "__main__":
+    main()
