@@ -344,13 +344,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="encoder-clf: %(message)s", stream=sys.stderr)
     args = build_parser().parse_args(argv)
+    done = False
     try:
         args.run(args)
+        done = True
     except UsageError as err:
         print(f"encoder-clf: error: {err}", file=sys.stderr)
         return 2
     finally:
-        shutdown()
+        shutdown(wait=done)
     return 0
 
 

@@ -117,9 +117,16 @@ def barrier(world: World) -> None:
         dist.barrier()
 
 
-def shutdown() -> None:
-    """Leave the process group (at the end of a command), if one was joined."""
+def shutdown(wait: bool = False) -> None:
+    """Leave the process group (at the end of a command), if one was joined; with ``wait``, once every rank is here.
+
+    A command that ended well waits: a rank that left while rank 0 still wrote the run's files was aborted once
+    in CI (SIGABRT, "terminate called without an active exception"). One that failed leaves at once, since the
+    others may never come.
+    """
     if dist.is_available() and dist.is_initialized():
+        if wait:
+            dist.barrier()
         dist.destroy_process_group()
 
 
