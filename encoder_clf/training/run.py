@@ -150,9 +150,6 @@ def _train_on(config: RunConfig, splits: Splits, out_dir: Path | None, progress:
     _check_lengths(config)
     if current().main:
         log.info("task: %s", describe(splits))
-        train = splits.train
-        log.info("train: %d rows (%s)", len(train), describe_balance(
-            balance(train.labels, splits.label_names, splits.task), len(train), splits.task))
     texts = splits.train.texts
     flat = (lambda: (text for pair in texts for text in pair)) if splits.text_pairs else (lambda: texts)
     config, model, tokenizer = _build(config, splits, flat)
@@ -249,6 +246,10 @@ def _run(config: RunConfig, model: TextClassifier, tokenizer: Tokenizer, splits:
                                                           cfg.seed, epoch), None, key, splits.train_source)
     else:
         train = bucketed(tokens["train"], cfg.batch_size, cfg.seed, data_key(tokens, splits.label_names))
+    counts = balance(tokens["train"].labels, splits.label_names, splits.task) if "train" in tokens else None
+    if counts is not None and world.main:
+        log.info("train: %d rows (%s)", len(tokens["train"]), describe_balance(counts, len(tokens["train"]),
+                                                                             splits.task))
     _fitted_ngrams(model, tokens, cfg.metric, config.data.class_weights, checkpoint, world)
     recorder = _recorder(out_dir, config, checkpoint, world)
     device = default_device()
@@ -273,8 +274,8 @@ def _run(config: RunConfig, model: TextClassifier, tokenizer: Tokenizer, splits:
                "precision": precision, "device": str(device),
                "data": {name: {"rows": len(split), "truncated": split.truncated} for name, split in tokens.items()},
                "parameters": sum(p.numel() for p in model.parameters())}
-    if "train" in tokens:
-        metrics["data"]["train"]["balance"] = balance(tokens["train"].labels, splits.label_names, splits.task)
+    if counts is not None:
+        metrics["data"]["train"]["balance"] = counts
     final = "test" if "test" in scored else "validation"
     recorder.finish(metrics, (tokens[final].labels, scored[final][1]))
     return TrainResult(best_model, best_tokenizer, config, recorder.history, metrics)
