@@ -289,7 +289,8 @@ def explain(model: TextClassifier, tokenizer: Tokenizer, text: str | tuple[str, 
         logits = out.logits.float()
         scores = model.task.scores(logits)[0].cpu()
         tokens = [tokenizer.id_to_token(i) for i in encoded.ids[0]]
-        sections = [_section(model, out.parts[:, 0], ids, types, tokens, index, scores)
+        names = _term_names(model, ids, tokens, tokenizer)
+        sections = [_section(model, out.parts[:, 0], ids, types, names, index, scores)
                     for index in _explained(model, scores)]
     finally:
         model.train(was_training)
@@ -322,7 +323,7 @@ def _explained(model: TextClassifier, scores: torch.Tensor) -> list[int]:
 
 
 def _section(model: TextClassifier, parts: torch.Tensor, ids: torch.Tensor, types: torch.Tensor | None,
-             tokens: list[str], index: int, scores: torch.Tensor) -> LabelExplanation:
+             names: list[str | None], index: int, scores: torch.Tensor) -> LabelExplanation:
     """Output ``index``'s section; ``parts`` ``(parts, outputs)`` are each part's outputs for the text."""
     task = model.config.task
 
@@ -336,7 +337,7 @@ def _section(model: TextClassifier, parts: torch.Tensor, ids: torch.Tensor, type
         label=model.config.labels[index],
         logit=sum(c.logit for c in found),
         parts=found,
-        ngrams=_ngram_contributions(model, ids, types, tokens, quantity),
+        ngrams=_ngram_contributions(model, ids, types, names, quantity),
         probability=None if task == "regression" else float(scores[index]),
         threshold=float(model.task.thresholds[index]) if multi else None,
         predicted=not multi or bool(scores[index] >= model.task.thresholds[index].cpu()),
@@ -354,27 +355,53 @@ def _part_contributions(model: TextClassifier, parts: torch.Tensor) -> list[Cont
     return _shares(model.head.names, (weights * parts).tolist(), weights.tolist())
 
 
-def _ngram_contributions(model: TextClassifier, ids: torch.Tensor, types: torch.Tensor | None, tokens: list[str],
-                         quantity: Callable[[torch.Tensor], torch.Tensor]) -> list[Contribution]:
-    """Each unigram's and bigram's share of the n-gram part's quantity, largest first.
+def _term_names(model: TextClassifier, ids: torch.Tensor, tokens: list[str], tokenizer: Tokenizer) -> list[str | None]:
+    """The name of each term of the n-gram part (the order of ``NgramLogits.indices``, before a pair's overlap
+    rows): its tokens, or the words it reads as the tokenizer spells them; ``None`` where no term is."""
+    if "ngrams" not in model.head.parts:
+        return []
+    ngrams = model.head.parts["ngrams"]
+    if not ngrams.words:
+        return tokens + [f"{a} {b}" for a, b in zip(tokens, tokens[1:])]
+    spans = ngrams.spans(ids, torch.ones_like(ids, dtype=torch.bool))
+    begin, ends, pairs = (spans[key][0].tolist() for key in ("begin", "ends", "pairs"))
+    row = ids[0].tolist()
 
-    For a pair, an n-gram found in both texts is named so, and the rows every shared (or unshared) n-gram adds
-    are summed into two entries: the texts' overlap.
+    def spell(first: int, last: int) -> str:
+        return tokenizer.decode(row[first:last + 1], skip_special_tokens=False)
+
+    words = [spell(begin[i], i) if ends[i] else None for i in range(len(row))]
+    bigrams = [spell(begin[begin[i] - 1], i) if pairs[i] else None for i in range(len(row))]
+    return tokens + words + bigrams
+
+
+def _ngram_contributions(model: TextClassifier, ids: torch.Tensor, types: torch.Tensor | None,
+                         names: list[str | None],
+                         quantity: Callable[[torch.Tensor], torch.Tensor]) -> list[Contribution]:
+    """What each n-gram of the text adds to the n-gram part's quantity, largest first.
+
+    Terms of the same name (a one-token word is a token and a word) are summed into one entry. For a pair, an
+    n-gram found in both texts is named so, and the rows every shared (or unshared) n-gram adds are summed
+    into two entries: the texts' overlap.
     """
     if "ngrams" not in model.head.parts:
         return []
     ngrams = model.head.parts["ngrams"]
     weight = float(model.head.weights[model.head.names.index("ngrams")])
     logits = (weight * quantity(ngrams.contributions(ids, types).cpu())).tolist()
-    names = tokens + [f"{a} {b}" for a, b in zip(tokens, tokens[1:])]  # the order of NgramLogits.terms
+    extra: dict[str, float] = {}
     if ngrams.pairs:
         shared = (ngrams.terms(ids, None, types)[0][0, : len(names)] >= ngrams.vocab_size + ngrams.buckets).tolist()
-        overlap = logits[len(names):]
-        logits = logits[: len(names)] + [sum(v for v, s in zip(overlap, shared) if s),
-                                         sum(v for v, s in zip(overlap, shared) if not s)]
-        names = [f"{name} (in both texts)" if s else name for name, s in zip(names, shared)]
-        names += ["(overlap: n-grams in both texts)", "(overlap: n-grams in one text)"]
-    found = _shares(names, logits, [weight] * len(names))
+        overlap = [(v, s) for v, s, name in zip(logits[len(names):], shared, names) if name is not None]
+        extra = {"(overlap: n-grams in both texts)": sum(v for v, s in overlap if s),
+                 "(overlap: n-grams in one text)": sum(v for v, s in overlap if not s)}
+        names = [f"{name} (in both texts)" if s and name is not None else name for name, s in zip(names, shared)]
+    summed: dict[str, float] = {}
+    for name, value in zip(names, logits):
+        if name is not None:
+            summed[name] = summed.get(name, 0.0) + value
+    summed.update(extra)
+    found = _shares(list(summed), list(summed.values()), [weight] * len(summed))
     return sorted(found, key=lambda c: -abs(c.logit))
 
 

@@ -9,10 +9,11 @@ import logging
 import numpy as np
 import pytest
 import torch
-from sklearn.feature_extraction.text import TfidfTransformer
+from sklearn.feature_extraction.text import TfidfTransformer, TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 
 from encoder_clf.data.splits import Split
+from encoder_clf.data.tokenization import word_starts
 from encoder_clf.data.tokenized import tokenize_split
 from encoder_clf.model.ngrams import NgramLogits
 from encoder_clf.settings import with_overrides
@@ -44,6 +45,34 @@ def test_tfidf_weights_are_scikit_learns_sublinear_tfidf_of_the_ngram_counts(toy
     batch = tokens.batch(np.arange(len(tokens)))
     logits = part(batch.ids, batch.mask).detach().double().numpy()
     np.testing.assert_allclose(logits, expected @ part.table.weight.detach().double().numpy(), atol=1e-5)
+
+
+def test_word_terms_are_a_tfidf_of_the_tokens_words_and_word_pairs_as_spelt(toy_tokenizer):
+    """The hashed word terms against scikit-learn's TF-IDF of the same n-grams written out as strings."""
+    rows = toy_rows(80, 0) + [("the filmmakers made the film great great", 1)]
+    tokens = _tokens(toy_tokenizer, rows)
+    part = NgramLogits(toy_tokenizer.get_vocab_size(), 1_000_000, 2)
+    part.set_word_starts(torch.from_numpy(word_starts(toy_tokenizer)))
+
+    def spelt(text: str) -> list[str]:
+        pieces = toy_tokenizer.encode(text).tokens
+        words = []
+        for piece in pieces:
+            if piece.startswith("##"):
+                words[-1] += piece[2:]
+            else:
+                words.append(piece)
+        assert len(words) < len(pieces) or "filmmakers" not in text  # the long word is cut into pieces
+        return pieces + [f"w:{w}" for w in words] + [f"w:{a} {b}" for a, b in zip(words, words[1:])]
+
+    reference = TfidfVectorizer(analyzer=spelt, sublinear_tf=True)
+    expected = reference.fit_transform([text for text, _ in rows]).toarray()
+    counts = term_matrix(part, tokens, batch_size=16, weighted=False)
+    part.idf.copy_(torch.from_numpy(TfidfTransformer(sublinear_tf=True).fit(counts).idf_))
+    ours = term_matrix(part, tokens, batch_size=16)
+    ours = ours[:, np.unique(ours.indices)].toarray()
+    assert ours.shape == expected.shape  # one row of the table per distinct n-gram: no two share a bucket
+    np.testing.assert_allclose(np.sort(ours, axis=1), np.sort(expected, axis=1), atol=1e-6)
 
 
 def test_the_fit_is_scikit_learns_logistic_regression_at_the_c_chosen_on_validation(toy_tokenizer, tiny_model):

@@ -108,7 +108,10 @@ def test_gradient_accumulation_equals_one_batch_of_the_union(toy_data, tmp_path,
         tokenizer = [f"tokenizer.path={tmp_path / name / 'model'}"]
     weights = [load_file(tmp_path / name / "model" / "model.safetensors") for name in ("accumulated", "union")]
     for key in weights[0]:
-        torch.testing.assert_close(weights[0][key], weights[1][key], atol=1e-5, rtol=1e-4)
+        # the mixing weights are an L-BFGS fit to the parts' validation logits, which stops at its own tolerance
+        rtol = 1e-2 if key == "head.weights" else 1e-4
+        torch.testing.assert_close(weights[0][key], weights[1][key], atol=1e-5, rtol=rtol,
+                                   msg=lambda message, name=key: f"{name}: {message}")
 
 
 def test_grad_accum_must_be_positive():

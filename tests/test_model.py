@@ -91,7 +91,7 @@ def test_relative_bias_gives_order_without_absolute_positions(tiny_model):
 
 
 def test_ngram_logits_add_unigrams_and_adjacent_bigrams_of_real_tokens(tiny_model):
-    model = randomize_zero_starts(tiny_model(ngram_buckets=64))
+    model = randomize_zero_starts(tiny_model(ngram_buckets=64, ngram_terms="pieces"))
     ngrams = model.head.parts["ngrams"]
     ids, mask = torch.tensor([[2, 7, 8, 3, 0]]), torch.tensor([[False, False, False, False, True]])
     bigrams = [ngrams.vocab_size + (a * ngrams.vocab_size + b) % (2**31 - 1) * 48_271 % (2**31 - 1) % ngrams.buckets
@@ -107,6 +107,33 @@ def test_ngram_logits_add_unigrams_and_adjacent_bigrams_of_real_tokens(tiny_mode
     model.head.weights.copy_(torch.tensor([0.25, 2.0]))
     torch.testing.assert_close(model(ids, mask).logits, 0.25 * encoder_part + 2.0 * ngram_part)
     assert model.state_dict()["head.weights"].tolist() == [0.25, 2.0]  # a learned value: in the weights file
+
+
+def _word_part(tiny_model, continuing=(8, 9)):
+    part = randomize_zero_starts(tiny_model(ngram_buckets=1_000_000)).head.parts["ngrams"]
+    starts = torch.ones(part.vocab_size, dtype=torch.bool)
+    starts[list(continuing)] = False  # tokens 8 and 9 continue a word, as "##" pieces do
+    part.set_word_starts(starts)
+    return part
+
+
+def test_word_terms_read_the_words_the_tokens_spell_wherever_they_stand(tiny_model):
+    part = _word_part(tiny_model)
+    ids, mask = torch.tensor([[2, 7, 8, 5, 3, 0, 0]]), torch.tensor([[False] * 5 + [True] * 2])
+    index, keep = part.indices(ids, mask)
+    rows = index[keep].tolist()
+    assert len(rows) == 5 + 4 + 3  # tokens; the words [CLS], 7+8, 5, [SEP]; the 3 pairs of adjacent words
+    assert len(set(rows)) == len(rows) and rows[:5] == [2, 7, 8, 5, 3]
+    word = index[0, 7 + 2]  # the word 7+8 ends at token 2
+    # the same word in another text, after another word, has the same row; its pair with the word before does not
+    other, other_keep = part.indices(torch.tensor([[2, 6, 7, 8, 3]]), None)
+    assert other[0, 5 + 3] == word and other[0, 10 + 3] != index[0, 14 + 2]
+    # other spellings are other words: 8 7 (a piece, then a word start), 7 alone, 7 8 9
+    for spelling, end in [([2, 8, 7, 3], 2), ([2, 7, 3], 1), ([2, 7, 8, 9, 3], 3)]:
+        terms, _ = part.indices(torch.tensor([spelling]), None)
+        assert terms[0, len(spelling) + end] != word
+    # padding is not read: the same text without it has the same logits
+    torch.testing.assert_close(part(ids, mask), part(ids[:, :5], None))
 
 
 def test_a_head_of_one_part_gives_that_part_s_logits(tiny_model):

@@ -18,6 +18,7 @@ from encoder_clf.data.tokenization import (
     load_tokenizer,
     pad_id,
     train_tokenizer,
+    word_starts,
 )
 from encoder_clf.errors import UsageError
 
@@ -170,3 +171,23 @@ def test_learned_tokens_are_numbered_in_a_fixed_order(tokenizer, corpus):
     scrambled = _canonical_ids(Tokenizer.from_str(json.dumps(data)))
     assert scrambled.get_vocab() == tokenizer.get_vocab()
     assert [tokenizer.token_to_id(t) for t in ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")] == [0, 1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("name", list(TOKENIZER_MODELS))
+def test_word_starts_mark_the_tokens_that_begin_a_word(name):
+    """Joining each word start with the tokens after it, up to the next start, spells the text's words."""
+    texts = [f"{s} {v} {a} {t}".strip() for s in SUBJECTS for v in VERBS for a in ADJECTIVES for t in TAILS[:2]]
+    tokenizer = train_tokenizer(texts, TokenizerConfig(model=name, vocab_size=120, min_frequency=1))
+    starts = word_starts(tokenizer)
+    assert starts.shape == (tokenizer.get_vocab_size(),)
+    assert starts[[tokenizer.token_to_id(t) for t in SPECIAL_TOKENS]].all()
+    assert 0 < (~starts).sum() < len(starts)  # a small vocabulary cuts words into pieces
+    text = "the soundtrack seemed painfully slow honestly"
+    ids = tokenizer.encode(text).ids[1:-1]
+    words = []
+    for token_id in ids:
+        if starts[token_id] or not words:
+            words.append([token_id])
+        else:
+            words[-1].append(token_id)
+    assert [tokenizer.decode(word).strip() for word in words] == text.split()

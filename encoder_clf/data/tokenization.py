@@ -131,6 +131,29 @@ def tokenizer_from_json(text: str, where: str, max_length: int | None = None) ->
     return tokenizer
 
 
+def word_starts(tokenizer: Tokenizer) -> np.ndarray:
+    """Which token ids begin a word, ``(vocab_size,)`` bool: what the n-gram part needs to read whole words.
+
+    WordPiece marks the tokens that continue a word (``##ing``), Metaspace
+    (our BPE and Unigram) the ones that begin one (``▁play``); special tokens
+    stand alone. A tokenizer with neither rule makes every token a word.
+    """
+    data = json.loads(tokenizer.to_str())
+    starts = np.ones(tokenizer.get_vocab_size(), dtype=bool)
+    specials = {added["id"] for added in data.get("added_tokens", [])}
+    model, pre_tokenizer = data["model"], data.get("pre_tokenizer") or {}
+    steps = pre_tokenizer.get("pretokenizers", [pre_tokenizer])
+    metaspace = next((step["replacement"] for step in steps if step.get("type") == "Metaspace"), None)
+    for token, token_id in tokenizer.get_vocab().items():
+        if token_id in specials:
+            continue
+        if model["type"] == "WordPiece":
+            starts[token_id] = not token.startswith(model.get("continuing_subword_prefix") or "##")
+        elif metaspace is not None:
+            starts[token_id] = token.startswith(metaspace)
+    return starts
+
+
 def pad_id(tokenizer: Tokenizer) -> int:
     """The id used for padding: ``[PAD]`` if the vocabulary has it, else 0."""
     token_id = tokenizer.token_to_id(PAD)

@@ -12,14 +12,15 @@ from typing import ClassVar
 from ..settings import require, require_choice
 from .attention import SCORE_RULES
 from .encoder import ACTIVATIONS, NORM_PLACEMENTS, POSITION_ENCODINGS
-from .ngrams import WEIGHTINGS
+from .ngrams import TERMS, WEIGHTINGS
 from .pooling import POOLINGS
 from .tasks import TASKS
 
 # Architecture additions beyond a plain transformer encoder, each with the value a BERT import is built with
 # (the one that turns it off) and a model directory saved before the key existed was built with (today's
 # default may differ: the preset changes as it is re-measured).
-ADDITIONS_OFF = {"conv_kernel": 0, "relative_buckets": 0, "ngram_buckets": 0, "ngram_weighting": "sqrt"}
+ADDITIONS_OFF = {"conv_kernel": 0, "relative_buckets": 0, "ngram_buckets": 0, "ngram_weighting": "sqrt",
+                 "ngram_terms": "pieces"}
 
 
 @dataclass
@@ -49,6 +50,7 @@ class ModelConfig:
     conv_kernel: int = 5  # a depthwise convolution of this odd width before each block's attention; 0 = none
     ngram_buckets: int = 1_000_000  # hashed bigram buckets of a linear bag-of-n-grams beside the head; 0 = none
     ngram_weighting: str = "tfidf"  # of the n-grams in that bag: tfidf (sublinear tf, idf, unit length) or sqrt
+    ngram_terms: str = "words"  # that bag's n-grams: tokens, words and word pairs (words) or token 1-2-grams (pieces)
     layer_norm_eps: float = 1e-5
     type_vocab_size: int = 0
     vocab_size: int = 0
@@ -77,6 +79,7 @@ class ModelConfig:
         require(self.ngram_buckets >= 0, f"model.ngram_buckets must be >= 0 (0 = no n-gram logits); "
                                           f"got {self.ngram_buckets}")
         require_choice("model.ngram_weighting", self.ngram_weighting, WEIGHTINGS)
+        require_choice("model.ngram_terms", self.ngram_terms, TERMS)
         require_choice("model.attention", self.attention, SCORE_RULES)
         require_choice("model.norm", self.norm, NORM_PLACEMENTS)
         require_choice("model.positions", self.positions, POSITION_ENCODINGS)

@@ -48,7 +48,7 @@ class EnsembleHead(nn.Module):
         parts: dict[str, nn.Module] = {"encoder": LinearHead(config.d_model, config.num_outputs, config.dropout)}
         if config.ngram_buckets:
             parts["ngrams"] = NgramLogits(config.vocab_size, config.ngram_buckets, config.num_outputs,
-                                          config.text_pairs, config.ngram_weighting)
+                                          config.text_pairs, config.ngram_weighting, config.ngram_terms)
         self.parts = nn.ModuleDict(parts)
         self.register_buffer("weights", torch.full((len(parts),), 1.0 / len(parts)))
 

@@ -1,4 +1,4 @@
-"""A linear bag of token n-grams (unigrams and hashed bigrams): class logits beside the encoder's.
+"""A linear bag of n-grams (token unigrams, hashed word unigrams and bigrams): class logits beside the encoder's.
 
 The encoder learns composition slowly from a small dataset, while a linear
 model over n-grams (fastText's hashed bigrams) gives each telling phrase a
@@ -8,6 +8,13 @@ holds it beside the encoder's head. Its features are the text's TF-IDF vector
 (``tfidf``), so that it is the linear model a TF-IDF baseline fits, and it is
 fitted as one (:mod:`encoder_clf.training.linear`); ``sqrt``, the older
 weighting, is kept for the model directories saved with it.
+
+Its terms (:data:`TERMS`) are the tokens, which a tokenizer trained on the
+data cuts into word pieces, and, with ``words``, the whole words and word
+pairs the pieces spell, as a word-level TF-IDF reads them: the pieces give
+rare and misspelt words a share of their stem's weight, the words keep
+``playing`` apart from ``play``. ``pieces``, the older terms (token unigrams
+and bigrams), is kept for the model directories saved with them.
 """
 
 from __future__ import annotations
@@ -16,6 +23,13 @@ import torch
 from torch import nn
 
 WEIGHTINGS = ("tfidf", "sqrt")
+TERMS = ("words", "pieces")
+PRIME = 2_147_483_647  # 2³¹−1: the Lehmer generator's modulus
+
+
+def _scrambled(value: torch.Tensor) -> torch.Tensor:
+    """One step of the Lehmer generator: a bijection of ``0 … PRIME−1`` that looks random (int64 in, int64 out)."""
+    return value % PRIME * 48_271 % PRIME
 
 
 def bigram_buckets(first: torch.Tensor, second: torch.Tensor, vocab_size: int, buckets: int) -> torch.Tensor:
@@ -27,12 +41,11 @@ def bigram_buckets(first: torch.Tensor, second: torch.Tensor, vocab_size: int, b
     multiplier, and with m = 1,000,003 and a million buckets that is 3, which
     folds every bigram into ~4·vocab_size rows.
     """
-    prime = 2_147_483_647
-    return (first * vocab_size + second) % prime * 48_271 % prime % buckets
+    return _scrambled(first * vocab_size + second) % buckets
 
 
 class NgramLogits(nn.Module):
-    """Class logits from the text's token unigrams and hashed bigrams, one learned row of logits each.
+    """Class logits from the text's n-grams (see :data:`TERMS`), one learned row of logits each.
 
     The logits are the weighted sum of the text's rows (see :meth:`terms`);
     padding is left out. Rows start at zero, so a new model's logits are the
@@ -47,31 +60,73 @@ class NgramLogits(nn.Module):
     """
 
     def __init__(self, vocab_size: int, buckets: int, num_labels: int, pairs: bool = False,
-                 weighting: str = "tfidf") -> None:
+                 weighting: str = "tfidf", terms: str = "words") -> None:
         super().__init__()
         self.vocab_size, self.buckets, self.pairs, self.weighting = vocab_size, buckets, pairs, weighting
+        self.words = terms == "words"
+        if self.words:  # which tokens begin a word; every one until the tokenizer says (set_word_starts)
+            self.register_buffer("word_starts", torch.ones(vocab_size, dtype=torch.bool))
         rows = vocab_size + buckets
         self.table = nn.Embedding(2 * rows + 2 if pairs else rows, num_labels)
         if weighting == "tfidf":  # fitted to the train split (training/linear.py); a stream's part trains by AdamW
             self.register_buffer("idf", torch.ones(self.table.num_embeddings))  # each row's; 1 until fitted
             self.register_buffer("strength", torch.zeros(()))  # the fit's C, chosen on validation; 0 = not fitted
 
+    def set_word_starts(self, starts: torch.Tensor) -> None:
+        """Which token ids begin a word: ``(vocab_size,)`` bool (:func:`~encoder_clf.data.tokenization.word_starts`)."""
+        if self.words:
+            self.word_starts.copy_(starts)
+
     def indices(self, input_ids: torch.Tensor, padding_mask: torch.Tensor | None,
                 token_type_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Each text's n-grams as rows of the table, and which are real: both ``(batch, terms)``.
 
-        Positions ``0 … seq−1`` are the unigrams, then position ``seq + i`` the
-        bigram of tokens ``i, i+1``; padding (and a bigram touching it) is not
-        real. A pair model's n-grams come next again, as the rows common to
-        shared or unshared n-grams.
+        Positions ``0 … seq−1`` are the token unigrams. Then, for ``pieces``,
+        position ``seq + i`` is the bigram of tokens ``i, i+1``; for ``words``,
+        position ``seq + i`` is the word that ends at token ``i`` and
+        ``2·seq + i`` that word after the one before it. Padding (and an
+        n-gram touching it, or a position where no word ends) is not real. A
+        pair model's n-grams come next again, as the rows common to shared or
+        unshared n-grams.
         """
         real = torch.ones_like(input_ids, dtype=torch.bool) if padding_mask is None else ~padding_mask
-        bigrams = self.vocab_size + bigram_buckets(input_ids[:, :-1], input_ids[:, 1:], self.vocab_size, self.buckets)
-        index = torch.cat([input_ids, bigrams], dim=1)
-        keep = torch.cat([real, real[:, :-1] & real[:, 1:]], dim=1)
+        if self.words:
+            spans = self.spans(input_ids, real)
+            words, previous, ends, pairs = spans["word"], spans["previous"], spans["ends"], spans["pairs"]
+            unigrams = self.vocab_size + _scrambled(2 * words) % self.buckets
+            bigrams = self.vocab_size + _scrambled(2 * (_scrambled(previous) + words) + 1) % self.buckets
+            index = torch.cat([input_ids, unigrams, bigrams], dim=1)
+            keep = torch.cat([real, ends, pairs], dim=1)
+        else:
+            bigrams = self.vocab_size + bigram_buckets(input_ids[:, :-1], input_ids[:, 1:], self.vocab_size,
+                                                       self.buckets)
+            index = torch.cat([input_ids, bigrams], dim=1)
+            keep = torch.cat([real, real[:, :-1] & real[:, 1:]], dim=1)
         if self.pairs:
             index, keep = self._pair_terms(index, keep, input_ids, token_type_ids)
         return index, keep
+
+    def spans(self, input_ids: torch.Tensor, real: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The words the tokens spell, each ``(batch, seq)`` and read at the token that ends a word.
+
+        ``begin``: the position of the word's first token; ``word``: a hash of
+        its tokens in order; ``previous``: the hash of the word before it;
+        ``ends``: whether a real word ends here; ``pairs``: whether it has a
+        real word before it. A word's hash is the sum of its tokens' scrambled
+        (id, place in the word) modulo :data:`PRIME`, read from a running sum,
+        so that words of any length cost the same few tensor operations.
+        """
+        starts = self.word_starts[input_ids] | ~real
+        position = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
+        begin = torch.where(starts, position, 0).cummax(dim=1).values
+        total = _scrambled(_scrambled(input_ids + 1) + position - begin).cumsum(dim=1)
+        before = (begin - 1).clamp(min=0)
+        word = (total - torch.where(begin > 0, total.gather(1, before), 0)) % PRIME
+        ends = torch.ones_like(starts)
+        ends[:, :-1] = starts[:, 1:]
+        ends &= real
+        pairs = ends & (begin > 0) & real.gather(1, before)
+        return {"begin": begin, "word": word, "previous": word.gather(1, before), "ends": ends, "pairs": pairs}
 
     def terms(self, input_ids: torch.Tensor, padding_mask: torch.Tensor | None,
               token_type_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -95,7 +150,8 @@ class NgramLogits(nn.Module):
                     token_type_ids: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Shared n-grams moved to their own rows, then each n-gram's shared-or-not row appended."""
         types = torch.zeros_like(input_ids) if token_type_ids is None else token_type_ids
-        segment = torch.cat([types, types[:, :-1]], dim=1)  # a bigram belongs to its first token's text
+        # a word (or word pair) belongs to the text of its last token, a token bigram to that of its first
+        segment = torch.cat([types] * 3 if self.words else [types, types[:, :-1]], dim=1)
         same = index[:, :, None] == index[:, None, :]
         other = (segment[:, :, None] != segment[:, None, :]) & keep[:, None, :]
         shared = (same & other).any(dim=2).long()

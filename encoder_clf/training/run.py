@@ -33,7 +33,7 @@ from ..data.config import DataConfig
 from ..data.splits import Split, Splits, load_splits
 from ..data.streaming import StreamingSplits, stream_batches, stream_splits, stream_texts
 from ..data.targets import balance, describe_balance
-from ..data.tokenization import TokenizerConfig, load_tokenizer, pad_id, train_tokenizer
+from ..data.tokenization import TokenizerConfig, load_tokenizer, pad_id, train_tokenizer, word_starts
 from ..data.tokenized import TokenizedSplit, data_key, stream_key, tokenize_split
 from ..errors import UsageError
 from ..metrics import SELECTION_METRICS
@@ -196,6 +196,8 @@ def _build(config: RunConfig, splits: Splits | StreamingSplits,
     model = TextClassifier(model_config)
     if start is not None:
         _load_start(model, start)
+    if "ngrams" in model.head.parts:
+        model.head.parts["ngrams"].set_word_starts(torch.from_numpy(word_starts(tokenizer)))
     return replace(config, model=model_config, train=_with_metric(config.train, splits.task)), model, tokenizer
 
 
