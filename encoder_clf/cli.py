@@ -10,9 +10,12 @@ import argparse
 import json
 import logging
 import sys
+import textwrap
 import time
+from importlib import metadata
 from pathlib import Path
 
+from . import __version__
 from .data.columns import FLAG_HINTS, pick_texts
 from .data.splits import read_texts
 from .errors import UsageError
@@ -256,9 +259,51 @@ def _explain(args: argparse.Namespace) -> None:
     print(f"attention heatmap of layer {number} of {explanation.n_layers} written to {out}")
 
 
+DESCRIPTION = """Train self-attention text encoders for classification, and use the models they give.
+
+A run reads a dataset (one text, or a pair, per row; one label, several, or
+a number), trains a tokenizer and an encoder on it (or fine-tunes a
+pretrained one), and writes a run directory: the model, its metrics and its
+curves. The other commands load a saved model."""
+
+EPILOG = """examples:
+  encoder-clf train --data ../shared/datasets/sst2 --out runs/sst2
+  encoder-clf predict --model runs/sst2/model "a gripping, beautifully acted film"
+
+Each command has its own help: encoder-clf COMMAND --help."""
+
+# One sentence on what each command is for, and one example (argparse's epilog).
+COMMANDS = {
+    "train": ("Train a classifier on a dataset and write a run directory: the best model on validation, its "
+              "metrics.json, report.txt and curves.",
+              "encoder-clf train --data ../shared/datasets/sst2 --out runs/sst2 --set train.epochs=3"),
+    "pretrain": ("Pretrain an encoder by masked-token prediction on unlabelled text; train --init fine-tunes "
+                 "the model it writes.",
+                 "encoder-clf pretrain --data texts.txt --out runs/mlm"),
+    "embed": ("Write a sentence vector for each text of a dataset, as a .npy matrix or a .parquet table.",
+              "encoder-clf embed --model runs/sst2/model --data ../shared/datasets/sst2 --out train.parquet"),
+    "evaluate": ("Score a saved model on a labelled split and print its report.",
+                 "encoder-clf evaluate --model runs/sst2/model --data ../shared/datasets/sst2 --split test"),
+    "predict": ("Predict the label (labels, or value) of each text given as an argument, in --file or on "
+                "stdin.",
+                'encoder-clf predict --model runs/sst2/model "a gripping film" "a dull plot"'),
+    "explain": ("Draw one text's attention as a heatmap and list what its prediction rests on: the tokens "
+                "pooled, and what each part of the head and each n-gram adds.",
+                'encoder-clf explain --model runs/sst2/model "the plot was dull but the cast was great"'),
+}
+
+
+def _command(commands, name: str, help_line: str, parents: tuple = ()) -> argparse.ArgumentParser:
+    description, example = COMMANDS[name]
+    return commands.add_parser(name, parents=list(parents), help=help_line, description=textwrap.fill(description, 79),
+                               epilog=f"example:\n  {example}", formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="encoder-clf", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(prog="encoder-clf", description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = argparse.ArgumentParser(add_help=False)  # what train and pretrain share
     run.add_argument("--out", help="run directory (default: runs/<timestamp>)")
@@ -269,7 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--overwrite", action="store_true", help="reuse a non-empty run directory")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    p = commands.add_parser("train", parents=[run], help="train a classifier and write a run directory")
+    p = _command(commands, "train", "train a classifier and write a run directory", (run,))
     p.add_argument("--data", help="directory of train/validation/test files, one file, or a Hub dataset name")
     p.add_argument("--init", metavar="DIR_OR_NAME",
                    help="fine-tune a pretrained encoder (our model dir, a BERT-family dir or a Hub id); "
@@ -283,11 +328,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "needs --set train.max_steps=N and a validation file)")
     p.set_defaults(run=_train)
 
-    p = commands.add_parser("pretrain", parents=[run], help="masked-language-model pretraining on unlabelled text")
+    p = _command(commands, "pretrain", "masked-language-model pretraining on unlabelled text", (run,))
     p.add_argument("--data", help="a .txt file (one text per line), a data file or a directory of splits")
     p.set_defaults(run=_pretrain)
 
-    p = commands.add_parser("embed", help="sentence vectors of a dataset's texts, as .npy or .parquet")
+    p = _command(commands, "embed", "sentence vectors of a dataset's texts, as .npy or .parquet")
     p.add_argument("--model", required=True,
                    help="our model directory, a BERT-family checkpoint directory or a Hub model id")
     p.add_argument("--data", required=True, help="a data file, a directory of splits, or a .txt file")
@@ -308,7 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--precision", choices=PRECISIONS, default="auto")
     common.add_argument("--json", action="store_true", help="machine-readable output")
 
-    p = commands.add_parser("evaluate", parents=[common], help="score a saved model on a labelled split")
+    p = _command(commands, "evaluate", "score a saved model on a labelled split", (common,))
     p.add_argument("--data", required=True)
     p.add_argument("--split", default="test")
     p.add_argument("--text-column")
@@ -318,7 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label-separator", default=",", help="between the names of a multi-label row (default ,)")
     p.set_defaults(run=_evaluate)
 
-    p = commands.add_parser("predict", parents=[common], help="classify texts (arguments, --file, or stdin)")
+    p = _command(commands, "predict", "classify texts (arguments, --file, or stdin)", (common,))
     p.add_argument("text", nargs="*", help="texts to classify (with --pair: the two texts of one pair)")
     p.add_argument("--file", help="a UTF-8 file with one text per line; for a pair model, FIRST<TAB>SECOND "
                                   "(any line may be a JSON object with the text fields instead)")
@@ -328,8 +373,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "model, the labels above their thresholds)")
     p.set_defaults(run=_predict)
 
-    p = commands.add_parser("explain", help="attention heatmap of one text (or sentence pair) and what the "
-                                            "prediction rests on")
+    p = _command(commands, "explain", "attention heatmap of one text (or sentence pair) and what the prediction "
+                                      "rests on")
     p.add_argument("--model", required=True, help="model directory (a run's model/ folder)")
     p.add_argument("text", nargs="+", help="the text to explain (several words are joined with spaces); "
                                            "with --pair, the two texts of one pair")
@@ -339,6 +384,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=5, help="how many tokens to list (default 5)")
     p.set_defaults(run=_explain)
     return parser
+
+
+def version() -> str:
+    """The installed distribution's version (the package's own when run from a source tree)."""
+    try:
+        return metadata.version("encoder-clf")
+    except metadata.PackageNotFoundError:
+        return __version__
 
 
 def main(argv: list[str] | None = None) -> int:

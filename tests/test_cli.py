@@ -1,10 +1,11 @@
 """The command line end to end on tiny data, and one-line refusals (exit 2, nothing written)."""
 
 import json
+import re
 
 import pytest
 
-from encoder_clf.cli import main
+from encoder_clf.cli import build_parser, main
 
 from conftest import TINY, write_tsv
 
@@ -114,3 +115,46 @@ def test_training_stops_early(toy_data, tmp_path, extra, reason, steps):
     assert metrics["steps"] == steps and metrics["best_step"] == 1
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == list(range(1, steps + 1))
+
+
+def _help(argv: list[str], capsys) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 0
+    return capsys.readouterr().out
+
+
+def test_help_is_plain_prose_with_an_example_for_every_command(capsys):
+    """No reST markup (roles, double back-quotes) reaches --help; each command shows one example."""
+    markup = re.compile(r":(mod|func|class|meth|data|attr):`|``")
+    top = _help(["--help"], capsys)
+    assert not markup.search(top) and "encoder-clf train --data" in top
+    commands = [name for name in build_parser()._subparsers._group_actions[0].choices]
+    assert commands == ["train", "pretrain", "embed", "evaluate", "predict", "explain"]
+    for name in commands:
+        text = _help([name, "--help"], capsys)
+        assert not markup.search(text), name
+        example = text.split("example:\n", 1)[1].strip()
+        assert example.startswith(f"encoder-clf {name} "), name
+        assert max(len(line) for line in text.splitlines()) <= 120, name
+
+
+def test_version_is_the_installed_distribution_s(capsys):
+    from importlib.metadata import version
+
+    assert _help(["--version"], capsys).strip() == f"encoder-clf {version('encoder-clf')}"
+
+
+def test_make_help_lists_every_target_with_its_line():
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    root = Path(__file__).resolve().parents[1]
+    phony = next(line for line in (root / "Makefile").read_text().splitlines() if line.startswith(".PHONY:"))
+    listed = subprocess.run(["make", "-s", "help"], cwd=root, capture_output=True, text=True, check=True).stdout
+    lines = {line.split()[0]: line.split(None, 1)[1] for line in listed.splitlines() if line.strip()}
+    assert set(lines) == set(phony.split()[1:])
+    assert all(len(text) > 10 for text in lines.values())
