@@ -119,7 +119,8 @@ def compare(a: Path, b: Path) -> dict:
     return {"tensors": len(weights[0]), "tensors_equal": same,
             "metrics_equal": without_timing(metrics[0]) == without_timing(metrics[1]), "metric_differences": differing,
             "log_equal": without_timing(logs[0]) == without_timing(logs[1]), "files_equal": files,
-            "evaluations": len(logs[0]), "metrics": metrics}
+            "evaluations": sum(r.get("kind", "evaluation") == "evaluation" for r in logs[0]),
+            "step_records": sum(r.get("kind") == "step" for r in logs[0]), "metrics": metrics}
 
 
 def main() -> None:
@@ -173,7 +174,8 @@ def main() -> None:
                f"{result['tensors_equal']} of {result['tensors']}")
     checks.add("metrics.json equal, timings aside", result["metrics_equal"],
                f"differing keys: {result['metric_differences'] or 'none'}")
-    checks.add("log.jsonl equal, timings aside", result["log_equal"], f"{result['evaluations']} evaluations")
+    checks.add("log.jsonl equal, timings aside", result["log_equal"],
+               f"{result['evaluations']} evaluations, {result['step_records']} step records")
     checks.add("report.txt and run_config.json byte-identical", all(result["files_equal"].values()),
                json.dumps(result["files_equal"]))
     checks.finish()
@@ -206,7 +208,8 @@ def write_doc(result: dict, argv: str, key: str) -> None:
     verdict = "identical" if result["tensors_equal"] == result["tensors"] else "DIFFERENT"
     lines += ["", f"Best-model weights: {result['tensors_equal']} of {result['tensors']} tensors bit-identical "
               f"({verdict}); metrics equal: {result['metrics_equal']} (every key of metrics.json but the timings "
-              f"{', '.join(sorted(TIMING))}); evaluation log ({result['evaluations']} evaluations) equal: "
+              f"{', '.join(sorted(TIMING))}); log ({result['evaluations']} evaluations, {result['step_records']} step "
+              f"records) equal: "
               f"{result['log_equal']}; report.txt and run_config.json byte-identical: "
               f"{all(result['files_equal'].values())}. Wall time includes a process start (imports, data, "
               "tokenizing) per resume."]

@@ -215,44 +215,79 @@ def task_figure(metrics: dict, title: str, y_true: np.ndarray, y_pred: np.ndarra
 
 
 def read_log(path: str | Path) -> list[dict]:
-    """The records of a run's ``log.jsonl`` (one per evaluation), in order."""
+    """The records of a run's ``log.jsonl`` (step records and evaluations), in order."""
     lines = Path(path).read_text(encoding="utf-8").splitlines()
     return [json.loads(line) for line in lines if line.strip()]
 
 
-def curves_figure(records: Sequence[dict], title: str = "Training curves") -> Figure:
-    """Training loss, validation scores and learning rate against the optimizer step.
+def records_of(records: Sequence[dict], kind: str) -> list[dict]:
+    """The ``kind`` records (``step`` or ``evaluation``); a log older than the ``kind`` field holds evaluations."""
+    return [r for r in records if r.get("kind", "evaluation") == kind]
 
-    ``records`` are ``log.jsonl`` lines (step, epoch, train_loss, lr, and the
-    task's ``val_*`` scores, e.g. val_accuracy and val_macro_f1); each
-    evaluation is one marked point, so a one-epoch run still shows its single
-    evaluation. The best evaluation is marked by the first score.
+
+def smoothed(values: Sequence[float], weight: float = 0.9) -> np.ndarray:
+    """An exponential moving average with its start-up bias removed (as TensorBoard smooths a curve)."""
+    out, average = np.empty(len(values)), 0.0
+    for i, value in enumerate(values):
+        average = weight * average + (1 - weight) * value
+        out[i] = average / (1 - weight ** (i + 1))
+    return out
+
+
+def curves_figure(records: Sequence[dict], title: str = "Training curves") -> Figure:
+    """Training loss, validation scores and learning rate against the optimizer step (and the epoch, on top).
+
+    ``records`` are ``log.jsonl`` lines. The loss and the learning rate are
+    drawn from the step records: the mean loss of each record, faint, under
+    its smoothed curve. The task's ``val_*`` scores (or pretraining's held-out
+    loss) are drawn per evaluation, one marked point each, so that a one-epoch
+    run still shows its single evaluation; the best is marked by the first
+    score. A log without step records draws the loss and rate at evaluations.
     """
-    if not records:
-        raise ValueError("no log records to plot; the run logged no evaluation")
-    step = [r["step"] for r in records]
-    fig = new_figure(12.0, 3.6)
+    evaluations, steps = records_of(records, "evaluation"), records_of(records, "step")
+    if not evaluations and not steps:
+        raise ValueError("no log records to plot; the run logged no step and no evaluation")
+    fig = new_figure(12.0, 3.8)
     loss_ax, score_ax, lr_ax = fig.subplots(1, 3)
-    loss_ax.plot(step, [r["train_loss"] for r in records], "o-", color="tab:red")
-    loss_ax.set_title("training loss (mean since last evaluation)", fontsize=10)
+    trace = steps or evaluations
+    x = [r["step"] for r in trace]
+    if steps:
+        losses = [r["train_loss"] for r in steps]
+        loss_ax.plot(x, losses, color="tab:red", alpha=0.25, linewidth=1, label="mean per record")
+        loss_ax.plot(x, smoothed(losses), color="tab:red", label="smoothed")
+        loss_ax.legend(fontsize=8, loc="best")
+        loss_ax.set_title(f"training loss ({len(steps)} records)", fontsize=10)
+    else:
+        loss_ax.plot(x, [r["train_loss"] for r in trace], "o-", color="tab:red")
+        loss_ax.set_title("training loss (mean since last evaluation)", fontsize=10)
     loss_ax.set_ylabel("loss")
-    scores = [key for key in records[0] if key.startswith("val_")]
+    scores = [key for key in (evaluations[0] if evaluations else {}) if key.startswith(("val_", "heldout_"))]
+    at = [r["step"] for r in evaluations]
     for key in scores:
-        score_ax.plot(step, [r[key] for r in records], "o-", label=NAMES.get(key[4:], key[4:]))
-    best = max(range(len(records)), key=lambda i: records[i][scores[0]])
-    score_ax.axvline(step[best], color="grey", linestyle=":",
-                     label=f"best {NAMES.get(scores[0][4:], scores[0][4:])} (step {step[best]})")
-    score_ax.set_title("validation scores", fontsize=10)
-    score_ax.set_ylabel("score")
-    score_ax.legend(fontsize=8, loc="best")
-    lr_ax.plot(step, [r["lr"] for r in records], "o-", color="tab:green")
-    lr_ax.set_title("learning rate at evaluation", fontsize=10)
+        name = key.split("_", 1)[1] if key.startswith("val_") else key.replace("_", " ")
+        score_ax.plot(at, [r[key] for r in evaluations], "o-", label=NAMES.get(name, name))
+    if scores:
+        first = scores[0]
+        pick = min if first.endswith("loss") else max
+        best = pick(range(len(evaluations)), key=lambda i: evaluations[i][first])
+        name = first[4:] if first.startswith("val_") else first.replace("_", " ")
+        score_ax.axvline(at[best], color="grey", linestyle=":", label=f"best {NAMES.get(name, name)} (step {at[best]})")
+        score_ax.legend(fontsize=8, loc="best")
+    score_ax.set_title("validation" if not scores or scores[0].startswith("val_") else "held-out", fontsize=10)
+    score_ax.set_ylabel("score" if scores and scores[0].startswith("val_") else "loss")
+    lr_ax.plot(x, [r["lr"] for r in trace], "-" if steps else "o-", color="tab:green")
+    lr_ax.set_title("learning rate", fontsize=10)
     lr_ax.set_ylabel("learning rate")
     lr_ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
+    per_step = next((r["epoch"] / r["step"] for r in trace if r.get("epoch") and r["step"]), None)
     for ax in (loss_ax, score_ax, lr_ax):
         ax.set_xlabel("optimizer step")
         ax.grid(alpha=0.3)
-    n, epochs = len(records), records[-1]["epoch"]  # None for a streamed train split: its length is unknown
+        if per_step:  # epochs on top; a streamed train split has none (its length is unknown)
+            top = ax.secondary_xaxis("top", functions=(lambda s, r=per_step: s * r, lambda e, r=per_step: e / r))
+            top.set_xlabel("epoch", fontsize=8)
+            top.tick_params(labelsize=8)
+    n, epochs = len(evaluations), trace[-1].get("epoch")
     span = "" if epochs is None else f", {epochs:g} epoch{'s' * (epochs != 1)}"
     fig.suptitle(f"{title} ({n} evaluation{'s' * (n != 1)}{span})", fontsize=11)
     return fig

@@ -27,7 +27,9 @@ from .metrics import (  # noqa: F401  (re-exported: every plot in one place)
     plot_confusion_matrix,
     plot_training_curves,
     read_log,
+    records_of,
     save,
+    smoothed,
 )
 
 

@@ -6,6 +6,7 @@ import re
 import pytest
 
 from encoder_clf.cli import build_parser, main
+from encoder_clf.metrics import read_log, records_of
 
 from conftest import TINY, write_tsv
 
@@ -25,7 +26,7 @@ def test_train_writes_a_complete_run_directory(trained):
     metrics = json.loads((trained / "metrics.json").read_text())
     assert metrics["test"]["accuracy"] > 0.9  # one keyword decides the label: the model must find it
     assert metrics["data"]["train"] == {"rows": 400, "truncated": 0, "balance": {"0": 199, "1": 201}}
-    log = [json.loads(line) for line in (trained / "log.jsonl").read_text().splitlines()]
+    log = records_of(read_log(trained / "log.jsonl"), "evaluation")
     assert [r["epoch"] for r in log] == [1.0, 2.0, 3.0, 4.0]
     assert (trained / "confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -113,7 +114,7 @@ def test_training_stops_early(toy_data, tmp_path, extra, reason, steps):
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["stop_reason"] == reason
     assert metrics["steps"] == steps and metrics["best_step"] == 1
-    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    log = records_of(read_log(tmp_path / "run" / "log.jsonl"), "evaluation")
     assert [r["step"] for r in log] == list(range(1, steps + 1))
 
 

@@ -103,6 +103,12 @@ def test_a_run_left_to_the_defaults_takes_at_least_min_steps_in_2_to_50_epochs(p
     assert plan.rule.startswith("by the data's size")
 
 
+def test_a_run_records_about_100_steps_unless_told():
+    assert _plan(1053).log_every == 21  # 2,106 steps
+    assert _plan(57).log_every == 21 and _plan(10, max_steps=50).log_every == 1
+    assert _plan(1053, log_every=5).log_every == 5
+
+
 def test_settings_given_win_over_the_size_rule():
     assert (_plan(57, epochs=3).epochs, _plan(57, epochs=3).rule) == (3, "train.epochs=3")
     by_steps = _plan(57, max_steps=300)

@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 from encoder_clf.cli import main
 from encoder_clf.data.tokenization import TokenizerConfig, train_tokenizer
 from encoder_clf.errors import UsageError
+from encoder_clf.metrics import read_log, records_of
 from encoder_clf.persistence.checkpoints import CHECKPOINTS, checkpoints
 from encoder_clf.settings import with_overrides
 from encoder_clf.training import batches as training_batches
@@ -125,7 +126,7 @@ def test_torchrun_two_processes_train_together_and_write_one_run(ddp_run, sst2_e
     metrics = json.loads((ddp_run / "metrics.json").read_text())
     assert metrics["processes"] == 2
     assert metrics["examples_per_process"] == [992 * 3, 992 * 3]  # both ranks took part, half the data each
-    log = [json.loads(line) for line in (ddp_run / "log.jsonl").read_text().splitlines()]
+    log = records_of(read_log(ddp_run / "log.jsonl"), "evaluation")
     assert [r["step"] for r in log] == [31, 62, 93]  # 62 batches of 32 an epoch, two per step
     assert log[-1]["train_loss"] < log[0]["train_loss"]
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from encoder_clf.cli import main
+from encoder_clf.metrics import read_log, records_of
 from encoder_clf.model.classifier import TextClassifier
 from encoder_clf.persistence.model_dir import load_model, load_saved_encoder
 from encoder_clf.settings import with_overrides
@@ -49,7 +50,7 @@ def pretrained(tmp_path_factory):
 
 def test_short_mlm_run_lowers_masked_token_loss(pretrained):
     run, metrics = pretrained
-    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    log = records_of(read_log(run / "log.jsonl"), "evaluation")
     assert len(log) == 4
     assert metrics["heldout_loss_final"] < 0.6 * metrics["heldout_loss_initial"], metrics
     encoder, config, _ = load_saved_encoder(run / "model")

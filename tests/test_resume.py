@@ -16,6 +16,7 @@ import torch
 from encoder_clf.cli import main
 from encoder_clf.data.tokenization import TokenizerConfig, train_tokenizer
 from encoder_clf.errors import UsageError
+from encoder_clf.metrics import read_log, records_of
 from encoder_clf.persistence import checkpoints as state
 from encoder_clf.training import run as training
 
@@ -79,7 +80,7 @@ def assert_same_run(a: Path, b: Path, evaluations: list[int] | None = (10, 20, 3
     """:func:`conftest.assert_same_files`, and the evaluations at the steps expected."""
     assert_same_files(a, b)
     if evaluations is not None:
-        assert [json.loads(line)["step"] for line in (a / "log.jsonl").read_text().splitlines()] == list(evaluations)
+        assert [r["step"] for r in records_of(read_log(a / "log.jsonl"), "evaluation")] == list(evaluations)
 
 
 def kill_in_process(monkeypatch, at: int) -> None:

@@ -8,13 +8,14 @@ import pytest
 import torch
 
 from encoder_clf.inference import evaluate
+from encoder_clf.metrics import read_log, records_of
 from encoder_clf.persistence.model_dir import load_model
 from encoder_clf.settings import with_overrides
 from encoder_clf.training.config import RunConfig
 from encoder_clf.training.run import train
 from encoder_clf.training.stacking import stacking_weights
 
-from conftest import TINY
+from conftest import TINY, without_timing
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +42,7 @@ def test_short_run_on_sst2_sample_beats_70_percent(sst2_sample, tmp_path):
     ])
     metrics = train(config, tmp_path / "run", progress=False).metrics
     assert metrics["validation"]["accuracy"] > 0.70, metrics["validation"]["accuracy"]
-    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    log = records_of(read_log(tmp_path / "run" / "log.jsonl"), "evaluation")
     assert log[-1]["train_loss"] < log[0]["train_loss"]
 
 
@@ -157,7 +158,7 @@ def test_streaming_trains_for_max_steps_without_holding_the_train_split(toy_data
     settings = [f"data.path={toy_data}", *TINY, "data.streaming=true", "train.max_steps=60", "train.eval_every=20",
                 "train.precision=fp32"]
     metrics = train(with_overrides(RunConfig(), settings), tmp_path / "run", progress=False).metrics
-    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    log = records_of(read_log(tmp_path / "run" / "log.jsonl"), "evaluation")
     assert [r["step"] for r in log] == [20, 40, 60] and all(r["epoch"] is None for r in log)
     assert metrics["steps"] == 60 and metrics["validation"]["accuracy"] > 0.9  # 400 rows: 2.4 passes
     assert (tmp_path / "run" / "curves.png").is_file()
@@ -187,3 +188,29 @@ def test_streaming_flag_of_the_cli(toy_data, tmp_path, one_thread):
     assert main(args) == 0
     config = json.loads((tmp_path / "run" / "run_config.json").read_text())
     assert config["data"]["streaming"] is True and config["train"]["max_steps"] == 30
+
+
+def test_step_records_follow_log_every_and_hold_the_mean_loss_since_the_last(toy_data, tmp_path):
+    """Every train.log_every steps a record: the mean loss of those steps, the rate, the gradient norm; the
+    evaluations and the training are the same whatever the interval."""
+    settings = [f"data.path={toy_data}", *TINY, "model.dropout=0", "model.attention_dropout=0",
+                "train.precision=fp32"]
+    logs, tokenizer = {}, []
+    for every in (1, 3):
+        metrics = train(with_overrides(RunConfig(), [*settings, f"train.log_every={every}", *tokenizer]),
+                        tmp_path / str(every), progress=False).metrics
+        tokenizer = [f"tokenizer.path={tmp_path / '1' / 'model'}"]  # the trainer may break ties differently
+        logs[every] = read_log(tmp_path / str(every) / "log.jsonl")
+    total = metrics["steps"]
+    assert total == 100 and metrics["plan"]["log_every"] == 3  # 400 rows in batches of 16, 4 epochs
+    steps = {every: records_of(log, "step") for every, log in logs.items()}
+    assert [r["step"] for r in steps[1]] == list(range(1, total + 1))
+    assert [r["step"] for r in steps[3]] == list(range(3, total + 1, 3))
+    each = [r["train_loss"] for r in steps[1]]  # equal batches: the mean of the steps is the mean of the examples
+    for record in steps[3]:
+        assert record["train_loss"] == pytest.approx(np.mean(each[record["step"] - 3: record["step"]]), rel=1e-9)
+        assert record["grad_norm"] > 0 and record["lr"] == steps[1][record["step"] - 1]["lr"]
+        assert record["epoch"] == pytest.approx(record["step"] / 25, abs=1e-3)
+    assert without_timing(records_of(logs[1], "evaluation")) == without_timing(records_of(logs[3], "evaluation"))
+    kinds = [(r["kind"], r["step"]) for r in logs[3]]
+    assert kinds.index(("evaluation", 75)) == kinds.index(("step", 75)) + 1  # a step's record, then its evaluation

@@ -86,6 +86,30 @@ def test_curves_figure_plots_the_log(tmp_path):
         viz.curves_figure([])
 
 
+def test_curves_draw_the_step_records_smoothed_and_the_evaluations_as_points():
+    steps = [{"kind": "step", "step": s, "epoch": s / 10, "train_loss": 1.0 / s, "lr": 1e-3 * (1 - s / 40),
+              "grad_norm": 1.0, "elapsed_s": 0.1 * s, "examples_per_s": 100.0} for s in range(2, 31, 2)]
+    evaluations = [{"kind": "evaluation", **r} for r in RECORDS]
+    records = sorted(steps + evaluations, key=lambda r: (r["step"], r["kind"] == "evaluation"))
+    fig = viz.curves_figure(records)
+    loss, scores, lr = fig.axes[:3]
+    raw, smooth = loss.lines
+    means = [1.0 / s for s in range(2, 31, 2)]
+    assert raw.get_xdata().tolist() == list(range(2, 31, 2)) and raw.get_ydata().tolist() == means
+    np.testing.assert_allclose(smooth.get_ydata(), viz.smoothed(means))
+    assert scores.lines[0].get_xdata().tolist() == [10, 20, 30]
+    assert lr.lines[0].get_xdata().tolist() == list(range(2, 31, 2))
+    tops = [child for ax in (loss, scores, lr) for child in ax.child_axes]  # the epochs, on a top axis each
+    assert [top.get_xlabel() for top in tops] == ["epoch"] * 3
+    assert "3 evaluations, 3 epochs" in fig.get_suptitle()
+
+
+def test_smoothing_keeps_a_constant_and_lags_a_step():
+    np.testing.assert_allclose(viz.smoothed([2.0] * 5), [2.0] * 5)  # no start-up bias toward zero
+    ramp = viz.smoothed([0.0] * 5 + [1.0] * 5)
+    assert (np.diff(ramp[5:]) > 0).all() and 0 < ramp[5] < ramp[-1] < 1
+
+
 def test_confusion_matrix_has_one_implementation(tmp_path):
     from sklearn.metrics import confusion_matrix
 

@@ -57,6 +57,8 @@ class Progress:
     seen: int = 0
     running_loss: float = 0.0  # sum of loss x batch size since the last evaluation
     running_n: int = 0
+    logged_loss: float = 0.0  # the same since the last step record
+    logged_n: int = 0
     best: float = -1.0
     best_step: int = 0
     stale: int = 0  # evaluations without improvement
@@ -227,7 +229,9 @@ def _read(path: Path, max_length: int | None) -> Checkpoint:
             if _sha256((path / name).read_bytes()) != meta["files"][name]:
                 raise _Unusable(f"{name} is truncated or altered (checksum mismatch)")
         tensors = load((path / TENSORS).read_bytes())
-        progress = Progress(**{f.name: meta["progress"][f.name] for f in fields(Progress)})
+        # a checkpoint written before a field existed has its default
+        saved = meta["progress"]
+        progress = Progress(**{f.name: saved[f.name] for f in fields(Progress) if f.name in saved})
     except (OSError, ValueError, KeyError, TypeError, SafetensorError) as err:  # JSON errors are ValueErrors
         raise _Unusable(f"{type(err).__name__}: {err}") from None
     return Checkpoint(path, progress, tensors, meta, load_tokenizer(path / TOKENIZER, max_length))

@@ -38,6 +38,7 @@ class TrainConfig:
     ema_decay: float = 0.0  # evaluate and keep an exponential moving average of the weights; 0 = off
     max_steps: int = 0  # stop after this many optimizer steps (the schedule ends there); 0 = epochs decide
     eval_every: int = 0  # optimizer steps between evaluations; 0 = once per epoch (a stream: ten per run)
+    log_every: int = 0  # optimizer steps between the step records of log.jsonl; 0 = about 100 per run
     metric: str = ""  # what selects the best model; "" = the task's: accuracy, macro-F1 (multi-label), Pearson
     patience: int = 5  # evaluations without improvement before stopping (the best model is kept); 0 = never
     precision: str = "auto"
@@ -68,6 +69,7 @@ class TrainConfig:
             (self.grad_clip >= 0, "grad_clip", ">= 0 (0 turns clipping off)"),
             (self.max_steps >= 0, "max_steps", ">= 0 (0 = train.epochs decides)"),
             (self.eval_every >= 0, "eval_every", ">= 0 (0 = each epoch)"),
+            (self.log_every >= 0, "log_every", ">= 0 (0 = about 100 records per run)"),
             (self.patience >= 0, "patience", ">= 0 (0 = no early stopping)"),
             (self.max_minutes >= 0, "max_minutes", ">= 0 (0 = no budget)"),
             (self.checkpoint_every >= 0, "checkpoint_every", ">= 0 (0 = at evaluations only)"),

@@ -81,6 +81,11 @@ def task_loss(model: TextClassifier, class_weights: str | None, labels: np.ndarr
     return functools.partial(model.task.loss, weight=weight, label_smoothing=label_smoothing)
 
 
+def _hundredth(steps: int) -> int:
+    """The step interval that gives about 100 records over ``steps``."""
+    return max(1, round(steps / 100))
+
+
 @dataclass
 class Plan:
     """How long the run is and when it evaluates, fixed before the first step, and the rule that set its length.
@@ -96,12 +101,13 @@ class Plan:
     eval_every: int
     epochs: int | None = None
     rule: str = ""
+    log_every: int = 1  # steps between step records: train.log_every, or about 100 records per run
 
     @classmethod
     def of(cls, train: TrainBatches, cfg: TrainConfig, world: World) -> Plan:
         if train.per_epoch is None:  # a stream: the run is max_steps long, as many passes as that takes
             return cls(None, cfg.max_steps, cfg.eval_every or max(1, cfg.max_steps // 10), None,
-                       f"train.max_steps={cfg.max_steps} (a stream)")
+                       f"train.max_steps={cfg.max_steps} (a stream)", cfg.log_every or _hundredth(cfg.max_steps))
         per_epoch = sum(1 for _ in deal_steps(range(train.per_epoch), cfg.grad_accum, world))
         if cfg.epochs is not None:
             epochs, rule = cfg.epochs, f"train.epochs={cfg.epochs}"
@@ -112,7 +118,7 @@ class Plan:
             rule = (f"by the data's size: at least train.min_steps={cfg.min_steps} steps in 2 to "
                     f"train.max_epochs={cfg.max_epochs} epochs")
         total = min(per_epoch * epochs, cfg.max_steps or math.inf)
-        return cls(per_epoch, total, cfg.eval_every or per_epoch, epochs, rule)
+        return cls(per_epoch, total, cfg.eval_every or per_epoch, epochs, rule, cfg.log_every or _hundredth(total))
 
     def describe(self, cfg: TrainConfig) -> str:
         """The plan as the run states it."""
@@ -175,8 +181,11 @@ def fit(model: TextClassifier, tokenizer, train: TrainBatches, validation: Token
             steps = deal_steps(train.epoch(epoch), cfg.grad_accum, world)
             for group in itertools.islice(steps, at.batches_done, None):  # a resumed epoch skips the steps done
                 stepped = True
-                loss_sum, late = train_step(session, group, epoch, recorder)
+                logged = (at.step + 1) % plan.log_every == 0
+                loss_sum, late, norm = train_step(session, group, epoch, recorder, logged)
                 _advance(at, group, loss_sum, plan, epoch, world)
+                if logged:
+                    recorder.step(_step_record(session, plan, norm))
                 bar.update(1)
                 bar.set_postfix(loss=f"{at.running_loss / at.running_n:.4f}",
                                 lr=f"{session.objects.scheduler.get_last_lr()[0]:.2e}",
@@ -206,8 +215,10 @@ def fit(model: TextClassifier, tokenizer, train: TrainBatches, validation: Token
     return _summary(session, plan)
 
 
-def train_step(session: Session, group: list[Batch], epoch: int, recorder: Recorder) -> tuple[float, bool]:
-    """One optimizer step over this rank's share of ``group``: the step's summed loss, and whether time ran out.
+def train_step(session: Session, group: list[Batch], epoch: int, recorder: Recorder,
+               norm: bool = False) -> tuple[float, bool, float | None]:
+    """One optimizer step over this rank's share of ``group``: the step's summed loss, whether time ran out,
+    and (with ``norm``, or when clipping measures it anyway) the gradient norm before clipping.
 
     The loss and the time budget are reduced over the ranks, so that every rank takes the same decision.
     """
@@ -227,13 +238,14 @@ def train_step(session: Session, group: list[Batch], epoch: int, recorder: Recor
         raise UsageError(f"training loss is {loss_sum / examples} at step {session.at.step + 1} (epoch {epoch + 1}); "
                          f"{recorder.kept(session.at)}; lower train.lr, raise train.warmup_ratio or use "
                          "--precision fp32")
-    if cfg.grad_clip:
-        nn.utils.clip_grad_norm_(objects.model.parameters(), cfg.grad_clip)
+    measured = None
+    if cfg.grad_clip or norm:  # an infinite bound measures the norm and leaves the gradients as they are
+        measured = float(nn.utils.clip_grad_norm_(objects.model.parameters(), cfg.grad_clip or math.inf))
     objects.optimizer.step()
     objects.scheduler.step()
     if objects.averaged is not None:
         objects.averaged.update_parameters(objects.model)
-    return loss_sum, late > 0
+    return loss_sum, late > 0, measured
 
 
 def evaluate(model: TextClassifier, tokens: TokenizedSplit, batch_size: int, precision: str,
@@ -355,6 +367,8 @@ def _advance(at: Progress, group: list[Batch], loss_sum: float, plan: Plan, epoc
     at.seen += examples
     at.running_loss += loss_sum
     at.running_n += examples
+    at.logged_loss += loss_sum
+    at.logged_n += examples
     for rank in range(world.size):
         at.examples_per_process[rank] += sum(len(batch.labels) for batch in group[rank::world.size])
 
@@ -363,10 +377,21 @@ def _record(session: Session, plan: Plan, scores: dict) -> dict:
     """One line of the history (``log.jsonl``), and the running loss starts again."""
     at, elapsed = session.at, session.elapsed()
     shown = dict.fromkeys([session.cfg.metric, *HEADLINE[scores["task"]]])  # the selection metric first
-    record = {"step": at.step, "epoch": plan.epochs_at(at.step), "train_loss": at.running_loss / at.running_n,
+    record = {"kind": "evaluation", "step": at.step, "epoch": plan.epochs_at(at.step),
+              "train_loss": at.running_loss / at.running_n,
               "lr": session.objects.scheduler.get_last_lr()[0], **{f"val_{key}": scores[key] for key in shown},
               "elapsed_s": round(elapsed, 2), "examples_per_s": round(at.seen / elapsed, 1)}
     at.running_loss, at.running_n = 0.0, 0
+    return record
+
+
+def _step_record(session: Session, plan: Plan, norm: float | None) -> dict:
+    """One step record of ``log.jsonl``: the mean loss since the last one, the rate, the gradient norm, speed."""
+    at, elapsed = session.at, session.elapsed()
+    record = {"kind": "step", "step": at.step, "epoch": plan.epochs_at(at.step),
+              "train_loss": at.logged_loss / at.logged_n, "lr": session.objects.scheduler.get_last_lr()[0],
+              "grad_norm": norm, "elapsed_s": round(elapsed, 2), "examples_per_s": round(at.seen / elapsed, 1)}
+    at.logged_loss, at.logged_n = 0.0, 0
     return record
 
 
@@ -383,7 +408,7 @@ def _checkpoint(session: Session, recorder: Recorder, tokenizer, data_key: str) 
 def _summary(session: Session, plan: Plan) -> dict:
     at, cfg, elapsed = session.at, session.cfg, session.elapsed()
     planned = {"epochs": plan.epochs, "steps_per_epoch": plan.steps_per_epoch, "steps": plan.total_steps,
-               "eval_every": plan.eval_every, "patience": cfg.patience, "rule": plan.rule}
+               "eval_every": plan.eval_every, "log_every": plan.log_every, "patience": cfg.patience, "rule": plan.rule}
     stop = f"completed: the plan's {plan.total_steps} steps" if at.stop_reason == "completed" else at.stop_reason
     return {"plan": planned, "best_step": at.best_step, f"best_val_{cfg.metric}": at.best, "steps": at.step,
             "stop_reason": stop, "train_time_s": round(elapsed, 2),

@@ -28,6 +28,7 @@ from ..data.batching import bucket_batches, collate, sorted_batches
 from ..data.splits import read_texts
 from ..data.tokenization import CLS, MASK, PAD, SEP, TokenizerConfig, encode, pad_id, train_tokenizer
 from ..errors import UsageError
+from ..metrics import curves_figure, records_of, save
 from ..model.config import ModelConfig
 from ..model.mlm import MaskedLanguageModel
 from ..persistence.model_dir import save_model
@@ -49,6 +50,7 @@ class PretrainConfig:
     weight_decay: float = 0.01
     warmup_ratio: float = 0.06
     grad_clip: float = 1.0
+    log_every: int = 0  # optimizer steps between the step records of log.jsonl; 0 = about 100 per run
     heldout_fraction: float = 0.02  # texts kept aside to measure masked-token loss
     max_minutes: float = 0.0  # wall-clock budget; 0 = none
     precision: str = "auto"
@@ -63,6 +65,7 @@ class PretrainConfig:
             (self.weight_decay >= 0, "weight_decay", ">= 0"),
             (0 <= self.warmup_ratio < 1, "warmup_ratio", "in [0, 1)"),
             (self.grad_clip >= 0, "grad_clip", ">= 0 (0 turns clipping off)"),
+            (self.log_every >= 0, "log_every", ">= 0 (0 = about 100 records per run)"),
             (0 < self.heldout_fraction < 0.5, "heldout_fraction", "in (0, 0.5)"),
             (self.max_minutes >= 0, "max_minutes", ">= 0 (0 = no budget)"),
             (self.precision in PRECISIONS, "precision", f"one of {', '.join(PRECISIONS)}"),
@@ -108,7 +111,7 @@ def mask_tokens(ids: torch.Tensor, padding_mask: torch.Tensor, special: torch.Te
 
 @dataclass
 class PretrainResult:
-    """What pretraining gives back: the masked-language model, its tokenizer, one record per epoch, metrics."""
+    """What pretraining gives back: the masked-language model, its tokenizer, the log's records, metrics."""
 
     model: MaskedLanguageModel
     tokenizer: Tokenizer
@@ -130,7 +133,8 @@ class _Corpus:
 
 def pretrain(config: PretrainRunConfig, out_dir: str | Path, overwrite: bool = False,
              progress: bool = True) -> PretrainResult:
-    """Train a tokenizer and an MLM on the text; write ``model/``, ``run_config.json``, ``log.jsonl``, ``metrics.json``.
+    """Train a tokenizer and an MLM on the text; write ``model/``, ``run_config.json``, ``log.jsonl``,
+    ``curves.png`` and ``metrics.json``.
 
     Each epoch ends with the held-out masked-token loss, logged (``logging``) and recorded.
     """
@@ -154,33 +158,48 @@ def pretrain(config: PretrainRunConfig, out_dir: str | Path, overwrite: bool = F
     scheduler = warmup_then_decay(optimizer, cfg.warmup_ratio, total)
     generator = torch.Generator().manual_seed(cfg.seed)
     history, step, start, stop_reason = [], 0, time.perf_counter(), "completed"
+    log_every, since = cfg.log_every or max(1, round(total / 100)), []
+
+    def write(record: dict) -> None:
+        history.append(record)
+        log_file.write(json.dumps(record) + "\n")
+        log_file.flush()
+
     with tqdm(total=total, disable=not progress, unit="step", dynamic_ncols=True) as bar, \
             logging_redirect_tqdm() if progress else contextlib.nullcontext(), \
             (out_dir / "log.jsonl").open("w", encoding="utf-8") as log_file:
         for epoch in range(cfg.epochs):
             losses = []
             for ids, padding in _batches(corpus, cfg, epoch):
-                loss = _step(model, optimizer, scheduler, corpus, ids, padding, cfg, precision, generator)
-                if loss is None:  # nothing chosen to mask in this batch
+                stepped = _step(model, optimizer, scheduler, corpus, ids, padding, cfg, precision, generator)
+                if stepped is None:  # nothing chosen to mask in this batch
                     continue
-                step, losses = step + 1, losses + [loss]
+                loss, norm = stepped
+                step, losses, since = step + 1, losses + [loss], since + [loss]
+                if step % log_every == 0:
+                    elapsed = time.perf_counter() - start
+                    write({"kind": "step", "step": step, "epoch": round(step / (total / cfg.epochs), 3),
+                           "train_loss": sum(since) / len(since), "lr": scheduler.get_last_lr()[0],
+                           "grad_norm": norm, "elapsed_s": round(elapsed, 2)})
+                    since = []
                 bar.update(1)
                 bar.set_postfix(loss=f"{sum(losses) / len(losses):.3f}", refresh=False)
                 if cfg.max_minutes and time.perf_counter() - start > cfg.max_minutes * 60:
                     stop_reason = f"time budget of {cfg.max_minutes} minutes reached"
                     break
-            record = {"step": step, "epoch": epoch + 1, "train_loss": sum(losses) / max(len(losses), 1),
+            record = {"kind": "evaluation", "step": step, "epoch": epoch + 1,
+                      "train_loss": sum(losses) / max(len(losses), 1), "lr": scheduler.get_last_lr()[0],
                       "heldout_loss": _heldout_loss(model, corpus, cfg, precision),
                       "elapsed_s": round(time.perf_counter() - start, 2)}
-            history.append(record)
-            log_file.write(json.dumps(record) + "\n")
-            log_file.flush()
+            write(record)
             log.info("epoch %d: train loss %.4f, held-out masked-token loss %.4f", epoch + 1, record["train_loss"],
                      record["heldout_loss"])
             if stop_reason != "completed":
                 break
     save_model(out_dir / "model", model, corpus.tokenizer)
-    metrics = {"heldout_loss_initial": initial, "heldout_loss_final": history[-1]["heldout_loss"], "steps": step,
+    save(curves_figure(history, "Pretraining curves"), out_dir / "curves.png")
+    evaluations = records_of(history, "evaluation")
+    metrics = {"heldout_loss_initial": initial, "heldout_loss_final": evaluations[-1]["heldout_loss"], "steps": step,
                "stop_reason": stop_reason, "train_time_s": round(time.perf_counter() - start, 2),
                "precision": precision, "texts": {"train": len(corpus.train), "heldout": len(corpus.heldout)}}
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
@@ -218,8 +237,10 @@ def _batches(corpus: _Corpus, cfg: PretrainConfig, epoch: int):
 
 
 def _step(model: MaskedLanguageModel, optimizer, scheduler, corpus: _Corpus, ids: torch.Tensor,
-          padding: torch.Tensor, cfg: PretrainConfig, precision: str, generator: torch.Generator) -> float | None:
-    """Mask the batch, and take one optimizer step on the masked-token loss; ``None`` when nothing was masked."""
+          padding: torch.Tensor, cfg: PretrainConfig, precision: str,
+          generator: torch.Generator) -> tuple[float, float] | None:
+    """Mask the batch, and take one optimizer step on the masked-token loss: the loss and the gradient norm
+    before clipping; ``None`` when nothing was masked."""
     device = next(model.parameters()).device
     model.train()
     corrupted, targets = mask_tokens(ids, padding, corpus.special, corpus.mask_id, model.config.vocab_size,
@@ -231,11 +252,11 @@ def _step(model: MaskedLanguageModel, optimizer, scheduler, corpus: _Corpus, ids
     loss = nn.functional.cross_entropy(logits.float(), ids[targets].to(device))
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    if cfg.grad_clip:
-        nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    # the norm before clipping, for the step records (an infinite bound only measures it)
+    norm = float(nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or math.inf))
     optimizer.step()
     scheduler.step()
-    return loss.item()
+    return loss.item(), norm
 
 
 @torch.inference_mode()

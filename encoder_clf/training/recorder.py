@@ -5,8 +5,11 @@ themselves (the scikit-learn estimators, notebooks). :class:`RunDirectory`
 also writes a run directory as the run goes, so that a killed run can be
 resumed and a finished one read:
 
-- ``log.jsonl``, one line per evaluation; ``model/``, the best model, saved
-  at each improvement; ``checkpoints/``, the newest checkpoints;
+- ``log.jsonl``, one line per step record (every ``train.log_every`` steps:
+  ``"kind": "step"``) and per evaluation (``"kind": "evaluation"``; a log
+  written before the field existed holds evaluations only); ``model/``, the
+  best model, saved at each improvement; ``checkpoints/``, the newest
+  checkpoints;
 - at the end ``report.txt``, the task's figure (``confusion_matrix.png``,
   ``per_label_f1.png`` or ``scatter.png``), ``curves.png`` and,
   last, ``metrics.json``, each written to a temporary file and renamed into
@@ -38,13 +41,18 @@ LOG, METRICS, REPORT, CONFIG = "log.jsonl", "metrics.json", "report.txt", "run_c
 
 
 class Recorder:
-    """The history and the best model of a run, in memory; checkpoints are not kept."""
+    """The history (the records of ``log.jsonl``, in order) and the best model of a run, in memory; checkpoints
+    are not kept."""
 
     keeps_checkpoints = False
 
     def __init__(self) -> None:
         self.history: list[dict] = []
         self._best: tuple[TextClassifier, Tokenizer] | None = None
+
+    def step(self, record: dict) -> None:
+        """Keep one step record."""
+        self.history.append(record)
 
     def evaluation(self, record: dict, best: TextClassifier | None, tokenizer: Tokenizer) -> None:
         """Keep one evaluation's record, and the evaluated model when it is the best so far."""
@@ -93,14 +101,20 @@ class RunDirectory(Recorder):
     def checkpoints(self) -> Path:
         return self.path / CHECKPOINTS
 
+    def step(self, record: dict) -> None:
+        self.history.append(record)
+        self._write(record)
+
     def evaluation(self, record: dict, best: TextClassifier | None, tokenizer: Tokenizer) -> None:
         self.history.append(record)
-        if not self.writes:
-            return
-        self._log.write(json.dumps(record) + "\n")
-        self._log.flush()
-        if best is not None:
+        self._write(record)
+        if best is not None and self.writes:
             save_model(self.path / "model", best, tokenizer)
+
+    def _write(self, record: dict) -> None:
+        if self.writes:
+            self._log.write(json.dumps(record) + "\n")
+            self._log.flush()
 
     def best_model(self) -> tuple[TextClassifier, Tokenizer]:
         return load_model(self.path / "model")
