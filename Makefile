@@ -20,13 +20,14 @@ FINETUNE_MINUTES ?= 25
 PRETRAIN_MINUTES ?= 8
 FEATURES ?= features.parquet
 PYTEST_ARGS ?=
+RUNS ?= runs
 
 BIN := $(VENV)/bin
 PY := $(BIN)/python
 CLI := $(BIN)/encoder-clf
 SETS := $(foreach s,$(SET),--set $(s))
 
-.PHONY: help setup train train-ddp finetune pretrain embed evaluate predict test notebooks lint bench bench-quick clean
+.PHONY: help setup train train-ddp finetune pretrain embed evaluate predict runs test notebooks lint bench bench-quick clean
 
 # `make` alone, or `make help`: each target with its line (the text after `##` on the target's line).
 help: ## list the targets
@@ -76,6 +77,9 @@ evaluate: setup ## score MODEL (default: the newest run's) on DATA's SPLIT
 predict: setup ## classify TEXT with MODEL (default: the newest run's)
 	@test -n "$(MODEL)" || { echo "no trained model found under runs/; run 'make train' or pass MODEL=DIR"; exit 2; }
 	$(CLI) predict --model "$(MODEL)" "$(TEXT)"
+
+runs: setup ## a table of the runs under RUNS (default runs/): scores, status, the settings that differ
+	$(CLI) runs $(RUNS)
 
 test: setup ## the test suite (PYTEST_ARGS=... passes options to pytest)
 	$(PY) -m pytest -q $(PYTEST_ARGS)

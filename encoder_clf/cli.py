@@ -24,6 +24,7 @@ from .features import FEATURE_POOLINGS, OUTPUT_FORMATS, embed, write_features
 from .inference import evaluate, predict
 from .metrics import format_report
 from .persistence.model_dir import load_model_config
+from .runs import SORT_KEYS, as_jsonl, format_table, list_runs
 from .runtime import PRECISIONS
 from .settings import load_json, with_overrides
 from .training.config import FINETUNE_PRESET, RunConfig
@@ -287,6 +288,10 @@ COMMANDS = {
     "predict": ("Predict the label (labels, or value) of each text given as an argument, in --file or on "
                 "stdin.",
                 'encoder-clf predict --model runs/sst2/model "a gripping film" "a dull plot"'),
+    "runs": ("List run directories, one line each: when it started, the data, the task, the selection metric on "
+             "validation and test, the minutes it trained, whether it finished, failed or can be resumed, and the "
+             "settings that differ between the runs listed.",
+             "encoder-clf runs runs/ --sort test"),
     "explain": ("Draw one text's attention as a heatmap and list what its prediction rests on: the tokens "
                 "pooled, and what each part of the head and each n-gram adds.",
                 'encoder-clf explain --model runs/sst2/model "the plot was dull but the cast was great"'),
@@ -297,6 +302,11 @@ def _command(commands, name: str, help_line: str, parents: tuple = ()) -> argpar
     description, example = COMMANDS[name]
     return commands.add_parser(name, parents=list(parents), help=help_line, description=textwrap.fill(description, 79),
                                epilog=f"example:\n  {example}", formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def _runs(args: argparse.Namespace) -> None:
+    rows = list_runs(args.dirs, args.sort)
+    print(as_jsonl(rows) if args.json else format_table(rows))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -383,6 +393,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="attention.png", help="PNG file for the heatmap (default attention.png)")
     p.add_argument("--top", type=int, default=5, help="how many tokens to list (default 5)")
     p.set_defaults(run=_explain)
+
+    p = _command(commands, "runs", "a table of run directories: settings that differ, scores, status")
+    p.add_argument("dirs", nargs="*", default=["runs"], metavar="DIR",
+                   help="run directories, or folders of them (default runs/)")
+    p.add_argument("--sort", default="start", choices=SORT_KEYS, help="order of the lines (default start)")
+    p.add_argument("--json", action="store_true", help="one JSON object per run (JSONL)")
+    p.set_defaults(run=_runs)
     return parser
 
 

@@ -2,6 +2,7 @@
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 
@@ -131,7 +132,7 @@ def test_help_is_plain_prose_with_an_example_for_every_command(capsys):
     top = _help(["--help"], capsys)
     assert not markup.search(top) and "encoder-clf train --data" in top
     commands = [name for name in build_parser()._subparsers._group_actions[0].choices]
-    assert commands == ["train", "pretrain", "embed", "evaluate", "predict", "explain"]
+    assert commands == ["train", "pretrain", "embed", "evaluate", "predict", "explain", "runs"]
     for name in commands:
         text = _help([name, "--help"], capsys)
         assert not markup.search(text), name
@@ -149,8 +150,6 @@ def test_version_is_the_installed_distribution_s(capsys):
 def test_make_help_lists_every_target_with_its_line():
     import shutil
     import subprocess
-    from pathlib import Path
-
     if shutil.which("make") is None:
         pytest.skip("make is not installed")
     root = Path(__file__).resolve().parents[1]
@@ -159,3 +158,49 @@ def test_make_help_lists_every_target_with_its_line():
     lines = {line.split()[0]: line.split(None, 1)[1] for line in listed.splitlines() if line.strip()}
     assert set(lines) == set(phony.split()[1:])
     assert all(len(text) > 10 for text in lines.values())
+
+
+def _run_dir(root, name: str, lr: float, metrics: dict | None = None, checkpoint: bool = False):
+    run = root / name
+    run.mkdir(parents=True)
+    config = {"data": {"path": "/data/toy"}, "model": {"d_model": 16, "vocab_size": 200 + len(name)},
+              "train": {"lr": lr, "seed": 0, "metric": "accuracy"}}
+    (run / "run_config.json").write_text(json.dumps(config))
+    (run / "log.jsonl").write_text("")
+    if metrics is not None:
+        (run / "metrics.json").write_text(json.dumps(metrics))
+    if checkpoint:
+        (run / "checkpoints" / "step-00000010").mkdir(parents=True)
+    return run
+
+
+def test_runs_lists_each_run_with_its_status_and_only_the_settings_that_differ(tmp_path, capsys):
+    finished = {"task": "single_label", "validation": {"accuracy": 0.81}, "test": {"accuracy": 0.79},
+                "train_time_s": 90.0}
+    _run_dir(tmp_path, "a-finished", 1e-3, finished)
+    _run_dir(tmp_path, "b-resumable", 3e-3, checkpoint=True)
+    _run_dir(tmp_path, "c-failed", 1e-3)
+    broken = _run_dir(tmp_path, "d-broken", 1e-3)
+    (broken / "metrics.json").write_text('{"task": "single_la')  # cut off mid-write
+    (tmp_path / "not-a-run").mkdir()
+    assert main(["runs", str(tmp_path), "--json"]) == 0
+    rows = {Path(row["path"]).name: row for row in map(json.loads, capsys.readouterr().out.splitlines())}
+    assert set(rows) == {"a-finished", "b-resumable", "c-failed", "d-broken"}
+    assert {name: row["status"] for name, row in rows.items()} == {
+        "a-finished": "finished", "b-resumable": "resumable", "c-failed": "failed", "d-broken": "broken"}
+    assert rows["d-broken"]["reason"].startswith("unreadable:")
+    finished_row = rows["a-finished"]
+    assert (finished_row["validation"], finished_row["test"], finished_row["minutes"]) == (0.81, 0.79, 1.5)
+    assert finished_row["differs"] == {"train.lr": 1e-3}  # not the vocabulary size, which the data fills in
+    assert main(["runs", str(tmp_path), "--sort", "test"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:3] == ["start", "status", "task"] and "a-finished" in lines[1]  # scored runs first
+    assert all("train.lr=" in line for line in lines[1:4]) and "seed" not in "".join(lines)
+    assert "unreadable" in next(line for line in lines if "d-broken" in line)
+
+
+def test_runs_of_a_missing_directory_is_one_line_and_status_2(tmp_path, capsys):
+    assert main(["runs", str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"encoder-clf: error: {tmp_path / 'nowhere'}: no such directory; pass run directories or a " \
+                  "folder of them (default runs/)"
