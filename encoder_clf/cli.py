@@ -59,6 +59,7 @@ def _train(args: argparse.Namespace) -> None:
     flags += [f"train.init={args.init}"] if args.init else []
     flags += ["data.strict=true"] if args.strict else []
     flags += ["data.streaming=true"] if args.streaming else []
+    flags += ["train.tensorboard=true"] if args.tensorboard else []
     config = _layered(RunConfig, args, FINETUNE_PRESET if args.init else [], flags)
     if not config.data.path:
         raise UsageError("no data given; pass --data PATH (a directory of splits, a file, or a Hub dataset name)")
@@ -72,7 +73,8 @@ def _resume(args: argparse.Namespace, world: World) -> None:
     given = [flag for flag, value in [("--data", args.data), ("--init", args.init), ("--config", args.config),
                                       ("--set", args.set), ("--precision", args.precision), ("--out", args.out),
                                       ("--overwrite", args.overwrite), ("--strict", args.strict),
-                                      ("--streaming", args.streaming)] if value]
+                                      ("--streaming", args.streaming), ("--tensorboard", args.tensorboard)]
+             if value]
     if given:
         raise UsageError(f"--resume continues with the settings in the run's run_config.json; drop {', '.join(given)}")
     _print_results(resume(args.resume, progress=not args.quiet).metrics, Path(args.resume), world)
@@ -333,6 +335,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue a stopped run from its newest checkpoint, with its own run_config.json")
     p.add_argument("--strict", action="store_true",
                    help="refuse rows with empty text instead of dropping them (data.strict)")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="also write TensorBoard event files under RUN_DIR/tensorboard/ (train.tensorboard; "
+                        "the tensorboard extra)")
     p.add_argument("--streaming", action="store_true",
                    help="read the train split as a stream, one pool at a time (data.streaming; "
                         "needs --set train.max_steps=N and a validation file)")

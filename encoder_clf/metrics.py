@@ -251,18 +251,21 @@ def curves_figure(records: Sequence[dict], title: str = "Training curves") -> Fi
     loss_ax, score_ax, lr_ax = fig.subplots(1, 3)
     trace = steps or evaluations
     x = [r["step"] for r in trace]
+    at = [r["step"] for r in evaluations]
     if steps:
         losses = [r["train_loss"] for r in steps]
-        loss_ax.plot(x, losses, color="tab:red", alpha=0.25, linewidth=1, label="mean per record")
-        loss_ax.plot(x, smoothed(losses), color="tab:red", label="smoothed")
-        loss_ax.legend(fontsize=8, loc="best")
-        loss_ax.set_title(f"training loss ({len(steps)} records)", fontsize=10)
+        loss_ax.plot(x, losses, color="tab:red", alpha=0.25, linewidth=1, label="training, per record")
+        loss_ax.plot(x, smoothed(losses), color="tab:red", label="training, smoothed")
+        loss_ax.set_title(f"loss ({len(steps)} step records)", fontsize=10)
     else:
-        loss_ax.plot(x, [r["train_loss"] for r in trace], "o-", color="tab:red")
-        loss_ax.set_title("training loss (mean since last evaluation)", fontsize=10)
+        loss_ax.plot(x, [r["train_loss"] for r in trace], "o-", color="tab:red", label="training")
+        loss_ax.set_title("loss (training: mean since last evaluation)", fontsize=10)
+    if evaluations and "val_loss" in evaluations[0]:
+        loss_ax.plot(at, [r["val_loss"] for r in evaluations], "o", color="tab:blue", label="validation")
+    loss_ax.legend(fontsize=8, loc="best")
     loss_ax.set_ylabel("loss")
-    scores = [key for key in (evaluations[0] if evaluations else {}) if key.startswith(("val_", "heldout_"))]
-    at = [r["step"] for r in evaluations]
+    scores = [key for key in (evaluations[0] if evaluations else {})
+              if key.startswith(("val_", "heldout_")) and key != "val_loss"]
     for key in scores:
         name = key.split("_", 1)[1] if key.startswith("val_") else key.replace("_", " ")
         score_ax.plot(at, [r[key] for r in evaluations], "o-", label=NAMES.get(name, name))

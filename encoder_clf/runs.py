@@ -18,6 +18,7 @@ from pathlib import Path
 
 from .errors import UsageError
 from .persistence.checkpoints import checkpoints
+from .settings import flat_settings
 
 STATUSES = ("finished", "resumable", "failed", "broken")
 SORT_KEYS = ("start", "validation", "test", "time", "status", "path")
@@ -81,7 +82,7 @@ def read_run(path: Path) -> RunRow:
     start = datetime.fromtimestamp((path / "run_config.json").stat().st_mtime).strftime("%Y-%m-%d %H:%M")
     status = "finished" if finished else "resumable" if checkpoints(path / "checkpoints") else "failed"
     row = RunRow(str(path), status, start, str(config.get("data", {}).get("path") or ""),
-                 settings=_flat(config))
+                 settings=flat_settings(config))
     if "pretrain" in config:
         row.task, row.metric = "pretraining", "heldout_loss"
         row.validation = metrics.get("heldout_loss_final")
@@ -98,17 +99,6 @@ def read_run(path: Path) -> RunRow:
 def _score(split: object, metric: str) -> float | None:
     value = split.get(metric) if isinstance(split, dict) else None
     return float(value) if isinstance(value, (int, float)) else None
-
-
-def _flat(config: dict, prefix: str = "") -> dict:
-    """``{"train": {"lr": 0.001}}`` → ``{"train.lr": 0.001}``."""
-    flat = {}
-    for key, value in config.items():
-        if isinstance(value, dict):
-            flat.update(_flat(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def differing(rows: Sequence[RunRow]) -> list[str]:

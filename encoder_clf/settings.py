@@ -165,3 +165,14 @@ def parse_value(tp, text: str, where: str) -> Any:
         except ValueError:
             raise UsageError(f"--set {where}: expected {inner.__name__}; got {text!r}") from None
     return text
+
+
+def flat_settings(config: dict, prefix: str = "") -> dict:
+    """A run's settings as ``--set`` names them: ``{"train": {"lr": 0.001}}`` → ``{"train.lr": 0.001}``."""
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat.update(flat_settings(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat

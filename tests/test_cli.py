@@ -104,9 +104,11 @@ FROZEN = ["train.lr=1e-9", "train.head_lr=1e-9"]
 
 
 @pytest.mark.parametrize("extra, reason, steps", [
-    # lr 1e-9 (the head's too): the second evaluation scores what the first did, which is no improvement
-    (["train.eval_every=1", "train.patience=1", *FROZEN], "early stopping: no improvement in 1 evaluations", 2),
-    (["train.eval_every=1", "train.patience=3", *FROZEN], "early stopping: no improvement in 3 evaluations", 4),
+    # lr 1e-9 (the head's too): the second evaluation scores what the first did, and its loss too
+    (["train.eval_every=1", "train.patience=1", *FROZEN],
+     "early stopping: neither validation accuracy nor loss improved in 1 evaluations", 2),
+    (["train.eval_every=1", "train.patience=3", *FROZEN],
+     "early stopping: neither validation accuracy nor loss improved in 3 evaluations", 4),
     (["train.max_minutes=0.00001"], "time budget of 1e-05 minutes reached", 1),  # past the budget after one step
 ])
 def test_training_stops_early(toy_data, tmp_path, extra, reason, steps):

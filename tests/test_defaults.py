@@ -16,12 +16,13 @@ from encoder_clf.data.splits import Split
 from encoder_clf.data.tokenization import word_starts
 from encoder_clf.data.tokenized import tokenize_split
 from encoder_clf.model.ngrams import NgramLogits
+from encoder_clf.persistence.checkpoints import Progress
 from encoder_clf.settings import with_overrides
 from encoder_clf.training.batches import TrainBatches
 from encoder_clf.training.config import RunConfig, TrainConfig
 from encoder_clf.training.distributed import SOLO
 from encoder_clf.training.linear import STRENGTHS, fit_ngrams, term_matrix
-from encoder_clf.training.loop import Plan
+from encoder_clf.training.loop import LOSS_TOLERANCE, Plan, decide
 from encoder_clf.training.run import train
 from encoder_clf.training.stacking import stacking_weights
 
@@ -107,6 +108,29 @@ def test_a_run_records_about_100_steps_unless_told():
     assert _plan(1053).log_every == 21  # 2,106 steps
     assert _plan(57).log_every == 21 and _plan(10, max_steps=50).log_every == 1
     assert _plan(1053, log_every=5).log_every == 5
+
+
+def test_early_stopping_waits_while_the_validation_loss_still_falls():
+    """The best model is the best by the metric; patience counts evaluations that improve neither it nor the loss
+    (a fall smaller than LOSS_TOLERANCE of the loss is none)."""
+    at, cfg = Progress(), TrainConfig(patience=2, metric="accuracy")
+    trace = [(0.80, 0.50), (0.80, 0.45), (0.79, 0.44), (0.80, 0.44 * (1 - LOSS_TOLERANCE / 2)), (0.80, 0.46),
+             (0.81, 0.47), (0.81, 0.47), (0.80, 0.48)]
+    stale, best = [], []
+    for step, (accuracy, loss) in enumerate(trace, 1):
+        at.step = step
+        decide(at, {"accuracy": accuracy, "loss": loss}, cfg, late=False)
+        stale.append(at.stale)
+        best.append(at.best_step)
+        if at.stop_reason != "completed":
+            break
+    assert stale == [0, 0, 0, 1, 2] and best == [1, 1, 1, 1, 1]
+    assert at.stop_reason == "early stopping: neither validation accuracy nor loss improved in 2 evaluations"
+    at, cfg = Progress(), TrainConfig(patience=2, metric="accuracy")  # a better metric counts though the loss rose
+    for step, (accuracy, loss) in enumerate([(0.7, 0.5), (0.8, 0.6), (0.8, 0.6), (0.9, 0.7)], 1):
+        at.step = step
+        decide(at, {"accuracy": accuracy, "loss": loss}, cfg, late=False)
+    assert (at.stale, at.best_step, at.stop_reason) == (0, 4, "completed")
 
 
 def test_settings_given_win_over_the_size_rule():

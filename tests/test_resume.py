@@ -391,3 +391,53 @@ def test_a_multi_label_pair_run_resumes_bit_for_bit(multi_label_pairs, pinned, t
     run = interrupted_run(monkeypatch, multi_label_pairs, tmp_path / "run", settings, at=23)
     assert main(["train", "--resume", str(run), "--quiet"]) == 0
     assert_same_run(tmp_path / "reference", run, [10, 20, 30, 38])
+
+
+def _scalars(run: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar of a run's TensorBoard events, as TensorBoard reads them (a resumed run's purge applied)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    board = EventAccumulator(str(run / "tensorboard"))
+    board.Reload()
+    return {tag: [(event.step, event.value) for event in board.Scalars(tag)] for tag in board.Tags()["scalars"]}
+
+
+def test_tensorboard_events_hold_the_log_s_scalars_once_after_a_resume(toy_data, pinned, tmp_path, monkeypatch):
+    """Killed three steps past its checkpoint, the resumed run's events show each of those steps once."""
+    settings = pinned + ["train.checkpoint_every=5"]
+    assert main(train_args(toy_data, tmp_path / "reference", settings) + ["--tensorboard"]) == 0
+    run = interrupted_run(monkeypatch, toy_data, tmp_path / "run", settings, at=38, flags=("--tensorboard",))
+    written = _scalars(run)
+    assert [step for step, _ in written["train/loss"]][-2:] == [36, 37]  # past the checkpoint at step 35
+    assert main(["train", "--resume", str(run), "--quiet"]) == 0
+    reference, resumed = _scalars(tmp_path / "reference"), _scalars(run)
+    log = read_log(tmp_path / "reference" / "log.jsonl")
+    steps, evaluations = records_of(log, "step"), records_of(log, "evaluation")
+    assert set(reference) >= {"train/loss", "train/lr", "train/grad_norm", "train/examples_per_s",
+                              "validation/accuracy", "validation/macro_f1", "validation/loss"}
+    assert [step for step, _ in reference["train/loss"]] == [r["step"] for r in steps]
+    assert [value for _, value in reference["train/loss"]] == pytest.approx([r["train_loss"] for r in steps])
+    assert [step for step, _ in reference["validation/accuracy"]] == [r["step"] for r in evaluations]
+    for tag in set(reference) - {"train/examples_per_s"}:  # speed differs from run to run
+        assert resumed[tag] == reference[tag], tag
+    # the final scores beside the settings (the HParams tab), and the task's figure
+    metrics = json.loads((tmp_path / "reference" / "metrics.json").read_text())
+    assert reference["final/test_accuracy"][0][1] == pytest.approx(metrics["test"]["accuracy"])
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    board = EventAccumulator(str(tmp_path / "reference" / "tensorboard"))
+    board.Reload()
+    assert board.Tags()["images"] == ["confusion_matrix"]
+
+
+def test_tensorboard_without_its_package_is_refused_before_anything_is_written(toy_data, tmp_path, monkeypatch,
+                                                                                capsys):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else
+                        find_spec(name, *a))
+    assert main(train_args(toy_data, tmp_path / "run", TINY) + ["--tensorboard"]) == 2
+    assert capsys.readouterr().err.strip() == ("encoder-clf: error: train.tensorboard=true needs the tensorboard "
+                                               "package; pip install 'encoder-clf[tensorboard]' (or turn it off)")
+    assert not (tmp_path / "run").exists()

@@ -61,7 +61,8 @@ class Progress:
     logged_n: int = 0
     best: float = -1.0
     best_step: int = 0
-    stale: int = 0  # evaluations without improvement
+    best_loss: float | None = None  # the lowest validation loss so far (early stopping watches it too)
+    stale: int = 0  # evaluations in which neither the metric nor the loss improved
     elapsed_s: float = 0.0
     log_bytes: int = 0  # length of log.jsonl at the checkpoint: later lines are replayed
     stop_reason: str = "completed"

@@ -40,7 +40,7 @@ class TrainConfig:
     eval_every: int = 0  # optimizer steps between evaluations; 0 = once per epoch (a stream: ten per run)
     log_every: int = 0  # optimizer steps between the step records of log.jsonl; 0 = about 100 per run
     metric: str = ""  # what selects the best model; "" = the task's: accuracy, macro-F1 (multi-label), Pearson
-    patience: int = 5  # evaluations without improvement before stopping (the best model is kept); 0 = never
+    patience: int = 5  # stop after this many evaluations improving neither the metric nor the loss; 0 = never
     precision: str = "auto"
     seed: int = 0
     max_minutes: float = 0.0  # wall-clock budget for the loop; 0 = none
@@ -48,6 +48,7 @@ class TrainConfig:
     checkpoint_every: int = 0  # optimizer steps between checkpoints; 0 = at evaluations only
     keep_checkpoints: int = 2  # the newest K checkpoints are kept while the run goes on
     compile: bool = False  # torch.compile the training forward pass (pays off on long runs; first steps are slow)
+    tensorboard: bool = False  # also write TensorBoard event files under RUN_DIR/tensorboard/ (the tensorboard extra)
 
     def __post_init__(self) -> None:
         checks = [

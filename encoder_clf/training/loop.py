@@ -124,7 +124,8 @@ class Plan:
         """The plan as the run states it."""
         length = (f"{self.total_steps} steps" if self.epochs is None else
                   f"{self.epochs} epoch(s) of {self.steps_per_epoch} steps = {self.total_steps} steps")
-        stop = f"stop after {cfg.patience} evaluations without improvement" if cfg.patience else "no early stopping"
+        stop = (f"stop after {cfg.patience} evaluations improving neither the metric nor the loss" if cfg.patience
+                else "no early stopping")
         return f"{length} ({self.rule}), evaluating every {self.eval_every} steps, {stop}"
 
     def epochs_at(self, step: int) -> float | None:
@@ -197,7 +198,8 @@ def fit(model: TextClassifier, tokenizer, train: TrainBatches, validation: Token
                     record = _record(session, plan, scores)
                     recorder.evaluation(record, session.evaluated if improved else None, tokenizer)
                     if world.main:
-                        shown = ", ".join(f"{NAMES[key]} {scores[key]:.4f}" for key in HEADLINE[scores["task"]])
+                        shown = ", ".join([*(f"{NAMES[key]} {scores[key]:.4f}" for key in HEADLINE[scores["task"]]),
+                                           f"loss {scores['loss']:.4f}"])
                         log.info("step %d%s: train loss %.4f, val %s", at.step,
                                  "" if record["epoch"] is None else f" (epoch {record['epoch']:.2f})",
                                  record["train_loss"], shown)
@@ -262,7 +264,8 @@ def evaluate(model: TextClassifier, tokens: TokenizedSplit, batch_size: int, pre
         logits = model.head.mix(torch.from_numpy(parts)).numpy()
     if model.config.task == "multi_label":
         fit_thresholds(model, logits, tokens.labels)
-    return scored(model, logits, tokens.labels)
+    loss = model.task.loss(torch.from_numpy(logits).float(), torch.as_tensor(np.asarray(tokens.labels)))
+    return {**scored(model, logits, tokens.labels), "loss": float(loss)}
 
 
 def score(model: TextClassifier, tokens: TokenizedSplit, batch_size: int, precision: str,
@@ -284,15 +287,27 @@ def part_scores(model: TextClassifier, tokens: TokenizedSplit, batch_size: int, 
     return {**scores, "mixed": selection_score(model, logits, tokens.labels, metric)}
 
 
+LOSS_TOLERANCE = 1e-4  # a validation loss must fall by more than this share of the lowest one to count
+
+
 def decide(at: Progress, scores: dict, cfg: TrainConfig, late: bool) -> bool:
-    """After an evaluation: is this the best model so far, and does the run stop (early stopping, time)?"""
+    """After an evaluation: is this the best model so far, and does the run stop (early stopping, time)?
+
+    The best model is the one with the best selection metric. Early stopping waits for ``train.patience``
+    evaluations in which neither that metric nor the validation loss improved: while one part of the head
+    decides most predictions (the fitted n-gram part on a small dataset), the encoder's progress shows in
+    the mixed outputs' loss long before it moves their accuracy.
+    """
     improved = scores[cfg.metric] > at.best
+    lower = at.best_loss is None or scores["loss"] < at.best_loss - LOSS_TOLERANCE * abs(at.best_loss)
+    if lower:
+        at.best_loss = scores["loss"]
     if improved:
-        at.best, at.best_step, at.stale = scores[cfg.metric], at.step, 0
-    else:
-        at.stale += 1
+        at.best, at.best_step = scores[cfg.metric], at.step
+    at.stale = 0 if improved or lower else at.stale + 1
     if cfg.patience and at.stale >= cfg.patience:
-        at.stop_reason = f"early stopping: no improvement in {cfg.patience} evaluations"
+        at.stop_reason = (f"early stopping: neither validation {cfg.metric} nor loss improved in {cfg.patience} "
+                          "evaluations")
     elif late:
         at.stop_reason = f"time budget of {cfg.max_minutes} minutes reached"
     return improved
@@ -380,6 +395,7 @@ def _record(session: Session, plan: Plan, scores: dict) -> dict:
     record = {"kind": "evaluation", "step": at.step, "epoch": plan.epochs_at(at.step),
               "train_loss": at.running_loss / at.running_n,
               "lr": session.objects.scheduler.get_last_lr()[0], **{f"val_{key}": scores[key] for key in shown},
+              "val_loss": scores["loss"],
               "elapsed_s": round(elapsed, 2), "examples_per_s": round(at.seen / elapsed, 1)}
     at.running_loss, at.running_n = 0.0, 0
     return record

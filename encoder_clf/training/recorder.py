@@ -36,6 +36,8 @@ from ..metrics import curves_figure, format_report, save, task_figure
 from ..model.classifier import TextClassifier
 from ..persistence.checkpoints import CHECKPOINTS, Progress, Trainables, save_checkpoint
 from ..persistence.model_dir import load_model, save_model
+from ..settings import flat_settings
+from .board import Board
 
 LOG, METRICS, REPORT, CONFIG = "log.jsonl", "metrics.json", "report.txt", "run_config.json"
 
@@ -85,9 +87,10 @@ class RunDirectory(Recorder):
     keeps_checkpoints = True
 
     def __init__(self, path: Path, keep_checkpoints: int, resumed: Progress | None = None,
-                 writes: bool = True) -> None:
+                 writes: bool = True, tensorboard: bool = False) -> None:
         super().__init__()
         self.path, self.keep, self.writes = path, keep_checkpoints, writes
+        self.board = Board(path, None if resumed is None else resumed.step) if tensorboard and writes else None
         log = path / LOG
         if resumed is not None and log.exists():  # evaluations after the checkpoint are logged again on the way
             if writes:
@@ -104,10 +107,14 @@ class RunDirectory(Recorder):
     def step(self, record: dict) -> None:
         self.history.append(record)
         self._write(record)
+        if self.board is not None:
+            self.board.step(record)
 
     def evaluation(self, record: dict, best: TextClassifier | None, tokenizer: Tokenizer) -> None:
         self.history.append(record)
         self._write(record)
+        if self.board is not None:
+            self.board.evaluation(record)
         if best is not None and self.writes:
             save_model(self.path / "model", best, tokenizer)
 
@@ -133,6 +140,8 @@ class RunDirectory(Recorder):
     def close(self) -> None:
         if self._log is not None:
             self._log.close()
+        if self.board is not None:
+            self.board.close()
 
     def finish(self, metrics: dict, final: tuple[np.ndarray, np.ndarray]) -> None:
         """Write the report, the plots and then ``metrics.json``; then remove the checkpoints.
@@ -140,13 +149,17 @@ class RunDirectory(Recorder):
         ``final`` holds the targets and predictions of the last split scored (test, else validation), which
         the task's figure draws.
         """
-        self.close()
+        if self._log is not None:
+            self._log.close()
         if not self.writes:
             return
         scored = [name for name in ("validation", "test") if name in metrics]
         report = "\n\n".join(format_report(metrics[name], name) for name in scored)
         _write_atomically(self.path / REPORT, lambda file: file.write_text(report + "\n", encoding="utf-8"))
         name, figure = task_figure(metrics[scored[-1]], scored[-1], *final)
+        if self.board is not None:
+            settings = flat_settings(json.loads((self.path / CONFIG).read_text(encoding="utf-8")))
+            self.board.finish(settings, metrics, name, figure)
         _write_atomically(self.path / name, lambda file: save(figure, file))
         curves = curves_figure(self.history)
         _write_atomically(self.path / "curves.png", lambda file: save(curves, file))

@@ -43,6 +43,7 @@ from ..persistence.encoders import load_encoder
 from ..runtime import default_device, resolve_precision
 from ..settings import load_json
 from .batches import TrainBatches, bucketed
+from .board import require_tensorboard
 from .config import RunConfig, TrainConfig
 from .distributed import World, barrier, broadcast_text, current
 from .linear import fit_ngrams
@@ -72,8 +73,8 @@ def train(config: RunConfig, out_dir: str | Path | None = None, overwrite: bool 
     ``run_config.json``, the task's figure (``confusion_matrix.png``, ``per_label_f1.png`` or ``scatter.png``)
     and ``curves.png``.
     """
+    _check_options(config)
     out_dir = _prepared(out_dir, overwrite)
-    _check_lengths(config)
     if config.data.streaming:
         streamed = _stream_splits(config)
         config, model, tokenizer = _build(config, streamed, lambda: stream_texts(config.data))
@@ -87,6 +88,7 @@ def train_on_splits(config: RunConfig, splits: Splits, out_dir: str | Path | Non
 
     The entry point for callers that hold their data themselves, such as the scikit-learn estimators.
     """
+    _check_options(config)
     return _train_on(config, splits, _prepared(out_dir, overwrite=True), progress)
 
 
@@ -107,6 +109,7 @@ def resume(run_dir: str | Path, progress: bool = True) -> TrainResult:
                          "nothing to resume")
     checkpoint = load_latest(run_dir / CHECKPOINTS)  # before the settings: an older run is refused for its format
     config = load_json(RunConfig, run_dir / CONFIG)
+    _check_options(config)
     splits = _stream_splits(config) if config.data.streaming else load_splits(config.data, seed=config.train.seed)
     old, best = run_dir / ".model.old", run_dir / "model"
     if old.is_dir() and not best.exists():  # killed inside save_model, between its two renames
@@ -130,6 +133,13 @@ def _prepared(out_dir: str | Path | None, overwrite: bool) -> Path | None:
     return out_dir
 
 
+def _check_options(config: RunConfig) -> None:
+    """What can be refused before any file is written: lengths that do not fit, an extra that is missing."""
+    _check_lengths(config)
+    if config.train.tensorboard:
+        require_tensorboard()
+
+
 def _check_lengths(config: RunConfig) -> None:
     if config.model.max_positions < config.tokenizer.max_length:
         raise UsageError(f"tokenizer.max_length ({config.tokenizer.max_length}) exceeds model.max_positions "
@@ -147,7 +157,6 @@ def _stream_splits(config: RunConfig) -> StreamingSplits:
 
 
 def _train_on(config: RunConfig, splits: Splits, out_dir: Path | None, progress: bool) -> TrainResult:
-    _check_lengths(config)
     if current().main:
         log.info("task: %s", describe(splits))
     texts = splits.train.texts
@@ -329,7 +338,7 @@ def _recorder(out_dir: Path | None, config: RunConfig, checkpoint: Checkpoint | 
             (out_dir / METRICS).unlink(missing_ok=True)
             (out_dir / CONFIG).write_text(json.dumps(asdict(config), indent=2) + "\n", encoding="utf-8")
     return RunDirectory(out_dir, config.train.keep_checkpoints, checkpoint.progress if checkpoint else None,
-                        writes=world.main)
+                        writes=world.main, tensorboard=config.train.tensorboard)
 
 
 def _tokenized(tokenizer: Tokenizer, split: Split, data: DataConfig, world: World) -> TokenizedSplit:
