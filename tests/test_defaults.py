@@ -174,7 +174,8 @@ def test_the_run_reports_its_size_rule_balance_parts_and_fit_and_holds_the_fitte
     with caplog.at_level(logging.INFO):
         result = train(config, tmp_path / "run", progress=False)
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert metrics["plan"] == {"epochs": 3, "steps_per_epoch": 25, "steps": 75, "eval_every": 25, "patience": 5,
+    assert metrics["plan"] == {"epochs": 3, "steps_per_epoch": 25, "steps": 75, "eval_every": 25, "log_every": 1,
+                               "patience": 5,
                                "rule": "by the data's size: at least train.min_steps=60 steps in 2 to "
                                        "train.max_epochs=50 epochs"}
     assert metrics["data"]["train"]["balance"] == dict(zip(["0", "1"], np.bincount(
