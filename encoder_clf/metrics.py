@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
 from sklearn.metrics import (
     accuracy_score,
     classification_report,
@@ -281,16 +282,18 @@ def curves_figure(records: Sequence[dict], title: str = "Training curves") -> Fi
     lr_ax.plot(x, [r["lr"] for r in trace], "-" if steps else "o-", color="tab:green")
     lr_ax.set_title("learning rate", fontsize=10)
     lr_ax.set_ylabel("learning rate")
-    lr_ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
+    lr_ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:.0e}" if value else "0"))
     per_step = next((r["epoch"] / r["step"] for r in trace if r.get("epoch") and r["step"]), None)
+    last = max(r["step"] for r in records)
     for ax in (loss_ax, score_ax, lr_ax):
         ax.set_xlabel("optimizer step")
+        ax.set_xlim(0, last * 1.03 or 1)  # one step axis for the three panels
         ax.grid(alpha=0.3)
         if per_step:  # epochs on top; a streamed train split has none (its length is unknown)
             top = ax.secondary_xaxis("top", functions=(lambda s, r=per_step: s * r, lambda e, r=per_step: e / r))
             top.set_xlabel("epoch", fontsize=8)
             top.tick_params(labelsize=8)
-    n, epochs = len(evaluations), trace[-1].get("epoch")
+    n, epochs = len(evaluations), records[-1].get("epoch")  # the run's last record: its final evaluation
     span = "" if epochs is None else f", {epochs:g} epoch{'s' * (epochs != 1)}"
     fig.suptitle(f"{title} ({n} evaluation{'s' * (n != 1)}{span})", fontsize=11)
     return fig
