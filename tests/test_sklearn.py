@@ -27,6 +27,7 @@ from sklearn.utils import estimator_checks
 from sklearn.utils.validation import check_is_fitted
 
 from encoder_clf.errors import UsageError
+from encoder_clf.metrics import records_of
 from encoder_clf.sklearn import EncoderClassifier, EncoderRegressor, SentenceEncoder
 
 from conftest import toy_rows
@@ -122,7 +123,8 @@ def test_fit_predict_proba_and_score(fitted, data):
     np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-6)
     assert list(fitted.predict(X_test)) == list(fitted.classes_[proba.argmax(axis=1)])
     assert fitted.score(X_test, y_test) > 0.9  # one keyword decides the label
-    assert [r["epoch"] for r in fitted.history_] == [float(e) for e in range(1, TINY["epochs"] + 1)]
+    evaluations = records_of(fitted.history_, "evaluation")  # the history is the log: step records too
+    assert [r["epoch"] for r in evaluations] == [float(e) for e in range(1, TINY["epochs"] + 1)]
     assert set(fitted.validation_scores_) >= {"accuracy", "macro_f1"}
 
 
