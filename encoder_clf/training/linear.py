@@ -49,13 +49,19 @@ def fit_ngrams(model: TextClassifier, train: TokenizedSplit, validation: Tokeniz
 
     N-grams the train split never holds get idf 0: as in a vocabulary's TF-IDF, they are left out of the sum.
     """
+    from sklearn.feature_extraction.text import TfidfTransformer
+
     start = time.perf_counter()
     part: NgramLogits = model.head.parts["ngrams"]
-    frequency = np.bincount(term_matrix(part, train, batch_size, weighted=False).indices,
-                            minlength=part.table.num_embeddings)  # the train texts holding each n-gram
-    seen = np.flatnonzero(frequency)
-    part.idf.copy_(torch.from_numpy(np.where(frequency > 0, np.log((1 + len(train)) / (1 + frequency)) + 1, 0.0)))
-    x_train, x_val = (term_matrix(part, split, batch_size)[:, seen] for split in (train, validation))
+    counts = term_matrix(part, train, batch_size, weighted=False)
+    seen = np.unique(counts.indices)  # the n-grams the train split holds
+    # the part's own weighting (NgramLogits.terms), computed from the counts in hand rather than a second pass
+    tfidf = TfidfTransformer(sublinear_tf=True).fit(counts[:, seen])
+    idf = np.zeros(part.table.num_embeddings)
+    idf[seen] = tfidf.idf_
+    part.idf.copy_(torch.from_numpy(idf))
+    x_train = tfidf.transform(counts[:, seen])
+    x_val = term_matrix(part, validation, batch_size)[:, seen]
     targets = train.labels
     if model.config.task == "regression":
         targets = model.task.standardise(torch.as_tensor(targets, dtype=torch.float64)).numpy()

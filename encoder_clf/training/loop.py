@@ -81,7 +81,7 @@ def task_loss(model: TextClassifier, class_weights: str | None, labels: np.ndarr
     return functools.partial(model.task.loss, weight=weight, label_smoothing=label_smoothing)
 
 
-def _hundredth(steps: int) -> int:
+def record_interval(steps: int) -> int:
     """The step interval that gives about 100 records over ``steps``."""
     return max(1, round(steps / 100))
 
@@ -107,7 +107,7 @@ class Plan:
     def of(cls, train: TrainBatches, cfg: TrainConfig, world: World) -> Plan:
         if train.per_epoch is None:  # a stream: the run is max_steps long, as many passes as that takes
             return cls(None, cfg.max_steps, cfg.eval_every or max(1, cfg.max_steps // 10), None,
-                       f"train.max_steps={cfg.max_steps} (a stream)", cfg.log_every or _hundredth(cfg.max_steps))
+                       f"train.max_steps={cfg.max_steps} (a stream)", cfg.log_every or record_interval(cfg.max_steps))
         per_epoch = sum(1 for _ in deal_steps(range(train.per_epoch), cfg.grad_accum, world))
         if cfg.epochs is not None:
             epochs, rule = cfg.epochs, f"train.epochs={cfg.epochs}"
@@ -118,7 +118,7 @@ class Plan:
             rule = (f"by the data's size: at least train.min_steps={cfg.min_steps} steps in 2 to "
                     f"train.max_epochs={cfg.max_epochs} epochs")
         total = min(per_epoch * epochs, cfg.max_steps or math.inf)
-        return cls(per_epoch, total, cfg.eval_every or per_epoch, epochs, rule, cfg.log_every or _hundredth(total))
+        return cls(per_epoch, total, cfg.eval_every or per_epoch, epochs, rule, cfg.log_every or record_interval(total))
 
     def describe(self, cfg: TrainConfig) -> str:
         """The plan as the run states it."""

@@ -34,6 +34,7 @@ from ..model.mlm import MaskedLanguageModel
 from ..persistence.model_dir import save_model
 from ..runtime import PRECISIONS, autocast, default_device, resolve_precision
 from ..settings import check_fields
+from .loop import record_interval
 from .optim import adamw, warmup_then_decay
 
 log = logging.getLogger(__name__)
@@ -158,7 +159,7 @@ def pretrain(config: PretrainRunConfig, out_dir: str | Path, overwrite: bool = F
     scheduler = warmup_then_decay(optimizer, cfg.warmup_ratio, total)
     generator = torch.Generator().manual_seed(cfg.seed)
     history, step, start, stop_reason = [], 0, time.perf_counter(), "completed"
-    log_every, since = cfg.log_every or max(1, round(total / 100)), []
+    log_every, since = cfg.log_every or record_interval(total), []
 
     def write(record: dict) -> None:
         history.append(record)
