@@ -110,8 +110,9 @@ def test_gradient_accumulation_equals_one_batch_of_the_union(toy_data, tmp_path,
     weights = [load_file(tmp_path / name / "model" / "model.safetensors") for name in ("accumulated", "union")]
     for key in weights[0]:
         # the mixing weights are an L-BFGS fit to the parts' validation logits, which stops at its own tolerance
-        rtol = 1e-2 if key == "head.weights" else 1e-4
-        torch.testing.assert_close(weights[0][key], weights[1][key], atol=1e-5, rtol=rtol,
+        # (a weight near 0, approached in log space, is the least determined: 2e-5 and 6e-5 mix alike)
+        atol, rtol = (1e-3, 1e-2) if key == "head.weights" else (1e-5, 1e-4)
+        torch.testing.assert_close(weights[0][key], weights[1][key], atol=atol, rtol=rtol,
                                    msg=lambda message, name=key: f"{name}: {message}")
 
 
