@@ -1,19 +1,27 @@
-"""The three scoring rules: weights, masking, agreement with plain references, general attention."""
+"""The scoring rules: weights, masking, agreement with plain references, general attention, the combine step."""
 
 import math
+import re
 
 import pytest
 import torch
+from torch import nn
 
-from encoder_clf.model.attention import SCORE_RULES, AdditiveScore, MultiHeadAttention
+from encoder_clf.model.attention import (
+    SCORE_RULES,
+    AdditiveScore,
+    MultiHeadAttention,
+    SingleHeadAttention,
+    attend,
+)
 
 RULES = sorted(SCORE_RULES)
 D_MODEL, HEADS = 16, 4
 
 
-def make_attention(rule: str, seed: int = 0) -> MultiHeadAttention:
+def make_attention(rule: str, seed: int = 0, combine: bool = False) -> MultiHeadAttention:
     torch.manual_seed(seed)
-    return MultiHeadAttention(D_MODEL, HEADS, rule, dropout=0.0).eval()
+    return MultiHeadAttention(D_MODEL, HEADS, rule, dropout=0.0, combine=combine).eval()
 
 
 def padding_mask(lengths: list[int], width: int) -> torch.Tensor:
@@ -34,8 +42,9 @@ def test_weights_sum_to_one_and_are_zero_on_padding(rule):
 
 @pytest.mark.parametrize("rule", RULES)
 @pytest.mark.parametrize("need_weights", [False, True])
-def test_real_tokens_ignore_appended_padding(rule, need_weights):
-    attn = make_attention(rule)
+@pytest.mark.parametrize("combine", [False, True])
+def test_real_tokens_ignore_appended_padding(rule, need_weights, combine):
+    attn = make_attention(rule, combine=combine)
     x = torch.randn(2, 5, D_MODEL)
     padded = torch.cat([x, 100 * torch.randn(2, 3, D_MODEL)], dim=1)  # garbage in the padded slots
     short, _ = attn(x, need_weights=need_weights)
@@ -71,27 +80,29 @@ def split_heads(x: torch.Tensor) -> torch.Tensor:
 
 
 def reference(attn: MultiHeadAttention, query, key, mask, score_fn):
-    """Plain-tensor attention written out step by step, for any score function."""
+    """Plain-tensor attention written out step by step, for any score function, with or without combine."""
     q, k, v = split_heads(attn.q_proj(query)), split_heads(attn.k_proj(key)), split_heads(attn.v_proj(key))
     scores = score_fn(q, k)
     scores = scores.masked_fill(mask[:, None, None, :], float("-inf"))
     out = torch.softmax(scores, dim=-1) @ v
     b, _, t, _ = out.shape
-    return attn.out_proj(out.transpose(1, 2).reshape(b, t, D_MODEL))
+    merged = out.transpose(1, 2).reshape(b, t, D_MODEL)
+    return attn.out_proj(torch.cat([query, merged], -1) if attn.combine else merged)
 
 
-def dot_reference(attn, q, k):
+# Score functions of (attn, q, k, mask); the mask is for concat_position, which summarises the real keys.
+def dot_reference(attn, q, k, mask):
     return q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
 
 
-def concat_reference(attn, q, k):
+def concat_reference(attn, q, k, mask):
     """Literally concatenate every (q_i, k_j) pair and apply the per-head linear layer."""
     lq, lk = q.shape[2], k.shape[2]
     pairs = torch.cat([q[:, :, :, None].expand(-1, -1, -1, lk, -1), k[:, :, None].expand(-1, -1, lq, -1, -1)], -1)
     return torch.einsum("bhqkd,hd->bhqk", pairs, attn.score.weight) + attn.score.bias[None, :, None, None]
 
 
-def additive_reference(attn, q, k):
+def additive_reference(attn, q, k, mask):
     """Bahdanau: W [q_i; k_j] with W = [W_q W_k], then tanh and v."""
     s = attn.score
     lq, lk = q.shape[2], k.shape[2]
@@ -101,18 +112,41 @@ def additive_reference(attn, q, k):
     return torch.einsum("bhqkd,hd->bhqk", hidden, s.v)
 
 
-REFERENCES = {"dot": dot_reference, "concat": concat_reference, "additive": additive_reference}
+def concat_position_reference(attn, q, k, mask):
+    """General attention: each query concatenated with the mean of its real keys, one linear row per key position."""
+    real = (~mask).float()[:, None, :, None]
+    summary = (k * real).sum(2, keepdim=True) / real.sum(2, keepdim=True)
+    pairs = torch.cat([q, summary.expand_as(q)], -1)
+    s, lk = attn.score, k.shape[2]
+    return torch.einsum("bhqc,hkc->bhqk", pairs, s.weight[:, :lk]) + s.bias[None, :, None, :lk]
+
+
+REFERENCES = {"dot": dot_reference, "concat": concat_reference, "concat_position": concat_position_reference,
+              "additive": additive_reference}
 
 
 @pytest.mark.parametrize("rule", RULES)
 @pytest.mark.parametrize("need_weights", [False, True])
-def test_matches_plain_reference(rule, need_weights):
-    attn = make_attention(rule)
+@pytest.mark.parametrize("combine", [False, True])
+def test_matches_plain_reference(rule, need_weights, combine):
+    attn = make_attention(rule, combine=combine)
     query, key = torch.randn(3, 5, D_MODEL), torch.randn(3, 6, D_MODEL)
     mask = padding_mask([6, 3, 1], 6)
-    expected = reference(attn, query, key, mask, lambda q, k: REFERENCES[rule](attn, q, k))
+    expected = reference(attn, query, key, mask, lambda q, k: REFERENCES[rule](attn, q, k, mask))
     out, _ = attn(query, key, key_padding_mask=mask, need_weights=need_weights)
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_concat_position_pairs_each_query_with_its_own_key_in_self_attention():
+    attn = make_attention("concat_position")
+    x, mask = torch.randn(2, 6, D_MODEL), padding_mask([6, 4], 6)
+    s = attn.score
+
+    def scores(q, k):  # [q_i; k_i] against the rows of the first 6 positions
+        return torch.einsum("bhqc,hkc->bhqk", torch.cat([q, k], -1), s.weight[:, :6]) + s.bias[None, :, None, :6]
+
+    out, _ = attn(x, key_padding_mask=mask)
+    torch.testing.assert_close(out[:, :4], reference(attn, x, x, mask, scores)[:, :4], atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("rule", RULES)
@@ -121,7 +155,7 @@ def test_bias_is_added_to_every_rules_scores(rule, need_weights):
     attn = make_attention(rule)
     query, key = torch.randn(3, 5, D_MODEL), torch.randn(3, 6, D_MODEL)
     mask, bias = padding_mask([6, 3, 1], 6), torch.randn(1, HEADS, 5, 6)
-    expected = reference(attn, query, key, mask, lambda q, k: REFERENCES[rule](attn, q, k) + bias)
+    expected = reference(attn, query, key, mask, lambda q, k: REFERENCES[rule](attn, q, k, mask) + bias)
     out, _ = attn(query, key, key_padding_mask=mask, need_weights=need_weights, bias=bias)
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
     if need_weights:  # still a distribution over the real keys only
@@ -161,8 +195,9 @@ ROW_SHIFTS = {"dot": {"k_proj.bias"}, "concat": {"q_proj.weight", "q_proj.bias",
 
 
 @pytest.mark.parametrize("rule", RULES)
-def test_gradients_reach_every_parameter(rule):
-    attn = make_attention(rule).train()
+@pytest.mark.parametrize("combine", [False, True])
+def test_gradients_reach_every_parameter(rule, combine):
+    attn = make_attention(rule, combine=combine).train()
     out, _ = attn(torch.randn(2, 5, D_MODEL), torch.randn(2, 4, D_MODEL), key_padding_mask=padding_mask([4, 2], 4))
     out.pow(2).sum().backward()
     for name, p in attn.named_parameters():
@@ -186,7 +221,7 @@ def test_lean_rules_have_the_gradients_of_the_full_grid(rule, monkeypatch):
     mask, upstream = padding_mask([6, 3, 1], 6), torch.randn(3, 5, D_MODEL, dtype=torch.float64)
     inputs = [query, key, *attn.parameters()]
     lean, _ = attn(query, key, key_padding_mask=mask)
-    expected = reference(attn, query, key, mask, lambda q, k: REFERENCES[rule](attn, q, k))
+    expected = reference(attn, query, key, mask, lambda q, k: REFERENCES[rule](attn, q, k, mask))
     for got, want in zip(torch.autograd.grad((lean * upstream).sum(), inputs),
                          torch.autograd.grad((expected * upstream).sum(), inputs)):
         torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
@@ -246,5 +281,73 @@ def test_bf16_autocast_runs_and_stays_close(rule):
 
 
 def test_unknown_rule_lists_the_valid_ones():
-    with pytest.raises(ValueError, match="unknown attention rule 'cosine'; choose one of dot, concat, additive"):
+    with pytest.raises(ValueError, match="unknown attention rule 'cosine'; "
+                                         "choose one of dot, concat, concat_position, additive"):
         MultiHeadAttention(D_MODEL, HEADS, "cosine")
+
+
+@pytest.mark.parametrize("rule, follows_the_query", [("concat", False), ("concat_position", True)])
+def test_concat_position_weights_follow_the_query(rule, follows_the_query):
+    """The same keys read by two queries: concat's query term cancels in the softmax, concat_position's does not."""
+    attn = make_attention(rule)
+    queries, keys = torch.randn(1, 2, D_MODEL), torch.randn(1, 6, D_MODEL)
+    _, weights = attn(queries, keys, need_weights=True)
+    assert torch.allclose(weights[:, :, 0], weights[:, :, 1], atol=1e-6) != follows_the_query
+
+
+def test_concat_position_scores_are_the_full_rows_with_positions_past_the_sequence_masked():
+    torch.manual_seed(0)
+    rule = SCORE_RULES["concat_position"](HEADS, 4, max_len=10)
+    q, paired, v = torch.randn(2, HEADS, 3, 4), torch.randn(2, HEADS, 1, 4), torch.randn(2, HEADS, 10, 4)
+    full = rule(q, paired, 10)
+    torch.testing.assert_close(rule(q, paired, 6), full[..., :6])
+    beyond = padding_mask([6, 6], 10)
+    _, masked = attend(full, v, 3, beyond, 0.0, False)
+    _, short = attend(rule(q, paired, 6), v[:, :, :6], 3, None, 0.0, False)
+    torch.testing.assert_close(masked[..., :6], short)
+    assert torch.equal(masked[..., 6:], torch.zeros(2, HEADS, 3, 4))
+
+
+def test_a_sequence_longer_than_concat_position_s_maximum_is_refused():
+    attn = MultiHeadAttention(D_MODEL, HEADS, "concat_position", max_len=8)
+    message = ("concat_position scores at most 8 positions and the sequence has 9; "
+               "truncate it (tokenizer.max_length) or raise model.max_positions")
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        attn(torch.randn(1, 9, D_MODEL), need_weights=True)
+
+
+class TutorialAttn(nn.Module):
+    """The widely copied tutorial ``Attn`` class in its own terms: Q, K ``(1, 1, 32)`` and V ``(1, 32, 64)``."""
+
+    def __init__(self, query_size=32, key_size=32, value_len=32, value_size=64, output_size=64):
+        super().__init__()
+        self.attn = nn.Linear(query_size + key_size, value_len)
+        self.attn_combine = nn.Linear(query_size + value_size, output_size)
+
+    def forward(self, Q, K, V):
+        attn_weights = torch.softmax(self.attn(torch.cat((Q[0], K[0]), 1)), dim=1)
+        output = torch.bmm(attn_weights.unsqueeze(0), V)
+        output = torch.cat((Q[0], output[0]), 1)
+        return self.attn_combine(output).unsqueeze(0), attn_weights
+
+
+def test_tutorial_case_matches_the_tutorial_attn_class():
+    torch.manual_seed(0)
+    tutorial, ours = TutorialAttn(), SingleHeadAttention(32, 64, 64, max_len=32)
+    with torch.no_grad():  # row j of the tutorial's Linear(64 -> 32) scores position j
+        ours.score.weight.copy_(tutorial.attn.weight[None])
+        ours.score.bias.copy_(tutorial.attn.bias[None])
+        ours.combine.load_state_dict(tutorial.attn_combine.state_dict())
+    Q, K, V = torch.randn(1, 1, 32), torch.randn(1, 1, 32), torch.randn(1, 32, 64)
+    expected_out, expected_weights = tutorial(Q, K, V)
+    out, weights = ours(Q, K, V)
+    assert expected_weights.shape == (1, 32) and weights.shape == (1, 1, 32)  # ours keeps the query axis
+    assert expected_out.shape == out.shape == (1, 1, 64)
+    torch.testing.assert_close(weights[:, 0], expected_weights, atol=1e-6, rtol=0)
+    torch.testing.assert_close(out, expected_out, atol=1e-6, rtol=0)
+
+
+def test_single_head_attention_refuses_more_values_than_its_maximum():
+    with pytest.raises(ValueError, match="concat_position scores at most 32 positions and the sequence has 33"):
+        SingleHeadAttention(32, 64, 64, max_len=32)(torch.randn(1, 1, 32), torch.randn(1, 1, 32),
+                                                    torch.randn(1, 33, 64))

@@ -1,4 +1,4 @@
-"""Multi-head attention with three scoring rules chosen by name.
+"""Multi-head attention with four scoring rules chosen by name.
 
 Every rule is a small module with one signature, ``score(q, k) -> (batch,
 heads, q_len, k_len)``, where a rule whose scores do not depend on the query
@@ -8,6 +8,13 @@ in :func:`attend`. Masks follow one convention everywhere:
 ``key_padding_mask`` is ``True`` at padding, shape ``(batch, k_len)``. A query
 whose keys are all padding gets zero weights (and a zero output) rather than
 NaN.
+
+The one exception is a positional rule (``positional = True``, the
+tutorial-style ``concat_position``), which scores absolute value positions
+from each query and the key paired with it: ``score(q, paired, positions)``.
+The number of positions is its own argument because it cannot come from the
+keys: in the tutorial's case one key and 32 values give 32 scores.
+:func:`rule_scores` calls either kind, so the attention modules never ask which.
 
 Self-attention is ``attn(x)``; general attention is ``attn(queries, keys)``
 with keys = values from another sequence of any length.
@@ -27,6 +34,7 @@ class DotScore(nn.Module):
     """Scaled dot product, ``q·kᵀ/√d`` (Vaswani et al.): the fast rule, fused through SDPA."""
 
     fused = True
+    positional = False
 
     def __init__(self, n_heads: int, head_dim: int) -> None:
         super().__init__()
@@ -49,10 +57,12 @@ class ConcatScore(nn.Module):
     (``w_q`` applied to the mean query): every row of the grid differs from it
     by a constant, so the weights are the same, and the query path stays in the
     graph with the zero gradient the grid gives it (DistributedDataParallel
-    needs every parameter used).
+    needs every parameter used). ``concat_position`` is the form whose weights
+    follow the query.
     """
 
     fused = False
+    positional = False
 
     def __init__(self, n_heads: int, head_dim: int) -> None:
         super().__init__()
@@ -81,6 +91,7 @@ class AdditiveScore(nn.Module):
     """
 
     fused = False
+    positional = False
     max_elements = 1 << 24
 
     def __init__(self, n_heads: int, head_dim: int) -> None:
@@ -116,11 +127,78 @@ def _additive_grid(qp: torch.Tensor, kp: torch.Tensor, v: torch.Tensor) -> torch
     return torch.einsum("bhqke,he->bhqk", hidden, v)
 
 
+class ConcatPositionScore(nn.Module):
+    """``w_j·[q_i; k̃_i] + b_j``: a linear map of the concatenated query and key to one score per position.
+
+    The rule of the widely copied tutorial ``Attn`` class (``Linear(query_size
+    + key_size, max_len)``, softmax, ``bmm`` with V). Each position ``j`` has
+    its own row ``w_j``, so unlike ``concat`` the query term does not cancel in
+    the softmax and the weights follow the query; the price is that scores
+    address absolute positions, ``max_len`` at most. ``k̃_i`` is the key paired
+    with query ``i`` (:func:`paired_keys`). Only the first ``positions`` rows
+    are computed: the softmax over them is the softmax over all ``max_len``
+    with the positions beyond the sequence masked.
+    """
+
+    fused = False
+    positional = True
+
+    def __init__(self, n_heads: int, head_dim: int, max_len: int) -> None:
+        super().__init__()
+        bound = 1.0 / math.sqrt(2 * head_dim)
+        self.weight = nn.Parameter(torch.empty(n_heads, max_len, 2 * head_dim).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.zeros(n_heads, max_len))
+        self.head_dim, self.max_len = head_dim, max_len
+
+    def forward(self, q: torch.Tensor, paired: torch.Tensor, positions: int) -> torch.Tensor:
+        """``(batch, heads, q_len, positions)`` from ``q`` and ``paired`` ``(batch, heads, q_len or 1, head_dim)``."""
+        if positions > self.max_len:
+            raise ValueError(f"concat_position scores at most {self.max_len} positions and the sequence has "
+                             f"{positions}; truncate it (tokenizer.max_length) or raise model.max_positions")
+        weight = self.weight[:, :positions].to(q.dtype)
+        q_part = torch.einsum("bhqd,hpd->bhqp", q, weight[..., : self.head_dim])
+        k_part = torch.einsum("bhqd,hpd->bhqp", paired, weight[..., self.head_dim:])  # one row for a summary
+        return q_part + k_part + self.bias[:, :positions].to(q.dtype)[None, :, None]
+
+
 SCORE_RULES: dict[str, type[nn.Module]] = {
     "dot": DotScore,
     "concat": ConcatScore,
+    "concat_position": ConcatPositionScore,
     "additive": AdditiveScore,
 }
+
+
+def make_rule(name: str, n_heads: int, head_dim: int, max_len: int) -> nn.Module:
+    """The named rule; a positional one scores sequences of at most ``max_len`` positions."""
+    if name not in SCORE_RULES:
+        raise ValueError(f"unknown attention rule {name!r}; choose one of {', '.join(SCORE_RULES)}")
+    rule = SCORE_RULES[name]
+    return rule(n_heads, head_dim, max_len) if rule.positional else rule(n_heads, head_dim)
+
+
+def paired_keys(k: torch.Tensor, key_padding_mask: torch.Tensor | None, aligned: bool) -> torch.Tensor:
+    """The key a positional rule concatenates with each query: ``(batch, heads, q_len or 1, head_dim)``.
+
+    Self-attention (``aligned``) pairs query ``i`` with key ``i``. In general
+    attention queries and keys do not line up, so every query gets one summary,
+    the mean of the real keys (the tutorial's single key is its own mean):
+    appending padding changes nothing, and a row of padding gives zeros, not NaN.
+    """
+    if aligned:
+        return k
+    if key_padding_mask is None:
+        return k.mean(dim=2, keepdim=True)
+    real = (~key_padding_mask)[:, None, :, None].to(k.dtype)
+    return (k * real).sum(dim=2, keepdim=True) / real.sum(dim=2, keepdim=True).clamp(min=1.0)
+
+
+def rule_scores(rule: nn.Module, q: torch.Tensor, k: torch.Tensor, key_padding_mask: torch.Tensor | None = None,
+                aligned: bool = False, positions: int | None = None) -> torch.Tensor:
+    """Any rule's scores: ``rule(q, k)``, or a positional rule's over ``positions`` values (default one per key)."""
+    if not rule.positional:
+        return rule(q, k)
+    return rule(q, paired_keys(k, key_padding_mask, aligned), k.shape[2] if positions is None else positions)
 
 
 def attend(
@@ -171,21 +249,23 @@ class MultiHeadAttention(nn.Module):
     keys (= values; ``None`` means self-attention) and returns
     ``(output (batch, q_len, d_model), weights (batch, heads, q_len, k_len) or None)``.
     ``bias`` (broadcastable to ``(batch, heads, q_len, k_len)``) is added to
-    the scores of every rule before the softmax.
+    the scores of every rule before the softmax. ``max_len`` bounds the keys a
+    positional rule scores. ``combine`` is the tutorial's combine step, for
+    any rule: the output projection becomes ``Linear(2·d_model → d_model)`` on
+    the query (as the layer received it) concatenated with the merged heads.
     """
 
-    def __init__(self, d_model: int, n_heads: int, rule: str = "dot", dropout: float = 0.0, bias: bool = True):
+    def __init__(self, d_model: int, n_heads: int, rule: str = "dot", dropout: float = 0.0, bias: bool = True,
+                 max_len: int = 512, combine: bool = False) -> None:
         super().__init__()
         if d_model % n_heads:
             raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads})")
-        if rule not in SCORE_RULES:
-            raise ValueError(f"unknown attention rule {rule!r}; choose one of {', '.join(SCORE_RULES)}")
-        self.n_heads, self.head_dim, self.dropout = n_heads, d_model // n_heads, dropout
+        self.n_heads, self.head_dim, self.dropout, self.combine = n_heads, d_model // n_heads, dropout, combine
         self.q_proj = nn.Linear(d_model, d_model, bias=bias)
         self.k_proj = nn.Linear(d_model, d_model, bias=bias)
         self.v_proj = nn.Linear(d_model, d_model, bias=bias)
-        self.out_proj = nn.Linear(d_model, d_model, bias=bias)
-        self.score = SCORE_RULES[rule](n_heads, self.head_dim)
+        self.out_proj = nn.Linear(2 * d_model if combine else d_model, d_model, bias=bias)
+        self.score = make_rule(rule, n_heads, self.head_dim, max_len)
 
     def _split(self, x: torch.Tensor) -> torch.Tensor:
         batch, length, _ = x.shape
@@ -199,15 +279,19 @@ class MultiHeadAttention(nn.Module):
         need_weights: bool = False,
         bias: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        key = query if key is None else key
+        aligned = key is None
+        key = query if aligned else key
         q, k, v = self._split(self.q_proj(query)), self._split(self.k_proj(key)), self._split(self.v_proj(key))
         dropout = self.dropout if self.training else 0.0
         if self.score.fused and not need_weights:
             out, weights = self._fused(q, k, v, key_padding_mask, dropout, bias), None
         else:
-            out, weights = attend(self.score(q, k), v, q.shape[2], key_padding_mask, dropout, self.training, bias)
+            scores = rule_scores(self.score, q, k, key_padding_mask, aligned)
+            out, weights = attend(scores, v, q.shape[2], key_padding_mask, dropout, self.training, bias)
         batch, _, q_len, _ = out.shape
         out = out.transpose(1, 2).reshape(batch, q_len, self.n_heads * self.head_dim)
+        if self.combine:
+            out = torch.cat([query, out], dim=-1)
         return self.out_proj(out), weights if need_weights else None
 
     def _fused(self, q, k, v, key_padding_mask, dropout, bias):
@@ -226,3 +310,41 @@ class MultiHeadAttention(nn.Module):
         if empty.any():  # SDPA leaves NaN where every key is padding; the plain path gives zeros
             out = out.masked_fill(empty[:, None, None, None], 0.0)
         return out
+
+
+class SingleHeadAttention(nn.Module):
+    """One head over raw vectors, without projections: the form of the tutorial ``Attn`` class, for any rule.
+
+    ``forward(query, key, value, key_padding_mask=None)`` takes ``(batch,
+    q_len, query_size)`` queries, ``(batch, k_len, query_size)`` keys and
+    ``(batch, v_len, value_size)`` values and returns ``(output (batch, q_len,
+    output_size), weights (batch, q_len, v_len))``; the weights keep the query
+    axis, so the tutorial's ``(1, 32)`` is ``(1, 1, 32)`` here. A positional
+    rule scores the ``v_len`` value positions from each query and the mean key
+    (the tutorial's K has one position, its V 32); any other rule needs
+    ``k_len = v_len``. ``key_padding_mask`` ``(batch, v_len)`` marks padded
+    values, and padded keys too when keys and values are one sequence. With
+    ``combine`` (the tutorial's ``attn_combine``) ``Linear(query_size +
+    value_size → output_size)`` maps the query concatenated with the attended
+    values; without it the attended values are the output.
+    """
+
+    def __init__(self, query_size: int, value_size: int, output_size: int, rule: str = "concat_position",
+                 max_len: int = 512, combine: bool = True) -> None:
+        super().__init__()
+        if not combine and output_size != value_size:
+            raise ValueError(f"without combine the output is the attended values, {value_size} wide; "
+                             f"pass output_size={value_size} or combine=True")
+        self.score = make_rule(rule, 1, query_size, max_len)
+        self.combine = nn.Linear(query_size + value_size, output_size) if combine else None
+
+    def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                key_padding_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        q, k, v = query[:, None], key[:, None], value[:, None]  # (batch, 1 head, len, size)
+        keys_mask = key_padding_mask if key.shape[1] == value.shape[1] else None
+        scores = rule_scores(self.score, q, k, keys_mask, positions=value.shape[1])
+        out, weights = attend(scores, v, query.shape[1], key_padding_mask, 0.0, self.training)
+        out, weights = out[:, 0], weights[:, 0]
+        if self.combine is not None:
+            out = self.combine(torch.cat([query, out], dim=-1))
+        return out, weights
