@@ -105,7 +105,7 @@ def case(name: str, root: Path, model_dir: Path) -> tuple[list[str], list[str]]:
         return data(splits(root, GOOD_TRAIN)) + ["--set", "train.lr=-1"], ["train.lr must be positive; got -1.0"]
     if name == "invalid choice":
         return data(splits(root, GOOD_TRAIN)) + ["--set", "model.attention=cosine"], [
-            "model.attention must be one of additive, concat, dot; got 'cosine'"]
+            "model.attention must be one of additive, concat, concat_position, dot; got 'cosine'"]
     if name == "unknown key":
         return data(splits(root, GOOD_TRAIN)) + ["--set", "train.epoch=2"], ["unknown key 'train.epoch'", "epochs"]
     if name == "invalid checkpoint setting":

@@ -53,6 +53,17 @@ def test_directory_saved_before_a_key_existed_loads_without_it(tmp_path, tiny_mo
     assert torch.equal(loaded(ids).logits, model(ids).logits)
 
 
+@pytest.mark.parametrize("options", [{"attention": "concat_position"}, {"attention_combine": True},
+                                     {"attention": "concat_position", "attention_combine": True}])
+def test_attention_options_round_trip(tmp_path, tiny_model, options):
+    tokenizer = train_tokenizer(CORPUS, TokenizerConfig(vocab_size=100, min_frequency=1, max_length=16))
+    model = tiny_model(vocab_size=tokenizer.get_vocab_size(), **options)
+    loaded, _ = load_model(save_model(tmp_path / "model", model, tokenizer))
+    assert loaded.config == model.config
+    ids = torch.tensor([tokenizer.encode("the film was good").ids])
+    assert torch.equal(loaded(ids).logits, model(ids).logits)
+
+
 def test_fitted_mixing_weights_are_saved_with_the_weights_not_the_config(tmp_path, tiny_model):
     tokenizer = train_tokenizer(CORPUS, TokenizerConfig(vocab_size=100, min_frequency=1, max_length=16))
     model = tiny_model(vocab_size=tokenizer.get_vocab_size(), ngram_buckets=64)
@@ -136,7 +147,8 @@ def test_invalid_config_value_in_saved_model(saved):
     raw = json.loads((directory / "config.json").read_text())
     raw["attention"] = "cosine"
     (directory / "config.json").write_text(json.dumps(raw))
-    with pytest.raises(UsageError, match="model.attention must be one of additive, concat, dot; got 'cosine'"):
+    with pytest.raises(UsageError, match="model.attention must be one of additive, concat, concat_position, dot; "
+                                         "got 'cosine'"):
         load_model(directory)
 
 

@@ -65,7 +65,8 @@ def bad_inputs(root):
         "missing label column": (["--data", str(root / "nolabel.csv")], "no label column found among text, stars"),
         "empty split": (["--data", str(root / "empty.tsv")], "the split is empty"),
         "heads": (["--set", "model.n_heads=3"], "model.d_model (256) must be divisible by model.n_heads (3)"),
-        "attention rule": (["--set", "model.attention=cosine"], "must be one of additive, concat, dot"),
+        "attention rule": (["--set", "model.attention=cosine"],
+                           "must be one of additive, concat, concat_position, dot"),
         "unknown key": (["--set", "train.epoch=2"], "unknown key 'train.epoch'"),
     }
 

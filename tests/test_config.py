@@ -87,7 +87,7 @@ def test_unknown_choice_lists_the_valid_ones(field, choices):
 
 def test_attention_rules_are_named():
     message = assert_refused(lambda: ModelConfig(attention="dotted"))
-    assert "additive, concat, dot" in message
+    assert "additive, concat, concat_position, dot" in message
 
 
 @pytest.mark.parametrize(

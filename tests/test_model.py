@@ -17,6 +17,7 @@ VARIANTS = [
     {"type_vocab_size": 2}, {"conv_kernel": 3}, {"conv_kernel": 5, "norm": "post"},
     *({"relative_buckets": 8, "attention": r, "positions": "none"} for r in SCORE_RULES),
     {"ngram_buckets": 64}, {"ngram_buckets": 64, "pooling": "mean", "relative_buckets": 8},
+    {"attention_combine": True}, {"attention_combine": True, "attention": "concat_position"},
 ]
 IDS = [",".join(f"{key}={value}" for key, value in variant.items()) for variant in VARIANTS]
 

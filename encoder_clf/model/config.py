@@ -20,7 +20,7 @@ from .tasks import TASKS
 # (the one that turns it off) and a model directory saved before the key existed was built with (today's
 # default may differ: the preset changes as it is re-measured).
 ADDITIONS_OFF = {"conv_kernel": 0, "relative_buckets": 0, "ngram_buckets": 0, "ngram_weighting": "sqrt",
-                 "ngram_terms": "pieces"}
+                 "ngram_terms": "pieces", "attention_combine": False}
 
 
 @dataclass
@@ -38,6 +38,7 @@ class ModelConfig:
     n_layers: int = 2
     d_ff: int = 1024
     attention: str = "dot"
+    attention_combine: bool = False  # the attention output projection reads [its input; the attended values]
     norm: str = "pre"
     positions: str = "learned"
     pooling: str = "max"

@@ -178,7 +178,8 @@ class Block(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         d, eps = config.d_model, config.layer_norm_eps
-        self.attention = MultiHeadAttention(d, config.n_heads, config.attention, config.attention_dropout)
+        self.attention = MultiHeadAttention(d, config.n_heads, config.attention, config.attention_dropout,
+                                            max_len=config.max_positions, combine=config.attention_combine)
         self.feed_forward = FeedForward(d, config.d_ff, config.activation_dropout, config.activation)
         self.attention_norm = nn.LayerNorm(d, eps=eps)
         self.feed_forward_norm = nn.LayerNorm(d, eps=eps)
