@@ -5,7 +5,8 @@ from ``wait4``) belong to it alone. Results go to ``docs/BENCHMARKS.md``
 (between markers, so other benchmark sections are kept) and
 ``benchmarks/out/sst2_preset.json``.
 
-    python benchmarks/sst2_preset.py [--rules dot concat additive] [--no-ablation] [--data ../shared/datasets/sst2]
+    python benchmarks/sst2_preset.py [--rules dot concat concat_position additive] [--no-ablation]
+                                     [--data ../shared/datasets/sst2]
 
 The preset's head has two parts, the encoder's linear head and a linear bag
 of n-grams, mixed by weights fitted on validation; each is also scored alone on
@@ -51,7 +52,7 @@ def tfidf_baseline(data: Path, result_file: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=str(DATA / "sst2"))
-    parser.add_argument("--rules", nargs="*", default=["dot", "concat", "additive"],
+    parser.add_argument("--rules", nargs="*", default=["dot", "concat", "concat_position", "additive"],
                         help="attention rules to train with the preset (dot is the preset itself)")
     parser.add_argument("--no-ablation", action="store_true",
                         help="skip the preset without its convolution or its n-gram logits")

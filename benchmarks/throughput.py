@@ -13,6 +13,8 @@ dropout 0.1, vocabulary 8,192, 2 labels; batches of 64 sequences of 64 tokens):
   from ``inference.for_inference``, as the product does;
 * MFU: FLOPs of one training step and one inference batch counted with ``FlopCounterMode``, per
   second achieved, over the measured peak of that precision;
+* each attention rule's training tokens/s and step memory at 64 and at 512 tokens a sequence (its own
+  section, ``attention-rules``; bf16 only on a CPU with bf16 instructions);
 * peak memory of one training step at 512 tokens (batch 8) and at the timed shape, each in a fresh
   process: peak RSS (``VmHWM``) after the step minus the RSS just before it (a short warm-up step at 16
   tokens first allocates gradients and optimizer state, so the number is what the length adds).
@@ -22,7 +24,7 @@ the all-unpadded mask its API expects. Steps of all models are timed in interlea
 noisy neighbour slows every model alike; each figure is the median step. Needs the `bench` extra
 (transformers) and matplotlib.
 
-    python benchmarks/throughput.py [--steps 20] [--warmup 3] [--quick] [--skip-memory] [--profile dot]
+    python benchmarks/throughput.py [--steps 20] [--warmup 3] [--quick] [--skip-memory] [--rules-only] [--profile dot]
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -60,6 +63,8 @@ PRECISIONS = ("fp32", "bf16")
 DTYPES = (torch.float32, torch.bfloat16)
 CPU = torch.device("cpu")
 MATMUL_N = 2048
+RULES = ("dot", "concat", "concat_position", "additive")
+RULE_SHAPES = ("seq 64 x 64", "seq 512 x 8")  # MEMORY_SHAPES keys: the same 4,096 tokens a step
 
 
 def _cpu_sdpa_flops(query, key, value, *args, out_shape=None, **kwargs) -> int:
@@ -142,7 +147,7 @@ def _ours(rule: str) -> Contender:
 
 
 CONTENDERS = {
-    **{rule: _ours(rule) for rule in ("dot", "concat", "additive")},
+    **{rule: _ours(rule) for rule in ("dot", "concat", "concat_position", "additive")},
     "bert": Contender("BertForSequenceClassification (sdpa)", bert,
                       lambda ids, pad: {"input_ids": ids, "attention_mask": (~pad).long()}, peer_optimizer),
     "torch": Contender("nn.TransformerEncoder", TorchEncoderClassifier,
@@ -242,6 +247,12 @@ def measure_speed(steps: int, warmup: int, rounds: int) -> tuple[list[Timed], di
     for key in CONTENDERS:
         more, flops[key] = model_cells(key, data)
         cells += more
+    time_cells(cells, steps, warmup, rounds)
+    return cells, flops
+
+
+def time_cells(cells: list[Timed], steps: int, warmup: int, rounds: int) -> None:
+    """Warm every cell up, then time ``steps`` steps of each in ``rounds`` interleaved rounds."""
     for cell in cells:
         for i in range(warmup):
             cell.step(i)
@@ -253,7 +264,34 @@ def measure_speed(steps: int, warmup: int, rounds: int) -> tuple[list[Timed], di
                 cell.step(r * per_round + i)
                 cell.times.append(time.perf_counter() - start)
         print(f"round {r + 1}/{rounds} done", flush=True)
-    return cells, flops
+
+
+def measure_rules(steps: int, warmup: int, rounds: int, precisions: tuple[str, ...]) -> dict:
+    """``{shape: {rule: {precision: training tokens/s}}}`` of our encoder with each attention rule.
+
+    At 64 and at 512 tokens a sequence (the same 4,096 tokens a step), where the rules that build a score grid
+    pay for it: the grid grows with the square of the length.
+    """
+    cells = []
+    for shape in RULE_SHAPES:
+        seq, batch = MEMORY_SHAPES[shape]
+        data = batches(2, seq, batch)
+        for rule in RULES:
+            torch.manual_seed(0)
+            model = ours(rule).train()
+            optimizer = our_optimizer(model)
+            inputs = [({"input_ids": ids, "padding_mask": pad}, labels) for ids, pad, labels in data]
+            for precision in precisions:
+                step = functools.partial(lambda i, m, o, x, p: train_step(m, o, *x[i % len(x)], p),
+                                         m=model, o=optimizer, x=inputs, p=precision)
+                cells.append(Timed(f"{shape}|{rule}", "train", precision, step, []))
+    time_cells(cells, steps, warmup, rounds)
+    rates: dict = {}
+    for c in cells:
+        shape, rule = c.key.split("|")
+        seq, batch = MEMORY_SHAPES[shape]
+        rates.setdefault(shape, {}).setdefault(rule, {})[c.precision] = seq * batch / statistics.median(c.times)
+    return rates
 
 
 def measure_compile(steps: int, warmup: int, rounds: int) -> dict[str, dict[str, float]]:
@@ -288,6 +326,12 @@ def measure_compile(steps: int, warmup: int, rounds: int) -> dict[str, dict[str,
     return results
 
 
+def bf16_instructions() -> bool:
+    """Whether this CPU multiplies bf16 in hardware (elsewhere autocast emulates it, far slower than fp32)."""
+    cpuinfo = Path("/proc/cpuinfo").read_text()
+    return "avx512_bf16" in cpuinfo or "amx_bf16" in cpuinfo
+
+
 def status_mib(field: str) -> float:
     """``VmRSS`` (now) or ``VmHWM`` (peak) of this process, from ``/proc/self/status``, in MiB.
 
@@ -316,13 +360,14 @@ def memory_job(key: str, precision: str, seq: int, batch: int) -> None:
     print(json.dumps({"before_mib": before, "peak_mib": peak, "step_mib": peak - before}))
 
 
-def measure_memory(shapes: list[str]) -> dict[str, dict[str, dict[str, dict]]]:
+def measure_memory(shapes: list[str], keys=tuple(CONTENDERS),
+                   precisions: tuple[str, ...] = PRECISIONS) -> dict[str, dict[str, dict[str, dict]]]:
     """``{shape: {model: {precision: job result}}}`` for the named ``MEMORY_SHAPES``, one fresh process per cell."""
     results: dict = {}
     for shape in shapes:
         seq, batch = MEMORY_SHAPES[shape]
-        for key in CONTENDERS:
-            for precision in PRECISIONS:
+        for key in keys:
+            for precision in precisions:
                 done = subprocess.run([sys.executable, __file__, "--memory-job", key, precision, str(seq), str(batch)],
                                       cwd=ROOT, capture_output=True, text=True)
                 if done.returncode != 0:
@@ -489,6 +534,9 @@ def main() -> None:
                              "writes benchmarks/out, not docs/")
     parser.add_argument("--skip-memory", action="store_true", help="skip the fresh-process memory measurements")
     parser.add_argument("--skip-compile", action="store_true", help="skip the torch.compile comparison")
+    parser.add_argument("--rules-only", action="store_true",
+                        help="only each attention rule's training tokens/s and step memory at 64 and 512 tokens "
+                             "(section attention-rules)")
     parser.add_argument("--profile", choices=list(CONTENDERS),
                         help="only print the top operators of this model's training step (fp32 and bf16)")
     parser.add_argument("--memory-job", nargs=4, metavar=("MODEL", "PRECISION", "SEQ", "BATCH"),
@@ -505,6 +553,12 @@ def main() -> None:
         return
     if args.quick:
         args.steps, args.warmup, args.rounds = 2, 1, 1
+    precisions = PRECISIONS if bf16_instructions() else ("fp32",)
+    rates = measure_rules(args.steps, args.warmup, args.rounds, precisions)
+    section = rules_report(args, rates, measure_memory(list(RULE_SHAPES), RULES, precisions), precisions)
+    print("\n".join(section) if args.quick else write_section("attention-rules", section))
+    if args.rules_only:
+        return
     torch.manual_seed(0)
     cells, flops = measure_speed(args.steps, args.warmup, args.rounds)
     peaks = {c.precision: 2 * MATMUL_N ** 3 / statistics.median(c.times) / 1e9 for c in cells if c.mode == "peak"}
@@ -527,6 +581,30 @@ def main() -> None:
         plot(_tokens(cells), ROOT / "docs" / "throughput.png")
         print(write_section("throughput", report(args, peaks, cells, flops, memory, compiled, "throughput.png")))
     check_targets(_tokens(cells), peaks, flops, memory, speed=not args.quick)
+
+
+def rules_report(args, rates: dict, memory: dict, precisions: tuple[str, ...]) -> list[str]:
+    """The ``attention-rules`` section: each rule's training tokens/s and step memory at 64 and 512 tokens."""
+    command = f"python benchmarks/throughput.py {' '.join(args.argv)}".rstrip()
+    skipped = "" if len(precisions) == len(PRECISIONS) else " bf16 is not measured: this CPU has no bf16 instructions."
+    lines = ["## Attention rules at 64 and 512 tokens: training tokens/s and step memory", "",
+             f"Command: `{command}`, {time.strftime('%Y-%m-%d')}. Machine: {machine()}.",
+             f"Our encoder alone with each rule, in the throughput shape ({LAYERS} layers, width {WIDTH}, {HEADS} "
+             f"heads, FFN {FFN}, no convolution or n-gram logits), on 4,096 random tokens a step: 64 sequences of "
+             "64 tokens, or 8 of 512. Training step as in the throughput section; tokens/s is the median of "
+             f"{args.steps} timed steps per cell in {args.rounds} interleaved rounds after {args.warmup} warm-up "
+             "steps; memory is the peak RSS one step adds, in a fresh process per cell, as there." + skipped, "",
+             "| rule | " + " | ".join(f"tokens/s {shape} {p}" for shape in RULE_SHAPES for p in precisions)
+             + " | " + " | ".join(f"MiB {shape} {p}" for shape in RULE_SHAPES for p in precisions) + " |",
+             "| --- |" + " ---: |" * (4 * len(precisions))]
+    for rule in RULES:
+        speed = [f"{rates[shape][rule][p]:,.0f} ({rates[shape][rule][p] / rates[shape]['dot'][p]:.2f}x dot)"
+                 for shape in RULE_SHAPES for p in precisions]
+        mib = [f"{memory[shape][rule][p]['step_mib']:,.0f} "
+               f"({memory[shape][rule][p]['step_mib'] / memory[shape]['dot'][p]['step_mib']:.2f}x dot)"
+               for shape in RULE_SHAPES for p in precisions]
+        lines.append(f"| {rule} | " + " | ".join(speed + mib) + " |")
+    return lines
 
 
 def check_targets(tokens: dict[str, dict[str, float]], peaks: dict[str, float], flops: dict, memory: dict | None,
