@@ -30,13 +30,19 @@ def run_measured(command: list[str]) -> tuple[float, float]:
     return wall, usage.ru_maxrss / 1024
 
 
+def bf16_features() -> list[str]:
+    """The CPU's bf16 instructions; without them autocast emulates bf16, far slower than fp32."""
+    cpuinfo = Path("/proc/cpuinfo").read_text()
+    return [f for f in ("avx512_bf16", "amx_bf16") if f in cpuinfo]
+
+
 def machine() -> str:
     import torch
 
     cpuinfo = Path("/proc/cpuinfo").read_text()
     cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")),
                platform.processor())
-    features = [f for f in ("avx512_bf16", "amx_bf16") if f in cpuinfo]
+    features = bf16_features()
     return (f"{cpu}, {os.cpu_count()} cores ({', '.join(features) or 'no bf16 instructions'}), "
             f"torch {torch.__version__}, {torch.get_num_threads()} threads")
 

@@ -41,7 +41,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -54,7 +53,7 @@ from encoder_clf.runtime import autocast, for_inference
 from encoder_clf.training.config import TrainConfig
 from encoder_clf.training.optim import layerwise_adamw
 
-from common import OUT, ROOT, Checks, machine, write_section
+from common import OUT, ROOT, Checks, bf16_features, machine, write_section
 
 LAYERS, WIDTH, HEADS, FFN, VOCAB, LABELS, DROPOUT, MAX_POSITIONS = 4, 256, 4, 1024, 8192, 2, 0.1, 512
 SEQ, BATCH = 64, 64
@@ -147,7 +146,7 @@ def _ours(rule: str) -> Contender:
 
 
 CONTENDERS = {
-    **{rule: _ours(rule) for rule in ("dot", "concat", "concat_position", "additive")},
+    **{rule: _ours(rule) for rule in RULES},
     "bert": Contender("BertForSequenceClassification (sdpa)", bert,
                       lambda ids, pad: {"input_ids": ids, "attention_mask": (~pad).long()}, peer_optimizer),
     "torch": Contender("nn.TransformerEncoder", TorchEncoderClassifier,
@@ -324,12 +323,6 @@ def measure_compile(steps: int, warmup: int, rounds: int) -> dict[str, dict[str,
         results[precision].update({name: statistics.median(times) for name, (_, _, times) in runs.items()})
         print(f"compile {precision}: {results[precision]}", flush=True)
     return results
-
-
-def bf16_instructions() -> bool:
-    """Whether this CPU multiplies bf16 in hardware (elsewhere autocast emulates it, far slower than fp32)."""
-    cpuinfo = Path("/proc/cpuinfo").read_text()
-    return "avx512_bf16" in cpuinfo or "amx_bf16" in cpuinfo
 
 
 def status_mib(field: str) -> float:
@@ -553,7 +546,7 @@ def main() -> None:
         return
     if args.quick:
         args.steps, args.warmup, args.rounds = 2, 1, 1
-    precisions = PRECISIONS if bf16_instructions() else ("fp32",)
+    precisions = PRECISIONS if bf16_features() else ("fp32",)
     rates = measure_rules(args.steps, args.warmup, args.rounds, precisions)
     section = rules_report(args, rates, measure_memory(list(RULE_SHAPES), RULES, precisions), precisions)
     print("\n".join(section) if args.quick else write_section("attention-rules", section))
