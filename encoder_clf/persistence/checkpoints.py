@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load, save
+from safetensors.torch import load, save_file
 from tokenizers import Tokenizer
 
 from ..data.tokenization import load_tokenizer
@@ -166,6 +166,22 @@ def _write(file: Path, data: bytes) -> None:
         os.fsync(handle.fileno())
 
 
+def _write_tensors(file: Path, tensors: dict[str, torch.Tensor]) -> str:
+    """Write ``tensors`` to ``file`` and make them durable; return the file's SHA-256.
+
+    ``save_file`` writes straight from the tensors' memory with the GIL released, where ``save`` first builds a
+    Python bytes object: for all-MiniLM-L6-v2's weights and AdamW moments (270 MB) that copy was about 1 s of a
+    1.8 s checkpoint. The digest reads the file back from the page cache.
+    """
+    save_file(tensors, file)
+    digest = hashlib.sha256()
+    with file.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 24), b""):
+            digest.update(chunk)
+        os.fsync(handle.fileno())
+    return digest.hexdigest()
+
+
 def _fsync_dir(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY)
     try:
@@ -196,13 +212,12 @@ def save_checkpoint(root: Path, objects: Trainables, progress: Progress, tokeniz
             "grad_scaler": None,  # bf16 autocast and fp32 need no loss scaling: no GradScaler is used
             "ema": objects.averaged is not None,
             "rng": _capture_rng(objects.generator, tensors)}
-    blob, tokenizer_json = save(tensors), tokenizer.to_str().encode("utf-8")
-    meta["files"] = {TENSORS: _sha256(blob), TOKENIZER: _sha256(tokenizer_json)}
+    tokenizer_json = tokenizer.to_str().encode("utf-8")
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{progress.step:08d}"
     staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=root))
     try:
-        _write(staging / TENSORS, blob)
+        meta["files"] = {TENSORS: _write_tensors(staging / TENSORS, tensors), TOKENIZER: _sha256(tokenizer_json)}
         _write(staging / TOKENIZER, tokenizer_json)
         _write(staging / META, json.dumps(meta).encode("utf-8"))  # last: it vouches for the others
         _fsync_dir(staging)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load, save
+from safetensors.torch import load, save, save_file
 from tokenizers import Tokenizer
 
 from ..data.tokenization import tokenizer_from_json
@@ -38,23 +38,33 @@ FORMAT = "encoder-clf/2"
 OLDER_FORMATS = ("encoder-clf/1",)
 
 
+def _weights_of(model: TextClassifier) -> dict[str, torch.Tensor]:
+    return {name: tensor.detach().contiguous().cpu() for name, tensor in model.state_dict().items()}
+
+
+def _text_files(model: TextClassifier, tokenizer: Tokenizer) -> dict[str, bytes]:
+    config = json.dumps({"format": FORMAT, **asdict(model.config)}, indent=2) + "\n"
+    return {CONFIG: config.encode("utf-8"), TOKENIZER: tokenizer.to_str(pretty=True).encode("utf-8")}
+
+
 def model_files(model: TextClassifier, tokenizer: Tokenizer) -> dict[str, bytes]:
     """The bytes of the three files of ``model``'s directory."""
-    config = json.dumps({"format": FORMAT, **asdict(model.config)}, indent=2) + "\n"
-    state = {name: tensor.detach().contiguous().cpu() for name, tensor in model.state_dict().items()}
-    return {CONFIG: config.encode("utf-8"), WEIGHTS: save(state, metadata={"format": FORMAT}),
-            TOKENIZER: tokenizer.to_str(pretty=True).encode("utf-8")}
+    return {**_text_files(model, tokenizer), WEIGHTS: save(_weights_of(model), metadata={"format": FORMAT})}
 
 
 def save_model(directory: str | Path, model: TextClassifier, tokenizer: Tokenizer) -> Path:
-    """Write the model directory atomically, replacing an older one at the same place."""
+    """Write the model directory atomically, replacing an older one at the same place.
+
+    The weights go straight from the tensors to the file (``save_file``), not through a bytes copy: a training
+    run saves its best model at every improvement.
+    """
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
-    files = model_files(model, tokenizer)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
-        for name, data in files.items():
+        for name, data in _text_files(model, tokenizer).items():
             (staging / name).write_bytes(data)
+        save_file(_weights_of(model), staging / WEIGHTS, metadata={"format": FORMAT})
         if directory.exists():
             old = directory.with_name(f".{directory.name}.old")
             shutil.rmtree(old, ignore_errors=True)
