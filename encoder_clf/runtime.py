@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import ctypes
+import functools
+import platform
 
 import torch
 
@@ -51,3 +54,25 @@ def for_inference(module: torch.nn.Module, precision: str) -> torch.nn.Module:
     bf16 copy pays that once. Autocast still runs LayerNorm and softmax in fp32.
     """
     return copy.deepcopy(module).to(torch.bfloat16) if precision == "bf16" else module
+
+
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt's parameter numbers (malloc.h)
+KEPT_BLOCKS = 1 << 30  # blocks up to 1 GiB come from the heap and stay there when freed
+
+
+@functools.cache
+def reuse_freed_blocks() -> bool:
+    """Have glibc's malloc keep freed blocks of up to 1 GiB for reuse, rather than unmap each one over 32 MiB.
+
+    glibc serves a block above its mmap threshold (32 MiB at most) with a fresh mapping and unmaps it when it is
+    freed, so a tensor that large, made at every training step, is page-faulted in at every step:
+    all-MiniLM-L6-v2's 47 MB word-embedding gradient took 16 ms a step that way on a 2-core EPYC, against 1 ms
+    reused (10% of a bf16 fine-tuning step). With this, the heap grows over the first few steps until a freed
+    block fits the next one, and then no page is faulted in again. The process keeps the freed memory, as
+    PyTorch's CUDA caching allocator keeps GPU memory. Linux with glibc only (elsewhere nothing changes);
+    whether it took is returned.
+    """
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    libc = ctypes.CDLL("libc.so.6")
+    return bool(libc.mallopt(M_MMAP_THRESHOLD, KEPT_BLOCKS) and libc.mallopt(M_TRIM_THRESHOLD, KEPT_BLOCKS))

@@ -29,6 +29,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from .dropout import dropout as drop
+
 
 class DotScore(nn.Module):
     """Scaled dot product, ``q·kᵀ/√d`` (Vaswani et al.): the fast rule, fused through SDPA."""
@@ -233,7 +235,7 @@ def attend(
         scores.masked_fill_(key_padding_mask[:, None, None, :], torch.finfo(scores.dtype).min)
     weights = torch.softmax(scores, dim=-1)  # exactly 0 on padded keys, unless the whole row is padding
     batch, heads, _, k_len = weights.shape
-    dropped = F.dropout(weights.expand(batch, heads, q_len, k_len), p=dropout) if dropout > 0 and training else weights
+    dropped = drop(weights.expand(batch, heads, q_len, k_len), dropout, training)
     out = torch.matmul(dropped.to(v.dtype), v)
     if key_padding_mask is not None:  # a row whose keys are all padding softmaxes to uniform weights: zero it
         empty = key_padding_mask.all(dim=-1)[:, None, None, None]
@@ -283,7 +285,8 @@ class MultiHeadAttention(nn.Module):
         key = query if aligned else key
         q, k, v = self._split(self.q_proj(query)), self._split(self.k_proj(key)), self._split(self.v_proj(key))
         dropout = self.dropout if self.training else 0.0
-        if self.score.fused and not need_weights:
+        # With dropout on a CPU, SDPA takes its unfused path with Bernoulli masks: the plain path's masks cost less
+        if self.score.fused and not need_weights and not (dropout > 0 and q.device.type == "cpu"):
             out, weights = self._fused(q, k, v, key_padding_mask, dropout, bias), None
         else:
             scores = rule_scores(self.score, q, k, key_padding_mask, aligned)

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .attention import MultiHeadAttention
+from .dropout import Dropout
 
 if TYPE_CHECKING:
     from .config import ModelConfig
@@ -118,7 +119,7 @@ class Embeddings(nn.Module):
         self.positions = POSITION_ENCODINGS[config.positions](config.max_positions, d)
         self.token_types = nn.Embedding(config.type_vocab_size, d) if config.type_vocab_size else None
         self.norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
         self.max_positions = config.max_positions
         self.relative = RelativePositionBias(config.relative_buckets, config.n_heads) \
             if config.relative_buckets else None
@@ -143,7 +144,7 @@ class FeedForward(nn.Sequential):
     """Position-wise ``Linear → activation → Dropout → Linear``."""
 
     def __init__(self, d_model: int, d_ff: int, dropout: float, activation: str = "gelu") -> None:
-        super().__init__(nn.Linear(d_model, d_ff), ACTIVATIONS[activation](), nn.Dropout(dropout),
+        super().__init__(nn.Linear(d_model, d_ff), ACTIVATIONS[activation](), Dropout(dropout),
                          nn.Linear(d_ff, d_model))
 
 
@@ -183,7 +184,7 @@ class Block(nn.Module):
         self.feed_forward = FeedForward(d, config.d_ff, config.activation_dropout, config.activation)
         self.attention_norm = nn.LayerNorm(d, eps=eps)
         self.feed_forward_norm = nn.LayerNorm(d, eps=eps)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
         self.pre_norm = config.norm == "pre"
         self.conv = LocalConv(d, config.conv_kernel, config.activation) if config.conv_kernel else None
         self.conv_norm = nn.LayerNorm(d, eps=eps) if config.conv_kernel else None

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .config import ModelConfig
+from .dropout import Dropout
 from .ngrams import NgramLogits
 
 
@@ -24,7 +25,7 @@ class LinearHead(nn.Module):
 
     def __init__(self, d_model: int, num_labels: int, dropout: float) -> None:
         super().__init__()
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.linear = nn.Linear(d_model, num_labels)
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:

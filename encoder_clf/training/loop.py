@@ -41,12 +41,12 @@ from ..inference import forward_batches, scored
 from ..metrics import HEADLINE, NAMES
 from ..model.classifier import TextClassifier
 from ..persistence.checkpoints import Checkpoint, Progress, Trainables, restore
-from ..runtime import autocast
+from ..runtime import autocast, reuse_freed_blocks
 from .batches import Batch, TrainBatches, deal_steps, drop_tokens
 from .config import TrainConfig
 from .distributed import SOLO, World, all_sum, barrier, gather_rows, rank_streams, restore_rank_streams, shard
 from .linear import selection_score
-from .optim import layerwise_adamw, warmup_then_decay
+from .optim import clipped_step, layerwise_adamw, warmup_then_decay
 from .recorder import Recorder
 from .stacking import fit_mixing_weights
 from .thresholds import fit_thresholds
@@ -240,10 +240,9 @@ def train_step(session: Session, group: list[Batch], epoch: int, recorder: Recor
         raise UsageError(f"training loss is {loss_sum / examples} at step {session.at.step + 1} (epoch {epoch + 1}); "
                          f"{recorder.kept(session.at)}; lower train.lr, raise train.warmup_ratio or use "
                          "--precision fp32")
-    measured = None
-    if cfg.grad_clip or norm:  # an infinite bound measures the norm and leaves the gradients as they are
-        measured = float(nn.utils.clip_grad_norm_(objects.model.parameters(), cfg.grad_clip or math.inf))
-    objects.optimizer.step()
+    # an infinite bound measures the norm and leaves the gradients as they are
+    measured = clipped_step(objects.optimizer, objects.model.parameters(),
+                            cfg.grad_clip or (math.inf if norm else 0.0))
     objects.scheduler.step()
     if objects.averaged is not None:
         objects.averaged.update_parameters(objects.model)
@@ -327,6 +326,7 @@ def _session(model: TextClassifier, tokenizer, cfg: TrainConfig, loss_fn: nn.Mod
              world: World) -> Session:
     optimizer = layerwise_adamw(model, cfg.lr, cfg.weight_decay, cfg.head_lr, cfg.layer_lr_decay,
                                 cfg.freeze_layers)
+    reuse_freed_blocks()  # the word embeddings' gradient is made anew at every step
     scheduler = warmup_then_decay(optimizer, cfg.warmup_ratio, plan.total_steps, cfg.schedule)
     # The averaged copy is what gets evaluated and saved: it smooths the noise of the last steps.
     averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay)) if cfg.ema_decay else None

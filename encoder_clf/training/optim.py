@@ -63,6 +63,35 @@ def layerwise_adamw(model: TextClassifier, lr: float, weight_decay: float, head_
     return adamw(groups)
 
 
+def clipped_step(optimizer: torch.optim.Optimizer, parameters: Iterable[nn.Parameter], max_norm: float) -> float | None:
+    """``optimizer.step()`` with the gradients of ``parameters`` clipped to a total L2 norm of ``max_norm``, as
+    ``clip_grad_norm_`` clips them; return the norm before clipping (``None`` when ``max_norm`` is 0: no clip).
+
+    An infinite bound only measures the norm. The fused AdamW divides each gradient by the optimizer's
+    ``grad_scale`` as it reads it (the attribute ``GradScaler`` sets), so clipping costs the norm's one pass
+    over the gradients, not a second one that multiplies them all (an unfused optimizer gets that second pass).
+    """
+    if not max_norm:
+        optimizer.step()
+        return None
+    grads = [p.grad for p in parameters if p.grad is not None]
+    norm = float(nn.utils.get_total_norm(grads)) if grads else 0.0
+    scale = (norm + 1e-6) / max_norm  # clip_grad_norm_'s coefficient, inverted
+    if scale <= 1.0:
+        optimizer.step()
+        return norm
+    if not optimizer.defaults.get("fused"):  # only the fused kernels read grad_scale
+        torch._foreach_div_(grads, scale)
+        optimizer.step()
+        return norm
+    optimizer.grad_scale = torch.tensor(scale, dtype=torch.float32, device=grads[0].device)
+    try:
+        optimizer.step()
+    finally:
+        del optimizer.grad_scale
+    return norm
+
+
 def warmup_then_decay(optimizer: torch.optim.Optimizer, warmup_ratio: float, total_steps: int,
                       schedule: str = "linear") -> torch.optim.lr_scheduler.LambdaLR:
     """Linear warmup over ``warmup_ratio`` of the steps, then the named decay to the end."""

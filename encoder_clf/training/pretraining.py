@@ -32,10 +32,10 @@ from ..metrics import curves_figure, records_of, save
 from ..model.config import ModelConfig
 from ..model.mlm import MaskedLanguageModel
 from ..persistence.model_dir import save_model
-from ..runtime import PRECISIONS, autocast, default_device, resolve_precision
+from ..runtime import PRECISIONS, autocast, default_device, resolve_precision, reuse_freed_blocks
 from ..settings import check_fields
 from .loop import record_interval
-from .optim import adamw, warmup_then_decay
+from .optim import adamw, clipped_step, warmup_then_decay
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +157,7 @@ def pretrain(config: PretrainRunConfig, out_dir: str | Path, overwrite: bool = F
     total = math.ceil(len(corpus.train) / cfg.batch_size) * cfg.epochs
     optimizer = adamw([(model, cfg.lr, cfg.weight_decay)])
     scheduler = warmup_then_decay(optimizer, cfg.warmup_ratio, total)
+    reuse_freed_blocks()  # the word embeddings' gradient is made anew at every step
     generator = torch.Generator().manual_seed(cfg.seed)
     history, step, start, stop_reason = [], 0, time.perf_counter(), "completed"
     log_every, since = cfg.log_every or record_interval(total), []
@@ -254,8 +255,7 @@ def _step(model: MaskedLanguageModel, optimizer, scheduler, corpus: _Corpus, ids
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     # the norm before clipping, for the step records (an infinite bound only measures it)
-    norm = float(nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or math.inf))
-    optimizer.step()
+    norm = clipped_step(optimizer, model.parameters(), cfg.grad_clip or math.inf)
     scheduler.step()
     return loss.item(), norm
 
