@@ -243,12 +243,13 @@ def multi_label_data(tmp_path_factory):
 
 
 def test_multi_label_training_learns_each_label_and_saves_its_thresholds(multi_label_data, tmp_path):
-    config = config_for(multi_label_data, "train.epochs=10", "train.patience=0")
+    config = config_for(multi_label_data, "train.epochs=20", "train.patience=0")
     result = train(config, tmp_path / "run", progress=False)
     metrics = result.metrics
     assert metrics["task"] == "multi_label" and result.config.train.metric == "macro_f1"
-    # Chance (every label on every text) scores a macro-F1 of about 0.43, and 0.15 on the rare label. The rare
-    # label's F1 is 0.34 or above 0.4 by the vocabulary the tokenizer trainer draws (it breaks ties at random)
+    # Chance (every label on every text) scores a macro-F1 of about 0.43, and 0.15 on the rare label. With 10
+    # epochs (160 steps) the rare label's ~40 examples were learnt in most runs, not all: its F1 hung on the
+    # vocabulary the tokenizer trainer draws (it breaks ties at random) and the dropout masks; 20 epochs learn it
     assert metrics["test"]["macro_f1"] > 0.65 and metrics["test"]["per_label"]["rare"]["f1-score"] > 0.3
     saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert set(saved["test"]["thresholds"]) == {"anger", "joy", "rare"}
