@@ -40,11 +40,11 @@ def keep_mask(shape: torch.Size | tuple[int, ...], p: float, dtype: torch.dtype,
     ``random_`` fills int64 with 63 random bits; one shift left gives every 16-bit slice the full signed
     range (the lowest slice on even values only, which the even threshold splits exactly).
     """
-    n = math.prod(shape)
-    draws = torch.empty((n + 3) // 4, dtype=torch.int64).random_(generator=generator).bitwise_left_shift_(1)
     dropped = round(p * RESOLUTION)
     if dropped == RESOLUTION:
         return torch.zeros(shape, dtype=dtype)
+    n = math.prod(shape)
+    draws = torch.empty((n + 3) // 4, dtype=torch.int64).random_(generator=generator).bitwise_left_shift_(1)
     keep = draws.view(torch.int16)[:n].view(shape) >= 2 * dropped - RESOLUTION
     return keep.view(torch.uint8).to(dtype).mul_(RESOLUTION / (RESOLUTION - dropped))
 

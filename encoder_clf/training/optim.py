@@ -77,18 +77,16 @@ def clipped_step(optimizer: torch.optim.Optimizer, parameters: Iterable[nn.Param
     grads = [p.grad for p in parameters if p.grad is not None]
     norm = float(nn.utils.get_total_norm(grads)) if grads else 0.0
     scale = (norm + 1e-6) / max_norm  # clip_grad_norm_'s coefficient, inverted
-    if scale <= 1.0:
-        optimizer.step()
-        return norm
-    if not optimizer.defaults.get("fused"):  # only the fused kernels read grad_scale
+    folded = scale > 1.0 and optimizer.defaults.get("fused")  # only the fused kernels read grad_scale
+    if folded:
+        optimizer.grad_scale = torch.tensor(scale, dtype=torch.float32, device=grads[0].device)
+    elif scale > 1.0:
         torch._foreach_div_(grads, scale)
-        optimizer.step()
-        return norm
-    optimizer.grad_scale = torch.tensor(scale, dtype=torch.float32, device=grads[0].device)
     try:
         optimizer.step()
     finally:
-        del optimizer.grad_scale
+        if folded:
+            del optimizer.grad_scale
     return norm
 
 
