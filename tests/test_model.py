@@ -6,7 +6,7 @@ import torch
 from encoder_clf.errors import UsageError
 from encoder_clf.model.attention import SCORE_RULES
 from encoder_clf.model.encoder import NORM_PLACEMENTS, POSITION_ENCODINGS, RelativePositionBias
-from encoder_clf.model.ngrams import bigram_buckets
+from encoder_clf.model.ngrams import _last_start, bigram_buckets
 from encoder_clf.model.pooling import POOLINGS
 
 from conftest import tiny_config
@@ -116,6 +116,17 @@ def _word_part(tiny_model, continuing=(8, 9)):
     starts[list(continuing)] = False  # tokens 8 and 9 continue a word, as "##" pieces do
     part.set_word_starts(starts)
     return part
+
+
+def test_word_begins_are_the_running_max_of_the_starts():
+    """The scatter-and-gather form (which ONNX can run) gives what ``cummax`` gives, starts or none."""
+    generator = torch.Generator().manual_seed(0)
+    for rate in (0.0, 0.1, 0.5, 1.0):
+        starts = torch.rand(6, 40, generator=generator) < rate
+        starts[0, 0] = rate > 0  # a first word that starts late, and rows with no start at all
+        position = torch.arange(40).expand(6, 40)
+        expected = torch.where(starts, position, 0).cummax(dim=1).values
+        assert torch.equal(_last_start(starts, position), expected)
 
 
 def test_word_terms_read_the_words_the_tokens_spell_wherever_they_stand(tiny_model):

@@ -309,10 +309,9 @@ class MultiHeadAttention(nn.Module):
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
         if key_padding_mask is None:
             return out
-        empty = key_padding_mask.all(dim=-1)
-        if empty.any():  # SDPA leaves NaN where every key is padding; the plain path gives zeros
-            out = out.masked_fill(empty[:, None, None, None], 0.0)
-        return out
+        # SDPA leaves NaN where every key is padding; the plain path gives zeros (unconditionally: no sync, and
+        # an exported graph keeps the rule)
+        return out.masked_fill(key_padding_mask.all(dim=-1)[:, None, None, None], 0.0)
 
 
 class SingleHeadAttention(nn.Module):

@@ -27,6 +27,16 @@ TERMS = ("words", "pieces")
 PRIME = 2_147_483_647  # 2³¹−1: the Lehmer generator's modulus
 
 
+def _last_start(starts: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+    """At each position, the position of the latest start at or before it (0 before the first): a running max
+    of the starts' positions, written as a scatter and a gather so that ONNX (which has no cummax) can run it."""
+    count = starts.long().cumsum(dim=1)  # the number of the word each position belongs to, from 1
+    slot = torch.where(starts, count - 1, starts.shape[1])  # every non-start writes to one spare slot
+    first = torch.zeros(starts.shape[0], starts.shape[1] + 1, dtype=position.dtype, device=position.device)
+    first = first.scatter(1, slot, position)
+    return torch.where(count > 0, first.gather(1, (count - 1).clamp(min=0)), 0)
+
+
 def _scrambled(value: torch.Tensor) -> torch.Tensor:
     """One step of the Lehmer generator: a bijection of ``0 … PRIME−1`` that looks random (int64 in, int64 out)."""
     return value % PRIME * 48_271 % PRIME
@@ -118,13 +128,11 @@ class NgramLogits(nn.Module):
         """
         starts = self.word_starts[input_ids] | ~real
         position = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
-        begin = torch.where(starts, position, 0).cummax(dim=1).values
+        begin = _last_start(starts, position)
         total = _scrambled(_scrambled(input_ids + 1) + position - begin).cumsum(dim=1)
         before = (begin - 1).clamp(min=0)
         word = (total - torch.where(begin > 0, total.gather(1, before), 0)) % PRIME
-        ends = torch.ones_like(starts)
-        ends[:, :-1] = starts[:, 1:]
-        ends &= real
+        ends = torch.cat([starts[:, 1:], torch.ones_like(starts[:, :1])], dim=1) & real
         pairs = ends & (begin > 0) & real.gather(1, before)
         return {"begin": begin, "word": word, "previous": word.gather(1, before), "ends": ends, "pairs": pairs}
 
