@@ -20,6 +20,7 @@ FINETUNE_MINUTES ?= 25
 PRETRAIN_MINUTES ?= 8
 FEATURES ?= features.parquet
 EXPORTED ?=
+PORT ?= 8000
 QUANTIZE ?=
 PYTEST_ARGS ?=
 RUNS ?= runs
@@ -29,7 +30,7 @@ PY := $(BIN)/python
 CLI := $(BIN)/encoder-clf
 SETS := $(foreach s,$(SET),--set $(s))
 
-.PHONY: help setup train train-ddp finetune pretrain embed evaluate export predict runs test notebooks lint bench bench-quick clean
+.PHONY: help setup train train-ddp finetune pretrain embed evaluate export serve predict runs test notebooks lint bench bench-quick clean
 
 # `make` alone, or `make help`: each target with its line (the text after `##` on the target's line).
 help: ## list the targets
@@ -81,6 +82,10 @@ export: setup ## ONNX export of MODEL (default: the newest run's) into EXPORTED;
 	@test -n "$(MODEL)" || { echo "no trained model found under runs/; run 'make train' or pass MODEL=DIR"; exit 2; }
 	$(CLI) export --model "$(MODEL)" --out "$(or $(EXPORTED),$(dir $(MODEL))exported$(if $(QUANTIZE),-$(QUANTIZE)))" \
 		$(if $(QUANTIZE),--quantize $(QUANTIZE)) --overwrite
+
+serve: setup ## serve MODEL (default: the newest run's; or an exported directory) on 127.0.0.1:PORT
+	@test -n "$(MODEL)" || { echo "no trained model found under runs/; run 'make train' or pass MODEL=DIR"; exit 2; }
+	$(CLI) serve --model "$(MODEL)" --port $(PORT)
 
 predict: setup ## classify TEXT with MODEL (default: the newest run's)
 	@test -n "$(MODEL)" || { echo "no trained model found under runs/; run 'make train' or pass MODEL=DIR"; exit 2; }

@@ -22,7 +22,7 @@ from .errors import UsageError
 from .explanations import TOKEN_WEIGHT_MEANINGS, explain_text, layer_index
 from .export import QUANTIZATIONS, export
 from .features import FEATURE_POOLINGS, OUTPUT_FORMATS, embed, write_features
-from .inference import evaluate, model_config, predict
+from .inference import evaluate, model_config, predict, records
 from .metrics import format_report
 from .persistence.model_dir import load_model_config
 from .runs import SORT_KEYS, as_jsonl, format_table, list_runs
@@ -188,19 +188,9 @@ def _predict(args: argparse.Namespace) -> None:
         raise UsageError(f"--top-k {args.top_k}: pass a positive number of labels to list")
     config = model_config(args.model)
     examples = _read_examples(args, config.text_pairs)
-    labels, scores, names = predict(args.model, examples, args.batch_size, args.precision)
-    for example, label, score in zip(examples, labels, scores):
+    results = predict(args.model, examples, args.batch_size, args.precision)
+    for example, label, result in zip(examples, results.labels, records(results, config.task, args.top_k)):
         shown = {"text": example[0], "text_pair": example[1]} if config.text_pairs else {"text": example}
-        if config.task == "regression":
-            result = {"value": round(label, 6)}
-        else:
-            ranked = sorted(zip(names, (round(float(p), 6) for p in score)), key=lambda item: -item[1])
-            listed = dict(ranked[: args.top_k] if args.top_k else ranked)
-            if config.task == "multi_label":
-                result = {"labels": label, "scores": listed if args.top_k else
-                          {name: p for name, p in ranked if name in label}}
-            else:
-                result = {"label": label, "probabilities": listed}
         if args.json:
             print(json.dumps({**shown, **result}, ensure_ascii=False))
             continue
@@ -209,8 +199,8 @@ def _predict(args: argparse.Namespace) -> None:
             print(f"{label:.4f}\t{text}")
         else:
             values = result.get("probabilities", result.get("scores"))
-            predicted = ",".join(label) if config.task == "multi_label" else label
-            print(f"{predicted or '(none)'}\t{'  '.join(f'{n}={p:.3f}' for n, p in values.items())}\t{text}")
+            chosen = ",".join(label) if config.task == "multi_label" else label
+            print(f"{chosen or '(none)'}\t{'  '.join(f'{n}={p:.3f}' for n, p in values.items())}\t{text}")
 
 
 def _explain(args: argparse.Namespace) -> None:
@@ -299,6 +289,9 @@ COMMANDS = {
                "--quantize int8, its matrix products in int8, with the agreement and the validation score "
                "measured. predict, evaluate and embed take the exported directory.",
                "encoder-clf export --model runs/sst2/model --out exported/sst2 --quantize int8"),
+    "serve": ("Serve a model over HTTP (the serve extra): POST /predict and /embed, GET /health and /info, "
+              "OpenAPI pages at /docs and a page to try it at /. Concurrent requests share batches.",
+              "encoder-clf serve --model exported/sst2-int8 --port 8000"),
     "explain": ("Draw one text's attention as a heatmap and list what its prediction rests on: the tokens "
                 "pooled, and what each part of the head and each n-gram adds.",
                 'encoder-clf explain --model runs/sst2/model "the plot was dull but the cast was great"'),
@@ -327,6 +320,13 @@ def _export(args: argparse.Namespace) -> None:
         score = checks["validation"]
         print(f"validation {score['metric']} ({score['rows']} rows): {score['pytorch_fp32']:.4f} in PyTorch, "
               f"{score['exported']:.4f} exported ({score['change']:+.4f})")
+
+
+def _serve(args: argparse.Namespace) -> None:
+    from .serve import ServeConfig, serve
+
+    serve(args.model, ServeConfig(args.host, args.port, args.max_batch, args.max_wait_ms, args.max_texts,
+                                  args.max_chars, args.precision))
 
 
 def _runs(args: argparse.Namespace) -> None:
@@ -431,6 +431,18 @@ def build_parser() -> argparse.ArgumentParser:
                                   "own data, when the model sits in a run directory)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out directory")
     p.set_defaults(run=_export)
+
+    p = _command(commands, "serve", "an HTTP server for a model (FastAPI + uvicorn): /predict, /embed, /docs")
+    p.add_argument("--model", required=True, help="a model directory, or an exported one (encoder-clf export)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--max-batch", type=int, default=64, help="texts run together in one forward pass (default 64)")
+    p.add_argument("--max-wait-ms", type=float, default=5.0,
+                   help="how long a request waits for others to share its batch (default 5)")
+    p.add_argument("--max-texts", type=int, default=256, help="texts per request (default 256; more: 413)")
+    p.add_argument("--max-chars", type=int, default=10_000, help="characters per text (default 10000; more: 422)")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="of a PyTorch model (default fp32)")
+    p.set_defaults(run=_serve)
 
     p = _command(commands, "runs", "a table of run directories: settings that differ, scores, status")
     p.add_argument("dirs", nargs="*", default=["runs"], metavar="DIR",

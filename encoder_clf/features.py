@@ -12,6 +12,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -28,6 +29,9 @@ from .model.pooling import POOLINGS
 from .persistence.encoders import PretrainedEncoder, is_bert_checkpoint, load_encoder, resolve
 from .persistence.model_dir import load_model, load_model_config
 from .runtime import autocast, default_device, for_inference, resolve_precision
+
+if TYPE_CHECKING:
+    from .export import ExportedModel
 
 FEATURE_POOLINGS = ("mean", "cls", "max")
 OUTPUT_FORMATS = (".npy", ".parquet")
@@ -90,7 +94,7 @@ def load_feature_encoder(source: str | Path) -> FeatureEncoder:
 
 
 @torch.inference_mode()
-def embed(source: str | Path | FeatureEncoder, texts: list[str], pooling: str | None = None,
+def embed(source: str | Path | FeatureEncoder | ExportedModel, texts: list[str], pooling: str | None = None,
           normalize: bool = False, batch_size: int = 64, precision: str = "auto",
           progress: bool = False) -> np.ndarray:
     """Sentence vectors ``(len(texts), dim)`` float32, in the order of ``texts``.
@@ -101,8 +105,10 @@ def embed(source: str | Path | FeatureEncoder, texts: list[str], pooling: str | 
     """
     if batch_size <= 0:
         raise UsageError(f"batch size must be positive; got {batch_size}")
-    from .export import is_exported, load_exported  # export builds on this module
+    from .export import ExportedModel, is_exported, load_exported  # export builds on this module
 
+    if isinstance(source, ExportedModel):
+        return _embed_exported(source, texts, pooling, normalize, batch_size)
     if not isinstance(source, FeatureEncoder) and is_exported(source):
         return _embed_exported(load_exported(source), texts, pooling, normalize, batch_size)
     model = source if isinstance(source, FeatureEncoder) else load_feature_encoder(source)

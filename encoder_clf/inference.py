@@ -169,3 +169,22 @@ def predictions(model: TextClassifier | ExportedModel, logits: torch.Tensor) -> 
     else:
         labels = [names[i] for i in predicted]
     return Predictions(labels, scores, names)
+
+
+def records(predictions: Predictions, task: str, top_k: int | None = None) -> list[dict]:
+    """One JSON-ready result per example: ``label`` and ``probabilities`` (single-label), ``labels`` and their
+    ``scores`` (multi-label: those predicted, or the ``top_k`` best), or ``value`` (regression); ``top_k`` keeps
+    the best k scores."""
+    results = []
+    for label, score in zip(predictions.labels, predictions.scores):
+        if task == "regression":
+            results.append({"value": round(label, 6)})
+            continue
+        ranked = sorted(zip(predictions.names, (round(float(p), 6) for p in score)), key=lambda item: -item[1])
+        listed = dict(ranked[:top_k] if top_k else ranked)
+        if task == "multi_label":
+            results.append({"labels": label, "scores": listed if top_k else
+                            {name: p for name, p in ranked if name in label}})
+        else:
+            results.append({"label": label, "probabilities": listed})
+    return results

@@ -23,7 +23,7 @@ LAYERS = {
     "persistence": ["persistence"],
     "workflows": ["inference", "features", "export", "explanations", "metrics", "runs"],
     "training": ["training"],
-    "faces": ["cli", "sklearn", "viz", "__init__", "__main__"],
+    "faces": ["cli", "sklearn", "serve", "viz", "__init__", "__main__"],
 }
 # What each layer may import from the package, besides itself.
 ALLOWED = {
