@@ -168,3 +168,30 @@ def test_an_exported_model_is_served_as_its_model_directory(model_dir, tmp_path)
     for ours, theirs in zip(body["results"], expected):
         assert ours["label"] == theirs["label"]
         assert ours["probabilities"] == pytest.approx(theirs["probabilities"], abs=1e-4)
+
+
+def test_the_page_shows_a_prediction_in_a_real_browser(server, model_dir):
+    """Debian's headless Chromium (installed by .ci/run) types a text on the page at / and reads the answer."""
+    webdriver = pytest.importorskip("selenium.webdriver")
+    import shutil
+
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (browser and driver):
+        pytest.skip("Debian's chromium and chromium-driver are not installed (.ci/run installs them)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
+        options.add_argument(flag)
+    chrome = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=driver))
+    try:
+        chrome.get(f"http://127.0.0.1:{server.port}/")
+        chrome.find_element(By.ID, "text").send_keys(TEXTS[0])
+        chrome.find_element(By.ID, "go").click()
+        shown = WebDriverWait(chrome, 20).until(lambda c: c.find_element(By.ID, "answer").text)
+    finally:
+        chrome.quit()
+    expected = records(predict(model_dir, TEXTS[:1], precision="fp32"), "single_label")[0]
+    assert json.loads(shown)["label"] == expected["label"]
