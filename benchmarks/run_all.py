@@ -26,6 +26,7 @@ HERE = Path(__file__).resolve().parent
 FULL = [
     ("sst2_preset", []),
     ("embed_minilm", []),
+    ("deploy", []),
     ("finetune_minilm", []),
     ("tasks", []),
     ("defaults", []),

