@@ -120,13 +120,15 @@ class MicroBatcher:
                 out = await loop.run_in_executor(None, self.run, texts)
             except Exception as err:  # the requests of this batch fail; the server goes on
                 for _, future in batch:
-                    future.set_exception(err)
+                    if not future.done():  # a client that went away has cancelled its own
+                        future.set_exception(err)
                 continue
             self.requests += len(batch)
             self.batches += 1
             start = 0
             for item, future in batch:
-                future.set_result(out[start: start + len(item)])
+                if not future.done():
+                    future.set_result(out[start: start + len(item)])
                 start += len(item)
 
 
@@ -155,6 +157,11 @@ def create_app(model_dir: str | Path, config: ServeConfig | None = None):
 
     app = FastAPI(title="encoder-clf", version=__version__,
                   description=f"{served.info(config)['kind']} from {served.source}")
+
+    @app.exception_handler(UsageError)
+    async def refused(request: Request, err: UsageError) -> JSONResponse:
+        """What the model refuses (the CLI's one-line errors) is the request's fault: 422, not 500."""
+        return JSONResponse({"detail": str(err)}, status_code=422)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, err: RequestValidationError) -> JSONResponse:
