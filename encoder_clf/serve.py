@@ -109,10 +109,15 @@ class MicroBatcher:
             batch = [await self.queue.get()]
             size, deadline = len(batch[0][0]), loop.time() + self.max_wait
             while size < self.max_batch:
-                try:
-                    item = await asyncio.wait_for(self.queue.get(), max(0.0, deadline - loop.time()))
-                except asyncio.TimeoutError:
-                    break
+                try:  # what has queued already joins at once; then wait out the rest of max_wait for more
+                    item = self.queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    if deadline <= loop.time():
+                        break
+                    try:
+                        item = await asyncio.wait_for(self.queue.get(), deadline - loop.time())
+                    except asyncio.TimeoutError:
+                        break
                 batch.append(item)
                 size += len(item[0])
             texts = [text for item, _ in batch for text in item]
