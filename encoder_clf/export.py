@@ -76,6 +76,17 @@ class _Graph(nn.Module):
         self.encoder = None if features is None else features.encoder
         self.pooling = None if features is None else features.pooling_module(None)
 
+    @property
+    def inputs(self) -> list[str]:
+        """The names of :meth:`forward`'s inputs: token types only for a pair model."""
+        pairs = self.classifier is not None and self.classifier.config.text_pairs
+        return ["input_ids", "attention_mask"] + (["token_type_ids"] if pairs else [])
+
+    @property
+    def outputs(self) -> list[str]:
+        """The names of what :meth:`forward` returns, in order."""
+        return ["logits", "pooled"] if self.classifier is not None else ["pooled"]
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 token_type_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
         padding = attention_mask == 0
@@ -109,10 +120,6 @@ class ExportedModel:
     @property
     def pooling(self) -> str:
         return self.info["pooling"]
-
-    @property
-    def dim(self) -> int:
-        return self.config.d_model
 
     def run(self, sequences: list[list[int]], pad: int, batch_size: int,
             segments: np.ndarray | None = None) -> dict[str, np.ndarray]:
@@ -244,7 +251,7 @@ def export(model_dir: str | Path, out: str | Path, quantize: str | None = None, 
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        _write_graph(graph, staging / ONNX, config.text_pairs)
+        _write_graph(graph, staging / ONNX)
         sample = _sample(features.tokenizer, config, texts)
         reference = _torch_outputs(graph, *sample)
         checks = {"fp32": _agreement(reference, _exported_outputs(staging, sample), exact=True)}
@@ -255,7 +262,7 @@ def export(model_dir: str | Path, out: str | Path, quantize: str | None = None, 
         if quantize == "int8":
             _quantize_int8(staging / ONNX)
             checks["int8"] = _agreement(reference, _exported_outputs(staging, sample), exact=False)
-        info = _info(config, features, classifier, quantize, directory, checks)
+        info = _info(config, features, graph, quantize, directory, checks)
         (staging / TOKENIZER).write_text(features.tokenizer.to_str(pretty=True), encoding="utf-8")
         (staging / CONFIG).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
         if labelled is not None:
@@ -285,20 +292,18 @@ def _validation(data: str, config: ModelConfig):
     return read_split(data, "validation", config.labels, config.task, config.text_pairs, DataConfig(path=data))
 
 
-def _write_graph(graph: _Graph, file: Path, pairs: bool) -> None:
+def _write_graph(graph: _Graph, file: Path) -> None:
     """``graph`` to ``file`` at :data:`OPSET`, with the batch and sequence axes dynamic."""
     ids = torch.tensor([[2, 5, 6, 7, 3], [2, 8, 3, 0, 0]])
-    mask = (ids != 0).long()
-    inputs = (ids, mask, (torch.arange(5) >= 3).long().expand(2, 5).contiguous()) if pairs else (ids, mask)
-    names = ["input_ids", "attention_mask", "token_type_ids"][: len(inputs)]
+    inputs = (ids, (ids != 0).long(), (torch.arange(5) >= 3).long().expand(2, 5).contiguous())[: len(graph.inputs)]
+    names = graph.inputs
     axes = {name: {0: "batch", 1: "sequence"} for name in names}
-    outputs = ["logits", "pooled"] if graph.classifier is not None else ["pooled"]
-    axes.update({name: {0: "batch"} for name in outputs})
+    axes.update({name: {0: "batch"} for name in graph.outputs})
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracing warns at every shape check; the fp32 check after is the test
             # TorchScript tracing: torch.export (dynamo) stops at the data-dependent shapes of the n-gram part
-            torch.onnx.export(graph, inputs, str(file), input_names=names, output_names=outputs,
+            torch.onnx.export(graph, inputs, str(file), input_names=names, output_names=graph.outputs,
                               opset_version=OPSET, dynamic_axes=axes, dynamo=False)
     except Exception as err:  # the exporter's errors name the operator it could not translate
         raise UsageError(f"this model cannot be exported to ONNX ({str(err).splitlines()[0]}); "
@@ -323,7 +328,7 @@ def _sample(tokenizer: Tokenizer, config: ModelConfig, texts: list | None
 @torch.inference_mode()
 def _torch_outputs(graph: _Graph, sequences: list[list[int]], pad: int, segments: np.ndarray | None
                    ) -> dict[str, np.ndarray]:
-    names = ["logits", "pooled"] if graph.classifier is not None else ["pooled"]
+    names = graph.outputs
     results: dict[str, list] = {name: [None] * len(sequences) for name in names}
     for index, ids, mask, types in sorted_batches(sequences, pad, 32, segments):
         for name, value in zip(names, graph(ids, (~mask).long(), types)):
@@ -377,16 +382,16 @@ def _score_change(classifier: TextClassifier, tokenizer: Tokenizer, directory: P
             "exported": exported, "change": exported - pytorch}
 
 
-def _info(config: ModelConfig, features: FeatureEncoder, classifier: TextClassifier | None, quantize: str | None,
-          source: Path, checks: dict) -> dict:
+def _info(config: ModelConfig, features: FeatureEncoder, graph: _Graph, quantize: str | None, source: Path,
+          checks: dict) -> dict:
     from . import __version__
 
+    classifier = graph.classifier
     kind = "classifier" if classifier is not None else "encoder"
     info = {"format": FORMAT, "kind": kind, "task": config.task if classifier is not None else None,
             "labels": list(config.labels) if classifier is not None else [], "text_pairs": config.text_pairs,
             "pooling": features.pooling, "dim": features.dim, "precision": quantize or "fp32", "opset": OPSET,
-            "inputs": ["input_ids", "attention_mask"] + (["token_type_ids"] if config.text_pairs else []),
-            "outputs": ["logits", "pooled"] if classifier is not None else ["pooled"],
+            "inputs": graph.inputs, "outputs": graph.outputs,
             "source": str(source), "encoder_clf_version": __version__}
     if classifier is not None and config.task == "multi_label":
         info["thresholds"] = classifier.task.thresholds.tolist()
