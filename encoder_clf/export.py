@@ -360,14 +360,16 @@ def _agreement(reference: dict[str, np.ndarray], exported: dict[str, np.ndarray]
 
 def _quantize_int8(file: Path) -> None:
     """Dynamic int8 quantization of the matrix products' weights, one scale per output channel (activations are
-    quantized per batch at run time). On all-MiniLM-L6-v2 and SST-2 sentences, one scale per weight matrix
-    gave a mean cosine to the fp32 vectors of 0.958; one per channel, 0.992."""
+    quantized per batch at run time), and of the embedding tables, which hold most of a small model's bytes.
+    On all-MiniLM-L6-v2 and SST-2 sentences, one scale per weight matrix gave a mean cosine to the fp32
+    vectors of 0.958; one per channel, 0.992. The int8 tables cut the `make train` model from 30 to 9.5 MiB
+    and were no slower (MiniLM) or faster (SST-2 model, which looks up a large n-gram table)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     fp32 = file.with_name("fp32.onnx")
     os.replace(file, fp32)
     quantize_dynamic(str(fp32), str(file), weight_type=QuantType.QInt8, per_channel=True,
-                     op_types_to_quantize=["MatMul", "Gemm"])
+                     op_types_to_quantize=["MatMul", "Gemm", "Gather"])
     fp32.unlink()
 
 
