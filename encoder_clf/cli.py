@@ -286,8 +286,8 @@ COMMANDS = {
              "settings that differ between the runs listed.",
              "encoder-clf runs runs/ --sort test"),
     "export": ("Export a model to ONNX for ONNX Runtime (the onnx extra), checked against PyTorch; with "
-               "--quantize int8, its matrix products and embedding tables in int8, with the agreement and the validation score "
-               "measured. predict, evaluate and embed take the exported directory.",
+               "--quantize int8, its matrix products and embedding tables in int8, with the agreement and the "
+               "validation score measured. predict, evaluate and embed take the exported directory.",
                "encoder-clf export --model runs/sst2/model --out exported/sst2 --quantize int8"),
     "serve": ("Serve a model over HTTP (the serve extra): POST /predict and /embed, GET /health and /info, "
               "OpenAPI pages at /docs and a page to try it at /. Concurrent requests share batches.",
@@ -426,7 +426,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True,
                    help="our model directory, a BERT-family checkpoint directory or a Hub model id")
     p.add_argument("--out", required=True, help="directory for model.onnx, tokenizer.json and config.json")
-    p.add_argument("--quantize", choices=QUANTIZATIONS, help="int8: quantize the matrix products' weights and the embedding tables")
+    p.add_argument("--quantize", choices=QUANTIZATIONS,
+                   help="int8: quantize the matrix products' weights and the embedding tables")
     p.add_argument("--data", help="labelled data whose validation split scores the export (default: the run's "
                                   "own data, when the model sits in a run directory)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out directory")

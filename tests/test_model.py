@@ -189,3 +189,15 @@ def test_activation_dropout_is_the_only_dropout_inside_the_feed_forward(tiny_mod
     assert not torch.equal(noisy(ids).logits, noisy(ids).logits)
     with pytest.raises(UsageError, match=r"model.activation_dropout must be in \[0, 1\); got 1.0"):
         tiny_config(activation_dropout=1.0)
+
+
+@pytest.mark.parametrize("kernel", [3, 5])
+def test_the_export_form_of_the_convolution_equals_the_convolution(kernel):
+    """ONNX export writes the depthwise convolution as shifted copies (LocalConv._shifted); same numbers."""
+    from encoder_clf.model.encoder import LocalConv
+
+    torch.manual_seed(0)
+    conv = LocalConv(8, kernel)
+    x = torch.randn(2, 7, 8)
+    expected = conv.depthwise(x.transpose(1, 2)).transpose(1, 2)
+    torch.testing.assert_close(conv._shifted(x), expected, atol=1e-6, rtol=1e-6)
