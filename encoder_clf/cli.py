@@ -28,7 +28,8 @@ from .persistence.model_dir import load_model_config
 from .runs import SORT_KEYS, as_jsonl, format_table, list_runs
 from .runtime import PRECISIONS
 from .settings import load_json, with_overrides
-from .training.config import FINETUNE_PRESET, RunConfig
+from .training.config import FEWSHOT_PRESET, FINETUNE_PRESET, RunConfig
+from .training.distillation import DISTILL_PRESET
 from .training.distributed import SOLO, World, broadcast_text, init_from_env, shutdown
 from .training.pretraining import PretrainRunConfig, pretrain
 from .training.run import resume, train
@@ -61,7 +62,9 @@ def _train(args: argparse.Namespace) -> None:
     flags += ["data.strict=true"] if args.strict else []
     flags += ["data.streaming=true"] if args.streaming else []
     flags += ["train.tensorboard=true"] if args.tensorboard else []
-    config = _layered(RunConfig, args, FINETUNE_PRESET if args.init else [], flags)
+    flags += ["fewshot.enabled=true"] if args.few_shot else []
+    preset = FEWSHOT_PRESET if args.few_shot else FINETUNE_PRESET if args.init else []
+    config = _layered(RunConfig, args, preset, flags)
     if not config.data.path:
         raise UsageError("no data given; pass --data PATH (a directory of splits, a file, or a Hub dataset name)")
     out = args.out or str(Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
@@ -69,12 +72,28 @@ def _train(args: argparse.Namespace) -> None:
     _print_results(train(config, out, overwrite=args.overwrite, progress=not args.quiet).metrics, out, world)
 
 
+def _distill(args: argparse.Namespace) -> None:
+    world = _join_ranks()
+    flags = [f"data.path={args.data}", f"distill.teacher={args.teacher}"]
+    flags += [f"distill.unlabeled={args.unlabeled}"] if args.unlabeled else []
+    flags += [f"train.precision={args.precision}"] if args.precision else []
+    config = _layered(RunConfig, args, DISTILL_PRESET, flags)
+    out = Path(broadcast_text(args.out or str(Path("runs") / f"distill-{time.strftime('%Y%m%d-%H%M%S')}"), world))
+    metrics = train(config, out, overwrite=args.overwrite, progress=not args.quiet).metrics
+    if world.main:
+        teacher = metrics["distillation"]
+        split = "test" if "teacher_test" in teacher else "validation"
+        print(f"teacher on {split}:\n{format_report(teacher[f'teacher_{split}'], split)}\n\nstudent:")
+    _print_results(metrics, out, world)
+
+
 def _resume(args: argparse.Namespace, world: World) -> None:
     """The run goes on with its own run_config.json: any other setting would break the exact replay."""
     given = [flag for flag, value in [("--data", args.data), ("--init", args.init), ("--config", args.config),
                                       ("--set", args.set), ("--precision", args.precision), ("--out", args.out),
                                       ("--overwrite", args.overwrite), ("--strict", args.strict),
-                                      ("--streaming", args.streaming), ("--tensorboard", args.tensorboard)]
+                                      ("--streaming", args.streaming), ("--tensorboard", args.tensorboard),
+                                      ("--few-shot", args.few_shot)]
              if value]
     if given:
         raise UsageError(f"--resume continues with the settings in the run's run_config.json; drop {', '.join(given)}")
@@ -271,6 +290,10 @@ COMMANDS = {
     "train": ("Train a classifier on a dataset and write a run directory: the best model on validation, its "
               "metrics.json, report.txt and curves.",
               "encoder-clf train --data ../shared/datasets/sst2 --out runs/sst2 --set train.epochs=3"),
+    "distill": ("Train a small student on a teacher model's outputs for the train texts, unlabelled texts and "
+                "augmented copies (the teacher runs once; its outputs are cached). The student is the train "
+                "preset's encoder without the n-gram part, and its run directory is an ordinary one.",
+                "encoder-clf distill --teacher runs/minilm/model --data ../shared/datasets/sst2 --out runs/student"),
     "pretrain": ("Pretrain an encoder by masked-token prediction on unlabelled text; train --init fine-tunes "
                  "the model it writes.",
                  "encoder-clf pretrain --data texts.txt --out runs/mlm"),
@@ -354,6 +377,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init", metavar="DIR_OR_NAME",
                    help="fine-tune a pretrained encoder (our model dir, a BERT-family dir or a Hub id); "
                         "starts from the fine-tuning preset")
+    p.add_argument("--few-shot", action="store_true",
+                   help="for few labels (8-64 per class, e.g. --set data.per_class=8): tune the --init encoder on "
+                        "pairs of train rows (same class: cosine 1, else 0), then fit a logistic-regression head on "
+                        "its sentence vectors, as SetFit does (fewshot.enabled); starts from the few-shot preset")
     p.add_argument("--resume", metavar="RUN_DIR",
                    help="continue a stopped run from its newest checkpoint, with its own run_config.json")
     p.add_argument("--strict", action="store_true",
@@ -365,6 +392,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="read the train split as a stream, one pool at a time (data.streaming; "
                         "needs --set train.max_steps=N and a validation file)")
     p.set_defaults(run=_train)
+
+    p = _command(commands, "distill", "train a small student on a teacher's outputs", (run,))
+    p.add_argument("--teacher", required=True, metavar="DIR",
+                   help="a trained model directory (or an exported one) of the same task (distill.teacher)")
+    p.add_argument("--data", required=True,
+                   help="the labelled data: directory of train/validation/test files, one file, or a Hub name")
+    p.add_argument("--unlabeled", metavar="FILE",
+                   help="more texts for the teacher to label: .txt (one per line) or a data file (distill.unlabeled)")
+    p.set_defaults(run=_distill)
 
     p = _command(commands, "pretrain", "masked-language-model pretraining on unlabelled text", (run,))
     p.add_argument("--data", help="a .txt file (one text per line), a data file or a directory of splits")

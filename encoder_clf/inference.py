@@ -103,7 +103,8 @@ def model_config(model_dir: str | Path) -> ModelConfig:
     return load_model_config(model_dir)
 
 
-def _precision(model: TextClassifier | ExportedModel, precision: str) -> str:
+def run_precision(model: TextClassifier | ExportedModel, precision: str) -> str:
+    """The precision a model runs in: ``precision`` resolved on its device; an exported model's own (fp32 graph)."""
     return "fp32" if isinstance(model, ExportedModel) else resolve_precision(precision, default_device())
 
 
@@ -133,7 +134,8 @@ def evaluate(model_dir: str | Path, data: str, split: str = "test", batch_size: 
     columns = DataConfig(path=data, text_column=text_column, label_column=label_column, text_columns=text_columns,
                          label_columns=label_columns, label_separator=label_separator)
     labelled = read_split(data, split, config.labels, config.task, config.text_pairs, columns)
-    return evaluate_texts(model, tokenizer, labelled.texts, labelled.labels, batch_size, _precision(model, precision))
+    return evaluate_texts(model, tokenizer, labelled.texts, labelled.labels, batch_size,
+                          run_precision(model, precision))
 
 
 class Predictions(NamedTuple):
@@ -154,7 +156,7 @@ def predict(model_dir: str | Path, texts: list, batch_size: int = 256, precision
     if not texts:
         raise UsageError("no text to classify; pass TEXT arguments, --file PATH, or lines on standard input")
     model, tokenizer = load_classifier(model_dir)
-    logits = torch.from_numpy(forward_texts(model, tokenizer, texts, batch_size, _precision(model, precision)))
+    logits = torch.from_numpy(forward_texts(model, tokenizer, texts, batch_size, run_precision(model, precision)))
     return predictions(model, logits)
 
 

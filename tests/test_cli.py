@@ -135,7 +135,8 @@ def test_help_is_plain_prose_with_an_example_for_every_command(capsys):
     top = _help(["--help"], capsys)
     assert not markup.search(top) and "encoder-clf train --data" in top
     commands = [name for name in build_parser()._subparsers._group_actions[0].choices]
-    assert commands == ["train", "pretrain", "embed", "evaluate", "predict", "explain", "export", "serve", "runs"]
+    assert commands == ["train", "distill", "pretrain", "embed", "evaluate", "predict", "explain", "export", "serve",
+                        "runs"]
     for name in commands:
         text = _help([name, "--help"], capsys)
         assert not markup.search(text), name

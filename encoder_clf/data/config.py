@@ -32,6 +32,7 @@ class DataConfig:
     cache_dir: str = ""  # token ids in memory-mapped Arrow files here, keyed by tokenizer and texts; "" = in memory
     num_proc: int = 1  # processes that tokenize into cache_dir
     streaming: bool = False  # read train one pool at a time, never whole (data.streaming); needs a validation file
+    per_class: int = 0  # keep k train rows per class (k positives per label), drawn with train.seed; 0 = all
 
     def __post_init__(self) -> None:
         if self.num_proc < 1:
@@ -45,3 +46,8 @@ class DataConfig:
             raise UsageError("data.label_separator must not be empty; the default is ','")
         if self.class_weights not in (None, "balanced"):
             raise UsageError(f"data.class_weights must be balanced or null; got {self.class_weights!r}")
+        if self.per_class < 0:
+            raise UsageError(f"data.per_class must be >= 0 (0 = every train row); got {self.per_class}")
+        if self.per_class and self.streaming:
+            raise UsageError("data.per_class samples the train split held in memory, which data.streaming never "
+                             "holds; drop one of them")

@@ -19,6 +19,7 @@ import numpy as np
 from ..errors import UsageError
 from .columns import FLAG_HINTS, SETTING_HINTS, Columns, labelled_rows, pick_column
 from .config import DataConfig
+from .sampling import per_class_rows
 from .sources import SplitSource, empty_split, find_splits, train_split
 from .targets import Target, detect_task, model_target, target_of
 
@@ -106,7 +107,17 @@ def load_splits(config: DataConfig, seed: int = 0) -> Splits:
                  "by class where possible) are held out for validation", train.where, len(validation),
                  len(labelled) + len(validation), config.validation_fraction, seed)
     test = read_rows(sources["test"], config, like=train).labelled(target) if "test" in sources else None
+    if config.per_class:
+        labelled = sampled(labelled, target.names, train.task, config.per_class, seed)
     return Splits(labelled, validation, test, target.names, train.task, len(train.columns.texts) == 2)
+
+
+def sampled(train: Split, names: list[str], task: str, k: int, seed: int) -> Split:
+    """The train split cut to ``k`` rows per class (``data.per_class``; see :mod:`.sampling`), as the run states it."""
+    rows = per_class_rows(train.labels, names, task, k, seed, train.source)
+    what = f"{k} per class" if task == "single_label" else f"at least {k} positives per label"
+    log.info("train: %s sampled with seed %d: %d of %d rows", what, seed, len(rows), len(train))
+    return Split([train.texts[i] for i in rows], train.labels[rows], train.source)
 
 
 def read_split(path: str, split: str, label_names: list[str], task: str = "single_label", text_pairs: bool = False,

@@ -122,11 +122,11 @@ def cache_file(cache_dir: str, tokenizer, texts: Sequence[str]) -> Path:
     """``cache_dir/tokens-<hash>.arrow``: the hash covers the tokenizer's JSON (truncation too) and every text."""
     key = hashlib.blake2b(CACHE_FORMAT, digest_size=16)
     key.update(hashlib.blake2b(tokenizer.to_str().encode()).digest())
-    key.update(_texts_digest(texts))
+    key.update(texts_digest(texts))
     return Path(cache_dir).expanduser() / f"tokens-{key.hexdigest()}.arrow"
 
 
-def _texts_digest(texts: Sequence, chunk: int = 10_000) -> bytes:
+def texts_digest(texts: Sequence, chunk: int = 10_000) -> bytes:
     """A hash of the texts in order, each one's byte length hashed with it so no two lists hash alike by joining.
 
     A pair hashes as its two texts, after a marker that sets it apart from two single texts.

@@ -10,6 +10,7 @@ from ..metrics import SELECTION_METRICS
 from ..model.config import ModelConfig
 from ..runtime import PRECISIONS
 from ..settings import check_fields
+from .distillation import DistillConfig
 from .optim import SCHEDULES
 
 METRICS = tuple(dict.fromkeys(name for names in SELECTION_METRICS.values() for name in names))
@@ -92,6 +93,31 @@ FINETUNE_PRESET = [
 
 
 @dataclass
+class FewShotConfig:
+    """Few-shot training in the SetFit way (``--few-shot``, :mod:`.fewshot`): a contrastive stage tunes the
+    pretrained encoder on pairs of train rows, then a logistic regression on its sentence vectors becomes the head.
+
+    The contrastive stage is optimised as ``train`` says (``epochs``, ``batch_size`` counted in pairs, ``lr``,
+    ``weight_decay``, ``warmup_ratio``, ``schedule``, ``grad_clip``, ``seed``); ``FEWSHOT_PRESET`` sets SetFit's.
+    """
+
+    enabled: bool = False
+    iterations: int = 20  # pairs: each iteration gives every train row one positive and one negative partner
+    head_c: float = 1.0  # the logistic regression's inverse regularisation strength (scikit-learn's and SetFit's)
+
+    def __post_init__(self) -> None:
+        check_fields("fewshot", self, [(self.iterations > 0, "iterations", "a positive integer"),
+                                       (self.head_c > 0, "head_c", "positive")])
+
+
+# What `train --init --few-shot` starts from: the fine-tuning preset's model settings and SetFit's recipe for the
+# contrastive stage (Tunstall et al., 2022; setfit's defaults): one epoch of pairs in batches of 16, lr 2e-5,
+# weight decay 0.01, 10% warmup.
+FEWSHOT_PRESET = [*FINETUNE_PRESET, "train.epochs=1", "train.batch_size=16", "train.lr=2e-5",
+                  "train.weight_decay=0.01", "train.warmup_ratio=0.1"]
+
+
+@dataclass
 class RunConfig:
     """Everything one run needs; saved as ``run_config.json`` in the run directory."""
 
@@ -99,3 +125,5 @@ class RunConfig:
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    fewshot: FewShotConfig = field(default_factory=FewShotConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)  # a teacher's outputs to learn (encoder-clf distill)

@@ -45,7 +45,9 @@ from ..settings import load_json
 from .batches import TrainBatches, bucketed
 from .board import require_tensorboard
 from .config import RunConfig, TrainConfig
+from .distillation import Transfer, distillation_loss, transfer
 from .distributed import World, barrier, broadcast_text, current
+from .fewshot import check_few_shot, check_few_shot_data, fit_few_shot
 from .linear import fit_ngrams
 from .loop import fit, part_scores, score, task_loss
 from .recorder import CONFIG, METRICS, Recorder, RunDirectory
@@ -138,6 +140,14 @@ def _check_options(config: RunConfig) -> None:
     _check_lengths(config)
     if config.train.tensorboard:
         require_tensorboard()
+    if config.fewshot.enabled:
+        check_few_shot(config, current())
+    if config.distill.teacher and config.data.streaming:
+        raise UsageError("distillation labels the whole train split with the teacher first, which a stream does not "
+                         "allow; turn data.streaming off")
+    if config.distill.teacher and config.data.class_weights:
+        raise UsageError("data.class_weights weighs the labels, and a distilled student learns the teacher's outputs; "
+                         "drop data.class_weights")
 
 
 def _check_lengths(config: RunConfig) -> None:
@@ -159,6 +169,8 @@ def _stream_splits(config: RunConfig) -> StreamingSplits:
 def _train_on(config: RunConfig, splits: Splits, out_dir: Path | None, progress: bool) -> TrainResult:
     if current().main:
         log.info("task: %s", describe(splits))
+    if config.fewshot.enabled:
+        check_few_shot_data(splits)
     texts = splits.train.texts
     flat = (lambda: (text for pair in texts for text in pair)) if splits.text_pairs else (lambda: texts)
     config, model, tokenizer = _build(config, splits, flat)
@@ -251,12 +263,15 @@ def _run(config: RunConfig, model: TextClassifier, tokenizer: Tokenizer, splits:
         if split.truncated and world.main:
             log.warning("%s: %d of %d texts truncated at max_length=%d tokens", name, split.truncated,
                         len(split), config.tokenizer.max_length)
+    taught = None
     if streaming:
         key = stream_key(splits.train_source, tokens["validation"])
         train = TrainBatches(lambda epoch: stream_batches(config.data, tokenizer, splits.classes, cfg.batch_size,
                                                           cfg.seed, epoch), None, key, splits.train_source)
     else:
-        train = bucketed(tokens["train"], cfg.batch_size, cfg.seed, data_key(tokens, splits.label_names))
+        taught = _transfer(config, tokenizer, splits, out_dir, world, progress) if config.distill.teacher else None
+        rows = taught.tokens if taught else tokens["train"]
+        train = bucketed(rows, cfg.batch_size, cfg.seed, data_key({**tokens, "train": rows}, splits.label_names))
     counts = balance(tokens["train"].labels, splits.label_names, splits.task) if "train" in tokens else None
     if counts is not None and world.main:
         log.info("train: %d rows (%s)", len(tokens["train"]), describe_balance(counts, len(tokens["train"]),
@@ -266,11 +281,18 @@ def _run(config: RunConfig, model: TextClassifier, tokenizer: Tokenizer, splits:
     device = default_device()
     model.to(device)
     precision = resolve_precision(cfg.precision, device)
-    loss_fn = task_loss(model, config.data.class_weights, None if streaming else tokens["train"].labels,
-                        cfg.label_smoothing, device)
+    if taught is None:
+        loss_fn = task_loss(model, config.data.class_weights, None if streaming else tokens["train"].labels,
+                            cfg.label_smoothing, device)
+    else:  # the student learns the teacher's outputs, and the labels where known
+        loss_fn = distillation_loss(model.task, model.config.task, config.distill.alpha, config.distill.temperature)
     try:
-        summary = fit(model, tokenizer, train, tokens["validation"], cfg, loss_fn, precision, recorder, progress,
-                      resume_from=checkpoint, world=world)
+        if config.fewshot.enabled:  # contrastive pairs, then a fitted head, in the loop's place
+            summary = fit_few_shot(model, tokenizer, tokens["train"], tokens["validation"], cfg, config.fewshot,
+                                   precision, recorder, progress)
+        else:
+            summary = fit(model, tokenizer, train, tokens["validation"], cfg, loss_fn, precision, recorder, progress,
+                          resume_from=checkpoint, world=world)
     finally:
         if isinstance(recorder, RunDirectory):
             recorder.close()
@@ -287,9 +309,19 @@ def _run(config: RunConfig, model: TextClassifier, tokenizer: Tokenizer, splits:
                "parameters": sum(p.numel() for p in model.parameters())}
     if counts is not None:
         metrics["data"]["train"]["balance"] = counts
+    if taught is not None:
+        metrics["distillation"] = taught.report
     final = "test" if "test" in scored else "validation"
     recorder.finish(metrics, (tokens[final].labels, scored[final][1]))
     return TrainResult(best_model, best_tokenizer, config, recorder.history, metrics)
+
+
+def _transfer(config: RunConfig, tokenizer: Tokenizer, splits: Splits, out_dir: Path | None, world: World,
+              progress: bool) -> Transfer:
+    """The distilled student's train rows; the teacher's outputs are cached in ``data.cache_dir``, else in the run
+    directory's ``cache/`` (where a resumed run finds them), else kept in memory."""
+    cache = config.data.cache_dir or (str(out_dir / "cache") if out_dir is not None else "")
+    return transfer(config, tokenizer, splits, cache, world, progress)
 
 
 def _head_report(model: TextClassifier, validation: TokenizedSplit, cfg: TrainConfig, precision: str,
