@@ -101,7 +101,9 @@ def test_evaluate_missing_model(toy_data, tmp_path, capsys):
     assert "model directory" in capsys.readouterr().err
 
 
-FROZEN = ["train.lr=1e-9", "train.head_lr=1e-9"]
+# No n-gram part: the mixing weights fitted at each evaluation (L-BFGS, float32, threaded) wobble the tiny loss of a
+# toy model that the n-grams separate by up to 1e-4 of itself, which counted as an improvement in 1 run of 5.
+FROZEN = ["train.lr=1e-9", "train.head_lr=1e-9", "model.ngram_buckets=0"]
 
 
 @pytest.mark.parametrize("extra, reason, steps", [
