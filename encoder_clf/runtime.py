@@ -20,6 +20,12 @@ from .errors import UsageError
 PRECISIONS = ("auto", "bf16", "fp32")
 
 
+def tracing() -> bool:
+    """Whether the forward pass is being traced (ONNX export, TorchScript) or compiled: value-dependent
+    shortcuts must not run there, since the recorded graph has to serve every input."""
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
+
+
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 

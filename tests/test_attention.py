@@ -276,8 +276,27 @@ def test_bf16_autocast_runs_and_stays_close(rule):
     full, _ = attn(x, need_weights=True)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         low, weights = attn(x, need_weights=True)
-    assert weights.dtype == torch.float32  # the softmax runs in float32 whatever the input precision
+    assert weights.dtype == torch.float32  # handed out in float32 whatever the softmax's dtype
+    # the softmax keeps bf16 (it computes in float32 inside): outputs within bf16's rounding of float32's
     torch.testing.assert_close(low.float(), full, atol=0.05, rtol=0.05)
+    torch.testing.assert_close(weights, attn(x, need_weights=True)[1], atol=0.01, rtol=0.02)
+
+
+@pytest.mark.parametrize("rule", sorted(set(RULES) - {"concat_position"}))  # it pairs aligned keys by position
+@pytest.mark.parametrize("training", [False, True])
+def test_self_attention_s_stacked_projection_equals_the_three_projections(rule, training):
+    """``attn(x)`` projects Q, K and V in one product with the weights stacked; ``attn(x, x)`` in three."""
+    attn = make_attention(rule).train(training)
+    x, mask = torch.randn(3, 6, D_MODEL), padding_mask([6, 4, 1], 6)
+    gradients = []
+    for key in (None, x):
+        torch.manual_seed(5)  # the same dropout masks (none in eval)
+        out, _ = attn(x, key, key_padding_mask=mask)
+        gradients.append((out, torch.autograd.grad(out.pow(2).sum(), list(attn.parameters()))))
+    (stacked, g_stacked), (three, g_three) = gradients
+    torch.testing.assert_close(stacked, three, atol=1e-6, rtol=1e-6)
+    for a, b in zip(g_stacked, g_three):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
 def test_unknown_rule_lists_the_valid_ones():

@@ -201,3 +201,35 @@ def test_the_export_form_of_the_convolution_equals_the_convolution(kernel):
     x = torch.randn(2, 7, 8)
     expected = conv.depthwise(x.transpose(1, 2)).transpose(1, 2)
     torch.testing.assert_close(conv._shifted(x), expected, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=IDS)
+def test_a_batch_without_padding_gives_what_its_mask_gives(tiny_model, variant, monkeypatch):
+    """An all-False mask is dropped (no masked fills); the masked path, forced, gives the same numbers."""
+    model = randomize_zero_starts(tiny_model(**variant))
+    ids = torch.tensor([[2, 7, 8, 9, 3], [2, 11, 12, 13, 3]])
+    unpadded = torch.zeros_like(ids, dtype=torch.bool)
+    fast = model(ids, unpadded, need_weights=True)
+    monkeypatch.setattr("encoder_clf.model.classifier.tracing", lambda: True)  # as under export: the mask is kept
+    masked = model(ids, unpadded, need_weights=True)
+    torch.testing.assert_close(fast.logits, masked.logits, atol=1e-6, rtol=1e-6)
+    for a, b in zip(fast.attentions, masked.attentions):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
+
+
+def test_a_model_traced_on_a_batch_without_padding_still_masks_padding(tiny_model):
+    """The shortcut is value-dependent: a traced graph (ONNX export) must keep the masked path for every input."""
+    model = tiny_model(ngram_buckets=0)
+    ids = torch.tensor([[2, 7, 8, 9, 3], [2, 11, 12, 13, 3]])
+    padded_ids, mask = batch_with_padding(5)  # same length: a trace fixes the shapes it saw
+    class Logits(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+            return self.model(ids, mask).logits
+
+    with torch.no_grad():
+        traced = torch.jit.trace(Logits(), (ids, torch.zeros_like(mask)), check_trace=False)
+        torch.testing.assert_close(traced(padded_ids, mask), model(padded_ids, mask).logits, atol=1e-6, rtol=1e-6)
