@@ -218,8 +218,8 @@ def test_a_batch_without_padding_gives_what_its_mask_gives(tiny_model, variant, 
 
 
 def test_a_model_traced_on_a_batch_without_padding_still_masks_padding(tiny_model):
-    """The shortcut is value-dependent: a traced graph (ONNX export) must keep the masked path for every input."""
-    model = tiny_model(ngram_buckets=0)
+    """The shortcuts are value-dependent: a traced graph (ONNX export) must keep the masked path for every input."""
+    model = tiny_model(ngram_buckets=0, pooling="cls")  # cls reads a fully padded row's state (the others mask it)
     ids = torch.tensor([[2, 7, 8, 9, 3], [2, 11, 12, 13, 3]])
     padded_ids, mask = batch_with_padding(5)  # same length: a trace fixes the shapes it saw
     class Logits(torch.nn.Module):
@@ -228,8 +228,13 @@ def test_a_model_traced_on_a_batch_without_padding_still_masks_padding(tiny_mode
             self.model = model
 
         def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-            return self.model(ids, mask).logits
+            return self.model(ids, mask, need_weights=True).logits  # the plain path (SDPA zeroes empty rows itself)
 
     with torch.no_grad():
         traced = torch.jit.trace(Logits(), (ids, torch.zeros_like(mask)), check_trace=False)
-        torch.testing.assert_close(traced(padded_ids, mask), model(padded_ids, mask).logits, atol=1e-6, rtol=1e-6)
+        eager = model(padded_ids, mask, need_weights=True).logits
+        torch.testing.assert_close(traced(padded_ids, mask), eager, atol=1e-6, rtol=1e-6)
+        empty = mask.clone()
+        empty[1] = True  # a row of padding only: its attention output is zeroed, in the graph as in eager mode
+        eager = model(padded_ids, empty, need_weights=True).logits
+        torch.testing.assert_close(traced(padded_ids, empty), eager, atol=1e-6, rtol=1e-6)

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from ..runtime import tracing
 from .dropout import dropout as drop
 
 
@@ -203,6 +204,21 @@ def rule_scores(rule: nn.Module, q: torch.Tensor, k: torch.Tensor, key_padding_m
     return rule(q, paired_keys(k, key_padding_mask, aligned), k.shape[2] if positions is None else positions)
 
 
+def zero_empty_rows(key_padding_mask: torch.Tensor, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``tensors`` ``(batch, ...)`` with the rows of a sequence whose keys are all padding set to 0.
+
+    Training and inference batches never hold such a row (every text has at least its special tokens), so on a
+    CPU the fills (two grid-sized passes and their backward per layer) run only when one is there. The check is
+    skipped, and the fills kept, on an accelerator (it would wait for the device) and while tracing (an exported
+    graph must keep the rule for every input).
+    """
+    empty = key_padding_mask.all(dim=-1)
+    if key_padding_mask.device.type == "cpu" and not tracing() and not empty.any():
+        return tensors
+    empty = empty.view(-1, *[1] * (tensors[0].dim() - 1))
+    return tuple(t.masked_fill(empty, 0.0) for t in tensors)
+
+
 def attend(
     scores: torch.Tensor,
     v: torch.Tensor,
@@ -242,8 +258,7 @@ def attend(
     dropped = drop(weights.expand(batch, heads, q_len, k_len), dropout, training)
     out = torch.matmul(dropped.to(v.dtype), v)
     if key_padding_mask is not None:  # a row whose keys are all padding softmaxes to uniform weights: zero it
-        empty = key_padding_mask.all(dim=-1)[:, None, None, None]
-        out, weights = out.masked_fill(empty, 0.0), weights.masked_fill(empty, 0.0)
+        out, weights = zero_empty_rows(key_padding_mask, out, weights)
     return out.expand(batch, heads, q_len, -1), weights.expand(batch, heads, q_len, k_len)
 
 
@@ -326,9 +341,7 @@ class MultiHeadAttention(nn.Module):
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
         if key_padding_mask is None:
             return out
-        # SDPA leaves NaN where every key is padding; the plain path gives zeros (unconditionally: no sync, and
-        # an exported graph keeps the rule)
-        return out.masked_fill(key_padding_mask.all(dim=-1)[:, None, None, None], 0.0)
+        return zero_empty_rows(key_padding_mask, out)[0]  # SDPA leaves NaN there; the plain path gives zeros
 
 
 class SingleHeadAttention(nn.Module):
