@@ -20,10 +20,12 @@ from .errors import UsageError
 PRECISIONS = ("auto", "bf16", "fp32")
 
 
-def tracing() -> bool:
-    """Whether the forward pass is being traced (ONNX export, TorchScript) or compiled: value-dependent
-    shortcuts must not run there, since the recorded graph has to serve every input."""
-    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
+def inspectable(tensor: torch.Tensor) -> bool:
+    """Whether a forward pass may branch on ``tensor``'s values (a shortcut such as skipping an all-False mask):
+    on a CPU only, since on an accelerator the check would wait for the device, and never while tracing (ONNX
+    export, TorchScript) or compiling, since the recorded graph has to serve every input."""
+    return tensor.device.type == "cpu" and not (
+        torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling())
 
 
 def default_device() -> torch.device:

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..runtime import tracing
+from ..runtime import inspectable
 from .dropout import dropout as drop
 
 
@@ -208,12 +208,11 @@ def zero_empty_rows(key_padding_mask: torch.Tensor, *tensors: torch.Tensor) -> t
     """``tensors`` ``(batch, ...)`` with the rows of a sequence whose keys are all padding set to 0.
 
     Training and inference batches never hold such a row (every text has at least its special tokens), so on a
-    CPU the fills (two grid-sized passes and their backward per layer) run only when one is there. The check is
-    skipped, and the fills kept, on an accelerator (it would wait for the device) and while tracing (an exported
-    graph must keep the rule for every input).
+    CPU the fills (two grid-sized passes and their backward per layer) run only when one is there; elsewhere, and
+    while tracing, they always run (:func:`~encoder_clf.runtime.inspectable`).
     """
     empty = key_padding_mask.all(dim=-1)
-    if key_padding_mask.device.type == "cpu" and not tracing() and not empty.any():
+    if inspectable(empty) and not empty.any():
         return tensors
     empty = empty.view(-1, *[1] * (tensors[0].dim() - 1))
     return tuple(t.masked_fill(empty, 0.0) for t in tensors)

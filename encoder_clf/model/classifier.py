@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..runtime import tracing
+from ..runtime import inspectable
 from .config import ModelConfig
 from .encoder import Encoder, init_weights
 from .heads import EnsembleHead
@@ -67,7 +67,7 @@ class TextClassifier(nn.Module):
     def forward(self, input_ids: torch.Tensor, padding_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None, need_weights: bool = False) -> ClassifierOutput:
         """input_ids ``(batch, seq)``; padding_mask ``(batch, seq)``, ``True`` at padding."""
-        if padding_mask is not None and not tracing() and not padding_mask.any():
+        if padding_mask is not None and inspectable(padding_mask) and not padding_mask.any():
             padding_mask = None  # a batch without padding skips every masked fill (length-bucketed batches often are)
         states, attentions = self.encoder(input_ids, padding_mask, token_type_ids, need_weights)
         return self.classify(states, input_ids, padding_mask, attentions, token_type_ids)
