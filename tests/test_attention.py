@@ -13,6 +13,7 @@ from encoder_clf.model.attention import (
     MultiHeadAttention,
     SingleHeadAttention,
     attend,
+    softmax_rows,
 )
 
 RULES = sorted(SCORE_RULES)
@@ -370,3 +371,20 @@ def test_single_head_attention_refuses_more_values_than_its_maximum():
     with pytest.raises(ValueError, match="concat_position scores at most 32 positions and the sequence has 33"):
         SingleHeadAttention(32, 64, 64, max_len=32)(torch.randn(1, 1, 32), torch.randn(1, 1, 32),
                                                     torch.randn(1, 33, 64))
+
+
+@pytest.mark.parametrize("length", [5, 27, 32, 33, 64])
+def test_bf16_softmax_rows_agree_with_float64_whichever_way_they_go(length):
+    """Rows whose length is a multiple of 32 stay in bf16 and the others go through float32 (a speed choice: both
+    round once from float32); either way the weights are bf16, within its rounding, and so is their gradient."""
+    scores = (3 * torch.randn(2, 3, 4, length)).to(torch.bfloat16).requires_grad_()
+    weights = softmax_rows(scores)
+    assert weights.dtype == torch.bfloat16
+    reference = torch.softmax(scores.detach().double(), dim=-1)
+    torch.testing.assert_close(weights.double(), reference, atol=4e-3, rtol=8e-3)
+    upstream = torch.randn(weights.shape, dtype=torch.float64)
+    (grad,) = torch.autograd.grad(weights, scores, upstream.to(torch.bfloat16))
+    assert grad.dtype == torch.bfloat16
+    exact = scores.detach().double().requires_grad_()
+    (expected,) = torch.autograd.grad(torch.softmax(exact, dim=-1), exact, upstream)
+    torch.testing.assert_close(grad.double(), expected, atol=0.03, rtol=0.05)
