@@ -19,7 +19,7 @@ from encoder_clf.model.ngrams import NgramLogits
 from encoder_clf.persistence.checkpoints import Progress
 from encoder_clf.settings import with_overrides
 from encoder_clf.training.batches import TrainBatches
-from encoder_clf.training.config import RunConfig, TrainConfig
+from encoder_clf.training.config import FINETUNE_PRESET, RunConfig, TrainConfig
 from encoder_clf.training.distributed import SOLO
 from encoder_clf.training.linear import STRENGTHS, fit_ngrams, term_matrix
 from encoder_clf.training.loop import LOSS_TOLERANCE, Plan, decide
@@ -102,6 +102,17 @@ def test_a_run_left_to_the_defaults_takes_at_least_min_steps_in_2_to_50_epochs(p
     plan = _plan(per_epoch)  # SST-2's 67k rows, a 3.6k-row set, 640 rows (batches of 64)
     assert (plan.epochs, plan.total_steps, plan.eval_every) == (epochs, epochs * per_epoch, per_epoch)
     assert plan.rule.startswith("by the data's size")
+
+
+@pytest.mark.parametrize(("rows", "epochs"), [(67_349, 2), (43_410, 2), (5_749, 5), (3_667, 5), (16, 5)])
+def test_fine_tuning_takes_at_least_1000_steps_in_2_to_5_epochs(rows, epochs):
+    """The fine-tuning preset's length (batches of 32): SST-2, GoEmotions, STS-B, MRPC, a few-shot sample."""
+    cfg = with_overrides(RunConfig(), FINETUNE_PRESET).train
+    per_epoch = -(-rows // cfg.batch_size)
+    plan = Plan.of(TrainBatches(lambda epoch: iter(()), per_epoch, "key", "toy"), cfg, SOLO)
+    assert (plan.epochs, plan.total_steps) == (epochs, epochs * per_epoch)
+    assert plan.rule == "by the data's size: at least train.min_steps=1000 steps in 2 to train.max_epochs=5 epochs"
+    assert with_overrides(RunConfig(), [*FINETUNE_PRESET, "train.epochs=3"]).train.epochs == 3
 
 
 def test_a_run_records_about_100_steps_unless_told():
