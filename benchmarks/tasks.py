@@ -419,15 +419,15 @@ def write_doc(finetuned: list[dict], scratch: list[dict], argv: str, epochs: dic
              "Each run is its own process: wall time is the whole process (data, tokenizer, model, training, "
              "evaluation), peak memory its max RSS. Accuracy and F1 in points; MRPC's F1 is the positive "
              "(paraphrase) class's; GoEmotions' scores are over its 28 labels.", ""]
+    seeding = (f"seed {seeds[0]}." if len(seeds) == 1 else
+               f"seeds {', '.join(map(str, seeds))} on both sides: each metric is the mean over the seeds, examples/s "
+               "the median, wall time the mean, peak memory the largest.")
     if finetuned:
         lines += ["### Fine-tuning all-MiniLM-L6-v2: `encoder-clf train --init` vs `transformers` Trainer", "",
                   "Same checkpoint, training rows and epochs ("
                   + ", ".join(f"{n}: {sizes['finetune'][n]:,} rows × {epochs[n]}" for n in sizes["finetune"])
-                  + f"); recipe {json.dumps(HYPER)}, dropout 0.1; "
-                  + (f"seed {seeds[0]}." if len(seeds) == 1 else
-                     f"seeds {', '.join(map(str, seeds))} on both sides: each metric is the mean over the seeds, "
-                     "examples/s the median, wall time the mean, peak memory the largest.")
-                  + "", "", *table(finetuned, True), "", *per_seed(finetuned),
+                  + f"); recipe {json.dumps(HYPER)}, dropout 0.1; {seeding}", "", *table(finetuned, True), "",
+                  *per_seed(finetuned),
                   "Recipe differences, as measured: the peer is `AutoModelForSequenceClassification` "
                   "(BertForSequenceClassification: the `[CLS]` vector through the checkpoint's tanh pooler, then "
                   "dropout and a linear layer); ours mean-pools the last layer (the preset, as all-MiniLM-L6-v2 was "
