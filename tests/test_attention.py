@@ -5,6 +5,7 @@ import re
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from encoder_clf.model.attention import (
@@ -14,6 +15,7 @@ from encoder_clf.model.attention import (
     SingleHeadAttention,
     attend,
     softmax_rows,
+    stack_projections,
 )
 
 RULES = sorted(SCORE_RULES)
@@ -80,9 +82,15 @@ def split_heads(x: torch.Tensor) -> torch.Tensor:
     return x.view(b, t, HEADS, D_MODEL // HEADS).transpose(1, 2)
 
 
+def projection(attn: MultiHeadAttention, part: str, x: torch.Tensor) -> torch.Tensor:
+    """``x`` through the query, key or value projection: one third of the stacked ``in_proj``."""
+    index = "qkv".index(part)
+    return F.linear(x, attn.in_proj.weight.chunk(3)[index], attn.in_proj.bias.chunk(3)[index])
+
+
 def reference(attn: MultiHeadAttention, query, key, mask, score_fn):
     """Plain-tensor attention written out step by step, for any score function, with or without combine."""
-    q, k, v = split_heads(attn.q_proj(query)), split_heads(attn.k_proj(key)), split_heads(attn.v_proj(key))
+    q, k, v = (split_heads(projection(attn, part, x)) for part, x in zip("qkv", (query, key, key)))
     scores = score_fn(q, k)
     scores = scores.masked_fill(mask[:, None, None, :], float("-inf"))
     out = torch.softmax(scores, dim=-1) @ v
@@ -203,10 +211,43 @@ def test_gradients_reach_every_parameter(rule, combine):
     out.pow(2).sum().backward()
     for name, p in attn.named_parameters():
         assert p.grad is not None, name  # every parameter in the graph: DistributedDataParallel requires it
+    for name, grad in named_gradients(attn):
         if name in ROW_SHIFTS.get(rule, ()):
-            torch.testing.assert_close(p.grad, torch.zeros_like(p.grad), atol=1e-6, rtol=0)
+            # zero up to the float32 rounding of a sum that cancels
+            torch.testing.assert_close(grad, torch.zeros_like(grad), atol=1e-5, rtol=0)
         else:
-            assert p.grad.abs().sum() > 0, name
+            assert grad.abs().sum() > 0, name
+
+
+def named_gradients(attn: MultiHeadAttention):
+    """Each parameter's gradient, the stacked projection's split into its ``q_proj``, ``k_proj`` and ``v_proj``."""
+    for name, p in attn.named_parameters():
+        if name.startswith("in_proj."):
+            leaf = name.split(".")[1]
+            yield from ((f"{part}_proj.{leaf}", grad) for part, grad in zip("qkv", p.grad.chunk(3)))
+        else:
+            yield name, p.grad
+
+
+@pytest.mark.parametrize("rule", sorted(set(RULES) - {"concat_position"}))  # which pairs each query with its own key
+def test_self_attention_equals_general_attention_on_the_same_sequence(rule):
+    """The stacked product of self-attention and the sliced ones of general attention are the same projections."""
+    attn = make_attention(rule)
+    x, mask = torch.randn(2, 6, D_MODEL), padding_mask([6, 4], 6)
+    alone, _ = attn(x, key_padding_mask=mask, need_weights=True)
+    general, _ = attn(x, x.clone(), key_padding_mask=mask, need_weights=True)
+    torch.testing.assert_close(general, alone, atol=1e-6, rtol=1e-5)
+
+
+def test_separate_projections_are_stacked_in_query_key_value_order():
+    q, k, v = (torch.full((2, 2), float(i)) for i in range(3))
+    state = {"a.q_proj.weight": q, "a.k_proj.weight": k, "a.v_proj.weight": v, "a.q_proj.bias": q[0],
+             "a.k_proj.bias": k[0], "a.v_proj.bias": v[0], "a.score.q_proj": q, "a.score.k_proj": k}
+    stacked = stack_projections(state)
+    assert sorted(stacked) == ["a.in_proj.bias", "a.in_proj.weight", "a.score.k_proj", "a.score.q_proj"]
+    assert torch.equal(stacked["a.in_proj.weight"], torch.cat([q, k, v]))
+    assert torch.equal(stacked["a.in_proj.bias"], torch.tensor([0.0, 0.0, 1.0, 1.0, 2.0, 2.0]))
+    assert stacked["a.score.q_proj"] is q  # an additive score's own projections are not attention projections
 
 
 LEAN_RULES = ["concat", "additive"]

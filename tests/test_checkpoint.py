@@ -92,8 +92,8 @@ def test_a_directory_of_an_unknown_format_is_refused_in_one_line(tmp_path):
     config = json.loads((directory / "config.json").read_text())
     (directory / "config.json").write_text(json.dumps({**config, "format": "encoder-clf/9"}))
     with pytest.raises(UsageError, match=r"format 'encoder-clf/9' was written by another version of encoder-clf "
-                                         r"\(this one reads encoder-clf/2, encoder-clf/1\); load it with that "
-                                         r"version, or upgrade"):
+                                         r"\(this one reads encoder-clf/3, encoder-clf/2, encoder-clf/1\); "
+                                         r"load it with that version, or upgrade"):
         load_model(directory)
 
 
@@ -160,9 +160,9 @@ def test_tokenizer_file_is_plain_tokenizers_json(saved):
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
-@pytest.mark.parametrize("name", ["model-ngrams", "model-plain"])
+@pytest.mark.parametrize("name", ["model-ngrams", "model-plain", "model-v2"])
 def test_directory_saved_by_an_older_release_predicts_as_it_did(name):
-    """tests/fixtures/model-*: saved by the code of commit 200ca8d, with the logits it gave then (on an AMD EPYC:
+    """tests/fixtures/model-*: saved by older code (README there), with the logits it gave then (on an AMD EPYC:
     another CPU's fp32 kernels round differently, by an ulp or so)."""
     directory = FIXTURES / name
     model, tokenizer = load_model(directory)

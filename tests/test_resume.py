@@ -355,17 +355,21 @@ def test_a_run_resumes_bit_for_bit_in_each_mode(mode, settings, kill_at, evaluat
     assert_same_run(tmp_path / "reference", run, evaluations)
 
 
-def test_a_run_checkpointed_by_an_older_version_is_refused_in_one_line(tmp_path, capsys):
-    """tests/fixtures/run-v1: a run killed at step 5 by the code before head.weights (checkpoint format 1)."""
+@pytest.mark.parametrize("version", [1, 2])
+def test_a_run_checkpointed_by_an_older_version_is_refused_in_one_line(tmp_path, capsys, version):
+    """tests/fixtures/run-v1: a run killed at step 5 by the code before head.weights (checkpoint format 1); format
+    2 (before the stacked Q/K/V projection) is that run's metadata with the format renamed."""
     run = tmp_path / "run"
     shutil.copytree(Path(__file__).parent / "fixtures" / "run-v1", run)
+    meta = run / "checkpoints" / "step-00000004" / "state.json"
+    meta.write_text(meta.read_text().replace("encoder-clf-checkpoint/1", f"encoder-clf-checkpoint/{version}"))
     before = sorted(p.relative_to(run) for p in run.rglob("*"))
     capsys.readouterr()
     assert main(["train", "--resume", str(run), "--quiet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"encoder-clf: error: {run / 'checkpoints' / 'step-00000004'}: written by an older encoder-clf "
-                   "(encoder-clf-checkpoint/1), whose runs this version cannot continue; finish the run with the "
-                   "version that started it, or start it again with --overwrite"]
+                   f"(encoder-clf-checkpoint/{version}), whose runs this version cannot continue; finish the run "
+                   "with the version that started it, or start it again with --overwrite"]
     assert sorted(p.relative_to(run) for p in run.rglob("*")) == before  # nothing set aside or rewritten
 
 

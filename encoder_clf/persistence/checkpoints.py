@@ -37,8 +37,10 @@ from .model_dir import load_weights
 log = logging.getLogger(__name__)
 
 CHECKPOINTS = "checkpoints"
-FORMAT = "encoder-clf-checkpoint/2"
-OLDER_FORMATS = ("encoder-clf-checkpoint/1",)  # before head.weights and Progress.examples_per_process
+FORMAT = "encoder-clf-checkpoint/3"
+# /2: before the stacked Q/K/V projection (its optimizer state has them apart); /1: before head.weights and
+# Progress.examples_per_process
+OLDER_FORMATS = ("encoder-clf-checkpoint/2", "encoder-clf-checkpoint/1")
 TENSORS, META, TOKENIZER = "state.safetensors", "state.json", "tokenizer.json"
 NAME = re.compile(r"step-(\d{8})")
 

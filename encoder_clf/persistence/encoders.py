@@ -24,6 +24,7 @@ from tokenizers import Tokenizer
 
 from ..data.tokenization import load_tokenizer, pad_id
 from ..errors import UsageError
+from ..model.attention import stack_projections
 from ..model.config import ADDITIONS_OFF, ModelConfig
 from ..model.encoder import Encoder
 from .model_dir import CONFIG, TOKENIZER, WEIGHTS, load_saved_encoder, load_weights
@@ -123,7 +124,8 @@ def bert_model_config(raw: dict, where: str) -> ModelConfig:
 def rename(state: dict[str, torch.Tensor], n_layers: int) -> tuple[dict[str, torch.Tensor], list[str]]:
     """BERT weight names → :class:`Encoder` names; also return the names that have no place in it.
 
-    Task heads (pooler, MLM, classifier) and buffers are skipped silently: they are expected.
+    Query, key and value are stacked into one projection, as :class:`Encoder` holds them. Task heads (pooler,
+    MLM, classifier) and buffers are skipped silently: they are expected.
     """
     renamed, unknown = {}, []
     for name, tensor in state.items():
@@ -137,7 +139,7 @@ def rename(state: dict[str, torch.Tensor], n_layers: int) -> tuple[dict[str, tor
             renamed[f"blocks.{layer[1]}.{LAYER_NAMES[layer[2]]}.{leaf}"] = tensor
         elif not UNUSED.search(key):
             unknown.append(name)
-    return renamed, unknown
+    return stack_projections(renamed), unknown
 
 
 def import_bert(source: str | Path, max_length: int | None = None) -> PretrainedEncoder:

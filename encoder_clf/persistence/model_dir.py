@@ -27,6 +27,7 @@ from tokenizers import Tokenizer
 
 from ..data.tokenization import tokenizer_from_json
 from ..errors import UsageError
+from ..model.attention import stack_projections
 from ..model.classifier import TextClassifier
 from ..model.config import ADDITIONS_OFF, ModelConfig
 from ..model.encoder import Encoder
@@ -34,8 +35,8 @@ from ..settings import from_dict
 
 CONFIG, WEIGHTS, TOKENIZER = "config.json", "model.safetensors", "tokenizer.json"
 FILES = (CONFIG, WEIGHTS, TOKENIZER)
-FORMAT = "encoder-clf/2"
-OLDER_FORMATS = ("encoder-clf/1",)
+FORMAT = "encoder-clf/3"
+OLDER_FORMATS = ("encoder-clf/2", "encoder-clf/1")  # /2: Q, K and V projections apart; /1: also part_weights
 EXPORTED_FORMAT = "encoder-clf-onnx/1"  # an exported directory's config.json (encoder_clf.export)
 
 
@@ -92,8 +93,10 @@ def model_from_files(files: dict[str, bytes], where: str) -> tuple[TextClassifie
     config = _model_config(raw, f"{where}/{CONFIG}")
     tokenizer = _tokenizer(files[TOKENIZER], where, config)
     state = _weights(files[WEIGHTS], f"{where}/{WEIGHTS}")
-    if raw.get("format") in OLDER_FORMATS:
+    if raw.get("format") == "encoder-clf/1":
         state = _upgrade_format_1(state, raw.get("part_weights", []))
+    if raw.get("format") in OLDER_FORMATS:
+        state = stack_projections(state)
     model = TextClassifier(config)
     load_weights(model, f"{where}/{WEIGHTS}", state)
     return model.eval(), tokenizer
@@ -111,11 +114,15 @@ def load_saved_encoder(directory: Path) -> tuple[Encoder, ModelConfig, Tokenizer
     The ``encoder.*`` weights are loaded strictly; heads (classification,
     masked-LM) are ignored, so any of our model directories can seed a new model.
     """
-    config = load_model_config(directory)
+    file = _existing(directory) / CONFIG
+    raw = _config_json(_read_file(file), str(file))
+    config = _model_config(raw, str(file))
     tokenizer = _tokenizer(_read_file(directory / TOKENIZER), str(directory), config)
     prefix = "encoder."
     state = {name[len(prefix):]: tensor for name, tensor in read_weights(directory / WEIGHTS).items()
              if name.startswith(prefix)}
+    if raw.get("format") in OLDER_FORMATS:
+        state = stack_projections(state)
     encoder = Encoder(config)
     load_weights(encoder, directory / WEIGHTS, state)
     return encoder.eval(), config, tokenizer
