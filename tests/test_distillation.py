@@ -9,14 +9,21 @@ import pytest
 import torch
 
 from encoder_clf.data.augment import MAX_NGRAM, Augmentation, ContextWords, augmented
-from encoder_clf.data.tokenization import MASK
+from encoder_clf.data.tokenization import MASK, TokenizerConfig, train_tokenizer
 from encoder_clf.errors import UsageError
 from encoder_clf.inference import evaluate, forward_texts
 from encoder_clf.model.tasks import TASKS
 from encoder_clf.persistence.model_dir import load_model
 from encoder_clf.settings import with_overrides
 from encoder_clf.training.config import RunConfig
-from encoder_clf.training.distillation import DISTILL_PRESET, DistillConfig, distillation_loss, teacher_outputs
+from encoder_clf.training.distillation import (
+    DISTILL_PRESET,
+    DistillConfig,
+    distillation_loss,
+    seed_embeddings,
+    teacher_outputs,
+    teacher_vocabulary,
+)
 from encoder_clf.training.distributed import SOLO
 from encoder_clf.training.run import train
 
@@ -170,6 +177,33 @@ def test_distill_settings_are_checked():
         DistillConfig(mask_rate=0.5, replace_rate=0.6)
 
 
+# --- the student's embeddings --------------------------------------------------------------------------------
+
+
+def test_seeded_embeddings_keep_the_geometry_of_a_table_of_low_rank():
+    """A table that varies in 3 directions keeps every pairwise distance up to one scale, at the initial scale."""
+    torch.manual_seed(0)
+    table = torch.randn(40, 3) @ torch.randn(3, 12) + 5.0  # 12 wide, rank 3 around a shared offset
+    embedding = torch.nn.Embedding(40, 8, padding_idx=0)
+    torch.nn.init.normal_(embedding.weight, std=0.02)
+    pad, scale = embedding.weight[0].clone(), embedding.weight.std().item()
+    seed_embeddings(embedding, table)
+    seeded = embedding.weight.detach()[1:].double()
+    ratio = torch.cdist(seeded, seeded) / torch.cdist(table[1:].double(), table[1:].double()).clamp_min(1e-12)
+    off_diagonal = ~torch.eye(39, dtype=torch.bool)
+    assert ratio[off_diagonal].std() / ratio[off_diagonal].mean() < 1e-5
+    assert embedding.weight.std().item() == pytest.approx(scale, rel=0.1)
+    assert torch.equal(embedding.weight[0], pad)  # the padding row is left as initialised
+
+
+def test_a_student_wider_than_its_teacher_keeps_its_own_extra_columns():
+    embedding = torch.nn.Embedding(30, 10)
+    before = embedding.weight.detach().clone()
+    seed_embeddings(embedding, torch.randn(30, 6))
+    assert torch.equal(embedding.weight[:, 6:], before[:, 6:]) and not torch.equal(embedding.weight[:, :6],
+                                                                                     before[:, :6])
+
+
 # --- a student and its teacher ---------------------------------------------------------------------------------
 
 
@@ -215,6 +249,25 @@ def test_a_distilled_student_beats_the_same_student_trained_on_the_labels_alone(
     assert model.config.ngram_buckets == 0
     scored = evaluate(tmp_path / "distilled" / "model", str(few), "test", precision="fp32")
     assert scored["accuracy"] == pytest.approx(distilled.metrics["test"]["accuracy"])
+
+
+def test_a_student_starts_from_the_teachers_tokenizer_and_embeddings_unless_told_otherwise(teacher_and_data,
+                                                                                            tmp_path):
+    teacher, few, _ = teacher_and_data
+    own = tmp_path / "own.json"
+    (own).write_text(train_tokenizer(["a few words of another vocabulary"] * 5,
+                                     TokenizerConfig(vocab_size=100, min_frequency=1)).to_str())
+    teachers = load_model(teacher)[1].get_vocab()
+    vocabulary = teacher_vocabulary(DistillConfig(teacher=str(teacher)), "", 32)
+    assert vocabulary.tokenizer.get_vocab() == teachers and vocabulary.embeddings.shape == (len(teachers), 16)
+    assert teacher_vocabulary(DistillConfig(teacher=str(teacher)), str(teacher), 32) is not None
+    assert teacher_vocabulary(DistillConfig(teacher=str(teacher)), str(own), 32) is None  # tokenizer.path wins
+    assert teacher_vocabulary(DistillConfig(teacher=str(teacher), init_embeddings=False), "", 32) is None
+    run = train(with_overrides(RunConfig(), [*DISTILL_PRESET, f"data.path={few}", *TINY, "train.max_steps=1",
+                                             f"distill.teacher={teacher}", "distill.augment=0"]),
+                tmp_path / "student", progress=False)
+    assert run.metrics["steps"] == 1
+    assert load_model(tmp_path / "student" / "model")[1].get_vocab() == teachers
 
 
 def test_a_teacher_of_another_task_or_labels_is_refused(teacher_and_data, tmp_path):

@@ -8,7 +8,8 @@ token cache's directory, keyed by the teacher's weights and the texts, and are
 memory-mapped from there by every later epoch, rank and resumed run. The student
 trains on rows whose targets are the teacher's outputs followed by the hard
 label where one is known (:func:`distillation_loss`); validation and test are
-scored on their labels as in any run.
+scored on their labels as in any run. The student starts from the teacher's
+tokenizer and, reduced to its width, its token embeddings (:func:`seed_embeddings`).
 """
 
 from __future__ import annotations
@@ -24,14 +25,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tokenizers import Tokenizer
+from torch import nn
 from torch.nn import functional
 from tqdm.auto import tqdm
 
 from ..data.augment import Augmentation, augmented
 from ..data.splits import Split, Splits, read_texts
+from ..data.tokenization import load_tokenizer
 from ..data.tokenized import TokenizedSplit, texts_digest, tokenize_split
 from ..errors import UsageError
+from ..export import is_exported
 from ..inference import evaluate_texts, forward_texts, load_classifier, run_precision
+from ..persistence.model_dir import load_saved_encoder
 from ..settings import check_fields
 from .distributed import World, barrier
 
@@ -50,6 +56,7 @@ class DistillConfig:
     mask_rate: float = 0.1  # per word: replaced by [MASK]
     replace_rate: float = 0.1  # per word: replaced by a word seen in the same context
     ngram_rate: float = 0.25  # per copy: cut to a run of 1-5 of its words
+    init_embeddings: bool = True  # start from the teacher's tokenizer and its token embeddings, reduced by PCA
     alpha: float = 0.9  # weight of the teacher's term; 1 - alpha goes to the hard labels (where known)
     temperature: float = 2.0  # softens both models' class probabilities in the teacher's term
     batch_size: int = 256  # texts per teacher forward pass
@@ -73,6 +80,55 @@ class DistillConfig:
 
 # The student of `encoder-clf distill`: the `make train` architecture as a self-attention encoder alone.
 DISTILL_PRESET = ["model.ngram_buckets=0"]
+
+
+@dataclass
+class TeacherVocabulary:
+    """What a student starts from with ``distill.init_embeddings``: the teacher's tokenizer and token embeddings."""
+
+    tokenizer: Tokenizer
+    embeddings: torch.Tensor  # (vocab, teacher's width)
+
+
+def teacher_vocabulary(distill: DistillConfig, tokenizer_path: str, max_length: int) -> TeacherVocabulary | None:
+    """The teacher's tokenizer and embedding table, or None where the student cannot start from them.
+
+    A student trained from scratch learns each token's vector from the transfer set alone; the teacher's
+    vectors already place words by meaning, as pretrained word vectors did for Tang et al.'s student. They are
+    unavailable from an exported teacher (an ONNX graph), and unusable with another tokenizer set explicitly
+    (``tokenizer.path``), which wins: the run then says so and the student's embeddings start at random.
+    """
+    if not (distill.teacher and distill.init_embeddings):
+        return None
+    if is_exported(distill.teacher):
+        log.info("the teacher is an exported model: the student's embeddings start at random, with its own tokenizer")
+        return None
+    encoder, _, _ = load_saved_encoder(Path(distill.teacher))
+    tokenizer = load_tokenizer(distill.teacher, max_length)  # with the student's truncation
+    if tokenizer_path and load_tokenizer(tokenizer_path, max_length).get_vocab() != tokenizer.get_vocab():
+        log.info("tokenizer.path is not the teacher's tokenizer: the student's embeddings start at random")
+        return None
+    return TeacherVocabulary(tokenizer, encoder.embeddings.tokens.weight.detach())
+
+
+def seed_embeddings(embedding: nn.Embedding, table: torch.Tensor) -> None:
+    """Set ``embedding`` to ``table`` ``(vocab, d)`` centred and projected on its principal directions.
+
+    The top ``min(d, width)`` directions keep as much of the table's variance as a linear map to the student's
+    width can; the values are scaled to the standard deviation of the student's initial weights, so that the
+    embeddings start at the scale the rest of the student was initialised for. Columns beyond ``d`` and the
+    padding row keep their initial values.
+    """
+    centred = table.double() - table.double().mean(dim=0)
+    _, _, directions = torch.linalg.svd(centred, full_matrices=False)
+    width = min(embedding.embedding_dim, len(directions))
+    projected = centred @ directions[:width].T
+    with torch.no_grad():
+        scale = embedding.weight.std()
+        keep = embedding.weight[embedding.padding_idx].clone() if embedding.padding_idx is not None else None
+        embedding.weight[:, :width] = (projected / projected.std() * scale).to(embedding.weight.dtype)
+        if keep is not None:
+            embedding.weight[embedding.padding_idx] = keep
 
 
 def distillation_loss(task: torch.nn.Module, task_name: str, alpha: float, temperature: float

@@ -45,7 +45,7 @@ from ..settings import load_json
 from .batches import TrainBatches, bucketed
 from .board import require_tensorboard
 from .config import RunConfig, TrainConfig
-from .distillation import Transfer, distillation_loss, transfer
+from .distillation import Transfer, distillation_loss, seed_embeddings, teacher_vocabulary, transfer
 from .distributed import World, barrier, broadcast_text, current
 from .fewshot import check_few_shot, check_few_shot_data, fit_few_shot
 from .linear import fit_ngrams
@@ -190,11 +190,13 @@ def describe(splits: Splits) -> str:
 
 def _build(config: RunConfig, splits: Splits | StreamingSplits,
            train_texts: Callable[[], Iterable[str]]) -> tuple[RunConfig, TextClassifier, Tokenizer]:
-    """The tokenizer (trained on ``train_texts()``, loaded, or the pretrained encoder's) and the model.
+    """The tokenizer (trained on ``train_texts()``, loaded, the teacher's or the pretrained encoder's) and the model.
 
     The data decides the task, the labels and whether examples are pairs (which need two token types); the
     selection metric, unless set, is the task's own.
     """
+    vocabulary = None if config.train.init else teacher_vocabulary(config.distill, config.tokenizer.path,
+                                                                   config.tokenizer.max_length)
     torch.manual_seed(config.train.seed)
     start = load_encoder(config.train.init, config.tokenizer.max_length) if config.train.init else None
     shape = {"labels": splits.label_names, "task": splits.task, "text_pairs": splits.text_pairs}
@@ -203,7 +205,9 @@ def _build(config: RunConfig, splits: Splits | StreamingSplits,
         model_config = replace(start.config, pooling=config.model.pooling, dropout=config.model.dropout,
                                attention_dropout=config.model.attention_dropout, **shape)
     else:
-        if config.tokenizer.path:
+        if vocabulary is not None:
+            tokenizer = vocabulary.tokenizer
+        elif config.tokenizer.path:
             tokenizer = load_tokenizer(config.tokenizer.path, config.tokenizer.max_length)
         else:
             tokenizer = _trained_once(train_texts, config.tokenizer, current())
@@ -217,6 +221,8 @@ def _build(config: RunConfig, splits: Splits | StreamingSplits,
     model = TextClassifier(model_config)
     if start is not None:
         _load_start(model, start)
+    elif vocabulary is not None:
+        seed_embeddings(model.encoder.embeddings.tokens, vocabulary.embeddings)
     if "ngrams" in model.head.parts:
         model.head.parts["ngrams"].set_word_starts(torch.from_numpy(word_starts(tokenizer)))
     return replace(config, model=model_config, train=_with_metric(config.train, splits.task)), model, tokenizer
