@@ -93,11 +93,8 @@ def model_from_files(files: dict[str, bytes], where: str) -> tuple[TextClassifie
     config = _model_config(raw, f"{where}/{CONFIG}")
     tokenizer = _tokenizer(files[TOKENIZER], where, config)
     state = _weights(files[WEIGHTS], f"{where}/{WEIGHTS}")
-    if raw.get("format") == "encoder-clf/1":
-        state = _upgrade_format_1(state, raw.get("part_weights", []))
-    if raw.get("format") in OLDER_FORMATS:
-        state = stack_projections(state)
     model = TextClassifier(config)
+    state = _upgraded(raw, state)
     load_weights(model, f"{where}/{WEIGHTS}", state)
     return model.eval(), tokenizer
 
@@ -121,10 +118,8 @@ def load_saved_encoder(directory: Path) -> tuple[Encoder, ModelConfig, Tokenizer
     prefix = "encoder."
     state = {name[len(prefix):]: tensor for name, tensor in read_weights(directory / WEIGHTS).items()
              if name.startswith(prefix)}
-    if raw.get("format") in OLDER_FORMATS:
-        state = stack_projections(state)
     encoder = Encoder(config)
-    load_weights(encoder, directory / WEIGHTS, state)
+    load_weights(encoder, directory / WEIGHTS, _upgraded(raw, state))
     return encoder.eval(), config, tokenizer
 
 
@@ -202,6 +197,14 @@ def _weights(data: bytes, where: str) -> dict[str, torch.Tensor]:
         return load(data)
     except (SafetensorError, OSError, ValueError) as err:
         raise UsageError(f"{where} is corrupted ({err}); re-save or re-train the model") from None
+
+
+def _upgraded(raw: dict, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state``, read from a directory whose config is ``raw``, in today's layout (the whole model's tensors or
+    only its encoder's: format 1's renames touch the head alone)."""
+    if raw.get("format") == "encoder-clf/1":
+        state = _upgrade_format_1(state, raw.get("part_weights", []))
+    return stack_projections(state) if raw.get("format") in OLDER_FORMATS else state
 
 
 def _upgrade_format_1(state: dict[str, torch.Tensor], part_weights: list[float]) -> dict[str, torch.Tensor]:

@@ -37,7 +37,7 @@ from ..data.tokenized import TokenizedSplit, texts_digest, tokenize_split
 from ..errors import UsageError
 from ..export import is_exported
 from ..inference import evaluate_texts, forward_texts, load_classifier, run_precision
-from ..persistence.model_dir import load_saved_encoder
+from ..persistence.model_dir import WEIGHTS, read_weights
 from ..settings import check_fields
 from .distributed import World, barrier
 
@@ -78,6 +78,8 @@ class DistillConfig:
         return Augmentation(self.augment, self.mask_rate, self.replace_rate, self.ngram_rate)
 
 
+TOKEN_EMBEDDINGS = "encoder.embeddings.tokens.weight"  # in a model directory's weights
+
 # The student of `encoder-clf distill`: the `make train` architecture as a self-attention encoder alone.
 DISTILL_PRESET = ["model.ngram_buckets=0"]
 
@@ -103,12 +105,12 @@ def teacher_vocabulary(distill: DistillConfig, tokenizer_path: str, max_length: 
     if is_exported(distill.teacher):
         log.info("the teacher is an exported model: the student's embeddings start at random, with its own tokenizer")
         return None
-    encoder, _, _ = load_saved_encoder(Path(distill.teacher))
     tokenizer = load_tokenizer(distill.teacher, max_length)  # with the student's truncation
     if tokenizer_path and load_tokenizer(tokenizer_path, max_length).get_vocab() != tokenizer.get_vocab():
         log.info("tokenizer.path is not the teacher's tokenizer: the student's embeddings start at random")
         return None
-    return TeacherVocabulary(tokenizer, encoder.embeddings.tokens.weight.detach())
+    # the one tensor needed, read without building the teacher (its name is the same in every format)
+    return TeacherVocabulary(tokenizer, read_weights(Path(distill.teacher) / WEIGHTS)[TOKEN_EMBEDDINGS])
 
 
 def seed_embeddings(embedding: nn.Embedding, table: torch.Tensor) -> None:
