@@ -42,14 +42,16 @@ class FeatureEncoder:
     """An encoder ready to embed texts, with the pooling to use when none is asked for.
 
     ``trained_pooling`` is a classifier's own pooling module (its learned query
-    for ``attention`` pooling), so its default features are exactly the vectors
-    its head was trained on.
+    for ``attention`` pooling), and ``normalized`` says whether the classifier
+    scales its pooled vectors to unit length (``model.normalize``), so its
+    default features are exactly the vectors its head was trained on.
     """
 
     encoder: Encoder
     tokenizer: Tokenizer
     pooling: str
     trained_pooling: nn.Module | None = None
+    normalized: bool = False
 
     @property
     def dim(self) -> int:
@@ -66,7 +68,7 @@ class FeatureEncoder:
     @classmethod
     def of_classifier(cls, model: TextClassifier, tokenizer: Tokenizer) -> FeatureEncoder:
         """A classifier's encoder, with its own pooling: its default features are what its head reads."""
-        return cls(model.encoder, tokenizer, model.config.pooling, model.pooling)
+        return cls(model.encoder, tokenizer, model.config.pooling, model.pooling, model.config.normalize)
 
     @classmethod
     def of_pretrained(cls, pretrained: PretrainedEncoder) -> FeatureEncoder:
@@ -101,7 +103,9 @@ def embed(source: str | Path | FeatureEncoder | ExportedModel, texts: list[str],
 
     ``pooling`` ``None`` uses the model's own (a classifier's pooling, the
     checkpoint's recommended one); ``normalize`` scales each vector to unit L2
-    norm, as cosine-similarity search expects.
+    norm, as cosine-similarity search expects (a classifier saved with
+    ``model.normalize`` does so with its own pooling anyway: those are the
+    vectors its head reads, and its exported ``pooled`` output).
     """
     if batch_size <= 0:
         raise UsageError(f"batch size must be positive; got {batch_size}")
@@ -116,6 +120,7 @@ def embed(source: str | Path | FeatureEncoder | ExportedModel, texts: list[str],
     model.to(device)
     precision = resolve_precision(precision, device)
     pool = model.pooling_module(pooling).to(device).eval()
+    normalize = normalize or (model.normalized and pooling in (None, model.pooling))
     model.encoder.eval()
     sequences = encode(model.tokenizer, texts).ids
     pad = pad_id(model.tokenizer)

@@ -57,6 +57,7 @@ VARIANTS = {
     "multi-label": {"task": "multi_label", "labels": ["a", "b", "c"]},
     "regression": {"task": "regression", "labels": ["score"]},
     "pairs": {"text_pairs": True, "type_vocab_size": 2},
+    "unit-length sentence vectors": {"pooling": "mean", "normalize": True},
     "pair regression": {"text_pairs": True, "type_vocab_size": 2, "task": "regression", "labels": ["score"]},
 }
 

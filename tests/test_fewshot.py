@@ -15,6 +15,7 @@ from encoder_clf.data.splits import load_splits
 from encoder_clf.data.tokenization import pad_id
 from encoder_clf.data.tokenized import TokenizedSplit
 from encoder_clf.errors import UsageError
+from encoder_clf.features import embed
 from encoder_clf.inference import evaluate, forward_batches, predict
 from encoder_clf.model.classifier import TextClassifier
 from encoder_clf.persistence.model_dir import save_model
@@ -281,6 +282,8 @@ def test_minilm_few_shot_on_sixteen_rows(toy_data, tmp_path, capsys, hermetic_da
                  "--out", str(out), "--set", "data.per_class=8", "--set", "fewshot.iterations=5"]) == 0
     settings = json.loads((out / "run_config.json").read_text())
     assert settings["fewshot"]["enabled"] and settings["train"]["lr"] == 2e-5 and settings["train"]["batch_size"] == 16
+    assert json.loads((out / "model" / "config.json").read_text())["normalize"]  # the head reads unit vectors
+    assert np.allclose(np.linalg.norm(embed(out / "model", ["a fine film", "dull"]), axis=1), 1.0, atol=1e-5)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["few_shot"]["pairs"] == 2 * 5 * 16 and metrics["steps"] == 10
     assert metrics["test"]["accuracy"] > 0.9, metrics["test"]

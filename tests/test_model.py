@@ -18,6 +18,7 @@ VARIANTS = [
     *({"relative_buckets": 8, "attention": r, "positions": "none"} for r in SCORE_RULES),
     {"ngram_buckets": 64}, {"ngram_buckets": 64, "pooling": "mean", "relative_buckets": 8},
     {"attention_combine": True}, {"attention_combine": True, "attention": "concat_position"},
+    {"pooling": "mean", "normalize": True},
 ]
 IDS = [",".join(f"{key}={value}" for key, value in variant.items()) for variant in VARIANTS]
 
@@ -238,3 +239,13 @@ def test_a_model_traced_on_a_batch_without_padding_still_masks_padding(tiny_mode
         empty[1] = True  # a row of padding only: its attention output is zeroed, in the graph as in eager mode
         eager = model(padded_ids, empty, need_weights=True).logits
         torch.testing.assert_close(traced(padded_ids, empty), eager, atol=1e-6, rtol=1e-6)
+
+
+def test_normalize_scales_the_pooled_vector_to_unit_length_before_the_head(tiny_model):
+    plain, unit = tiny_model(pooling="mean"), tiny_model(pooling="mean", normalize=True)  # the same weights
+    ids, mask = batch_with_padding(7)
+    raw, out = plain(ids, mask), unit(ids, mask)
+    torch.testing.assert_close(out.pooled.norm(dim=-1), torch.ones(2))
+    torch.testing.assert_close(out.pooled, torch.nn.functional.normalize(raw.pooled, dim=-1))
+    torch.testing.assert_close(out.logits, unit.head(out.pooled, ids, mask, None)[0])
+    assert not torch.allclose(out.logits, raw.logits)

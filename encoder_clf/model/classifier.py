@@ -38,8 +38,9 @@ class TextClassifier(nn.Module):
 
     The encoder turns ``(batch, seq)`` ids into ``(batch, seq, d_model)``
     states; the pooling named by ``config.pooling`` makes one sentence vector of
-    them; the head scores it linearly and, with ``config.ngram_buckets``, adds
-    a bag of n-grams read from the ids, mixed by weights fitted on validation
+    them (scaled to unit length with ``config.normalize``); the head scores it
+    linearly and, with ``config.ngram_buckets``, adds a bag of n-grams read
+    from the ids, mixed by weights fitted on validation
     (see :mod:`encoder_clf.model.heads`). ``task`` (:mod:`encoder_clf.model.tasks`)
     holds the loss and turns outputs into predictions. ``padding_mask`` is
     ``True`` at padding, and padding changes no output; ``token_type_ids`` mark
@@ -77,5 +78,7 @@ class TextClassifier(nn.Module):
                  token_type_ids: torch.Tensor | None = None) -> ClassifierOutput:
         """Pool the encoder's ``states`` ``(batch, seq, d_model)`` and score them with every part of the head."""
         pooled = self.pooling(states, padding_mask)
+        if self.config.normalize:
+            pooled = nn.functional.normalize(pooled, dim=-1)
         logits, parts = self.head(pooled, input_ids, padding_mask, token_type_ids)
         return ClassifierOutput(logits, pooled, parts, attentions or [])

@@ -42,6 +42,7 @@ class ModelConfig:
     norm: str = "pre"
     positions: str = "learned"
     pooling: str = "max"
+    normalize: bool = False  # the pooled vector scaled to unit length before the head (the few-shot preset sets it)
     max_positions: int = 512
     dropout: float = 0.3  # on the embeddings and each sublayer's output
     attention_dropout: float = 0.1

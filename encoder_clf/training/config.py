@@ -115,8 +115,9 @@ class FewShotConfig:
 
 # What `train --init --few-shot` starts from: the fine-tuning preset's model settings and SetFit's recipe for the
 # contrastive stage (Tunstall et al., 2022; setfit's defaults): one epoch of pairs in batches of 16, lr 2e-5,
-# weight decay 0.01, 10% warmup.
-FEWSHOT_PRESET = [*FINETUNE_PRESET, "train.epochs=1", "train.batch_size=16", "train.lr=2e-5",
+# weight decay 0.01, 10% warmup. The head reads unit-length sentence vectors: the cosine loss trains their
+# directions only, and SetFit's head reads all-MiniLM-L6-v2's normalised outputs (see training/fewshot.py).
+FEWSHOT_PRESET = [*FINETUNE_PRESET, "model.normalize=true", "train.epochs=1", "train.batch_size=16", "train.lr=2e-5",
                   "train.weight_decay=0.01", "train.warmup_ratio=0.1"]
 
 

@@ -6,9 +6,12 @@ SetFit draws pairs of labelled rows instead, many more pairs than rows: two rows
 class; for multi-label, at least one label in common) are a positive pair, with target cosine 1, any other two a
 negative pair, with target 0. The encoder is trained so that the cosine of each pair's sentence vectors meets its
 target (the squared error: sentence-transformers' CosineSimilarityLoss), and scikit-learn's LogisticRegression is
-then fitted on the tuned vectors of the train rows (one per label for multi-label). Its coefficients are copied
-into the model's linear head, so the run directory is an ordinary one that ``evaluate``, ``predict``, ``embed`` and
-``export`` read unchanged; a multi-label model's thresholds are then tuned on validation, as in every run.
+then fitted on the tuned vectors of the train rows (one per label for multi-label). The vectors are scaled to unit
+length (``model.normalize``, set by the few-shot preset): the cosine loss shapes their directions only, their
+lengths stay as the pretrained encoder left them, and SetFit's head reads all-MiniLM-L6-v2's normalised outputs.
+The coefficients are copied into the model's linear head, so the run directory is an ordinary one that
+``evaluate``, ``predict``, ``embed`` and ``export`` read unchanged; a multi-label model's thresholds are then tuned
+on validation, as in every run.
 
 :func:`fit_few_shot` takes the loop's place in :func:`encoder_clf.training.run.train` (``fewshot.enabled``,
 ``--few-shot``). The contrastive stage reads the ``train`` settings (the few-shot preset sets SetFit's) and writes

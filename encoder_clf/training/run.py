@@ -202,8 +202,8 @@ def _build(config: RunConfig, splits: Splits | StreamingSplits,
     shape = {"labels": splits.label_names, "task": splits.task, "text_pairs": splits.text_pairs}
     if start is not None:  # the architecture and tokenizer come with the pretrained encoder
         tokenizer = start.tokenizer
-        model_config = replace(start.config, pooling=config.model.pooling, dropout=config.model.dropout,
-                               attention_dropout=config.model.attention_dropout, **shape)
+        model_config = replace(start.config, pooling=config.model.pooling, normalize=config.model.normalize,
+                               dropout=config.model.dropout, attention_dropout=config.model.attention_dropout, **shape)
     else:
         if vocabulary is not None:
             tokenizer = vocabulary.tokenizer
