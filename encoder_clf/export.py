@@ -75,6 +75,7 @@ class _Graph(nn.Module):
         self.classifier = classifier
         self.encoder = None if features is None else features.encoder
         self.pooling = None if features is None else features.pooling_module(None)
+        self.normalized = features is not None and features.normalized
 
     @property
     def inputs(self) -> list[str]:
@@ -94,7 +95,8 @@ class _Graph(nn.Module):
             out = self.classifier(input_ids, padding, token_type_ids)
             return out.logits.float(), out.pooled.float()
         states, _ = self.encoder(input_ids, padding, token_type_ids)
-        return (self.pooling(states, padding).float(),)
+        pooled = self.pooling(states, padding).float()
+        return (nn.functional.normalize(pooled, dim=-1) if self.normalized else pooled,)
 
 
 @dataclass
@@ -392,7 +394,8 @@ def _info(config: ModelConfig, features: FeatureEncoder, graph: _Graph, quantize
     kind = "classifier" if classifier is not None else "encoder"
     info = {"format": FORMAT, "kind": kind, "task": config.task if classifier is not None else None,
             "labels": list(config.labels) if classifier is not None else [], "text_pairs": config.text_pairs,
-            "pooling": features.pooling, "dim": features.dim, "precision": quantize or "fp32", "opset": OPSET,
+            "pooling": features.pooling, "normalized": features.normalized, "dim": features.dim,
+            "precision": quantize or "fp32", "opset": OPSET,
             "inputs": graph.inputs, "outputs": graph.outputs,
             "source": str(source), "encoder_clf_version": __version__}
     if classifier is not None and config.task == "multi_label":

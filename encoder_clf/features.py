@@ -42,9 +42,10 @@ class FeatureEncoder:
     """An encoder ready to embed texts, with the pooling to use when none is asked for.
 
     ``trained_pooling`` is a classifier's own pooling module (its learned query
-    for ``attention`` pooling), and ``normalized`` says whether the classifier
-    scales its pooled vectors to unit length (``model.normalize``), so its
-    default features are exactly the vectors its head was trained on.
+    for ``attention`` pooling), and ``normalized`` says whether the model
+    scales its pooled vectors to unit length (a classifier's ``model.normalize``,
+    a sentence-transformers checkpoint's ``Normalize`` module), so a
+    classifier's default features are exactly the vectors its head was trained on.
     """
 
     encoder: Encoder
@@ -72,9 +73,10 @@ class FeatureEncoder:
 
     @classmethod
     def of_pretrained(cls, pretrained: PretrainedEncoder) -> FeatureEncoder:
-        """A pretrained encoder, with the pooling its authors recommend (mean when it is not one we offer)."""
+        """A pretrained encoder, with the pooling its authors recommend (mean when it is not one we offer) and
+        their scaling to unit length, if any: its default features are what sentence-transformers gives."""
         pooling = pretrained.pooling if pretrained.pooling in FEATURE_POOLINGS else "mean"
-        return cls(pretrained.encoder, pretrained.tokenizer, pooling)
+        return cls(pretrained.encoder, pretrained.tokenizer, pooling, normalized=pretrained.normalize)
 
     def to(self, device: torch.device) -> FeatureEncoder:
         self.encoder.to(device)
@@ -103,9 +105,11 @@ def embed(source: str | Path | FeatureEncoder | ExportedModel, texts: list[str],
 
     ``pooling`` ``None`` uses the model's own (a classifier's pooling, the
     checkpoint's recommended one); ``normalize`` scales each vector to unit L2
-    norm, as cosine-similarity search expects (a classifier saved with
-    ``model.normalize`` does so with its own pooling anyway: those are the
-    vectors its head reads, and its exported ``pooled`` output).
+    norm, as cosine-similarity search expects. A model that scales its own
+    vectors is scaled with its own pooling anyway: a classifier saved with
+    ``model.normalize`` (the vectors its head reads, and its exported
+    ``pooled`` output), and a checkpoint whose sentence-transformers pipeline
+    ends in ``Normalize`` (what its ``encode()`` gives).
     """
     if batch_size <= 0:
         raise UsageError(f"batch size must be positive; got {batch_size}")

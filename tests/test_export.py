@@ -149,7 +149,8 @@ def test_imported_minilm_exports_its_sentence_vectors(minilm_exports, sst2_dir):
     cosine = (int8 * reference).sum(1) / np.linalg.norm(int8, axis=1) / np.linalg.norm(reference, axis=1)
     assert cosine.mean() >= 0.99 and cosine.min() >= 0.95, (cosine.mean(), cosine.min())
     info = json.loads((root / "int8" / "config.json").read_text())
-    assert (info["kind"], info["pooling"], info["dim"], info["outputs"]) == ("encoder", "mean", 384, ["pooled"])
+    assert (info["kind"], info["pooling"], info["normalized"], info["dim"], info["outputs"]) == (
+        "encoder", "mean", True, 384, ["pooled"])  # its sentence-transformers pipeline ends in Normalize
     assert (root / "int8" / ONNX).stat().st_size < 0.35 * (root / "fp32" / ONNX).stat().st_size
 
 

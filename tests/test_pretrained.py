@@ -97,6 +97,23 @@ def test_unsupported_architecture_is_refused(tiny_bert, tmp_path):
         import_bert(directory)
 
 
+def test_a_normalize_module_in_the_pipeline_gives_unit_vectors_by_default(tiny_bert, tmp_path):
+    """sentence-transformers' ``modules.json`` ending in ``Normalize`` (as all-MiniLM-L6-v2's does): ``embed`` with
+    the recommended pooling gives what its ``encode()`` gives; another pooling, or a checkpoint without it, does not
+    scale."""
+    directory, texts = _copy(tiny_bert[0], tmp_path), ["the film was great", "poor writing"]
+    raw = embed(directory, texts, precision="fp32")
+    (directory / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}]))
+    unit = embed(directory, texts, precision="fp32")
+    np.testing.assert_allclose(unit, raw / np.linalg.norm(raw, axis=1, keepdims=True), atol=1e-6)
+    assert not np.allclose(np.linalg.norm(raw, axis=1), 1.0)
+    np.testing.assert_allclose(embed(directory, texts, pooling="mean", precision="fp32"),
+                               embed(_copy(tiny_bert[0], tmp_path / "plain"), texts, pooling="mean", precision="fp32"))
+
+
 def test_hub_ids_go_through_the_hub_cache(tiny_bert, monkeypatch):
     import huggingface_hub
 
@@ -136,3 +153,5 @@ def test_minilm_sentence_vectors_match_sentence_transformers(sst2_dir):
     cosine = (ours * theirs).sum(axis=1)
     assert cosine.min() >= 0.9999, (cosine.min(), texts[int(cosine.argmin())])
     assert np.allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
+    # its pipeline ends in Normalize: the defaults on both sides give unit vectors
+    np.testing.assert_allclose(embed(model, texts[:64], precision="fp32"), ours[:64], atol=1e-6)

@@ -29,7 +29,7 @@ from ..model.config import ADDITIONS_OFF, ModelConfig
 from ..model.encoder import Encoder
 from .model_dir import CONFIG, TOKENIZER, WEIGHTS, load_saved_encoder, load_weights
 
-HUB_FILES = [CONFIG, WEIGHTS, TOKENIZER, "sentence_bert_config.json", "1_Pooling/config.json"]
+HUB_FILES = [CONFIG, WEIGHTS, TOKENIZER, "sentence_bert_config.json", "1_Pooling/config.json", "modules.json"]
 ACTIVATION_NAMES = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu"}
 
 # BERT's names → ours. Per-layer names are relative to ``encoder.layer.{i}.`` / ``blocks.{i}.``.
@@ -56,12 +56,14 @@ PREFIXES = ("bert.", "model.")
 
 @dataclass
 class PretrainedEncoder:
-    """An encoder to start from, its config and tokenizer, and the pooling its authors recommend for sentences."""
+    """An encoder to start from, its config and tokenizer, and how its authors make sentence vectors of it: the
+    pooling, and whether the vectors are scaled to unit length."""
 
     encoder: Encoder
     config: ModelConfig
     tokenizer: Tokenizer
     pooling: str
+    normalize: bool = False
 
 
 def is_bert_checkpoint(directory: Path) -> bool:
@@ -172,7 +174,8 @@ def import_bert(source: str | Path, max_length: int | None = None) -> Pretrained
     if pad_id(tokenizer) != config.pad_token_id:
         raise UsageError(f"{directory / TOKENIZER}: [PAD] has id {pad_id(tokenizer)} but config.json says "
                          f"pad_token_id={config.pad_token_id}; use the checkpoint's own tokenizer.json")
-    return PretrainedEncoder(encoder.eval(), config, tokenizer, _recommended_pooling(directory))
+    return PretrainedEncoder(encoder.eval(), config, tokenizer, _recommended_pooling(directory),
+                             _normalizes(directory))
 
 
 def load_encoder(source: str | Path, max_length: int | None = None) -> PretrainedEncoder:
@@ -183,7 +186,7 @@ def load_encoder(source: str | Path, max_length: int | None = None) -> Pretraine
     encoder, config, tokenizer = load_saved_encoder(directory)
     if max_length is not None:
         tokenizer.enable_truncation(min(max_length, config.max_positions))
-    return PretrainedEncoder(encoder, config, tokenizer, config.pooling)
+    return PretrainedEncoder(encoder, config, tokenizer, config.pooling, config.normalize)
 
 
 def _max_length(directory: Path, config: ModelConfig) -> int:
@@ -206,3 +209,13 @@ def _recommended_pooling(directory: Path) -> str:
         if modes.get(mode):
             return name
     return "mean"
+
+
+def _normalizes(directory: Path) -> bool:
+    """Whether a sentence-transformers checkpoint's pipeline (``modules.json``) scales its vectors to unit length:
+    all-MiniLM-L6-v2's ends in a ``Normalize`` module, so its ``encode()`` gives unit vectors."""
+    file = directory / "modules.json"
+    if not file.is_file():
+        return False
+    return any(str(module.get("type", "")).endswith(".Normalize")
+               for module in json.loads(file.read_text(encoding="utf-8")))
