@@ -75,7 +75,6 @@ class _Graph(nn.Module):
         self.classifier = classifier
         self.encoder = None if features is None else features.encoder
         self.pooling = None if features is None else features.pooling_module(None)
-        self.normalized = features is not None and features.normalized
 
     @property
     def inputs(self) -> list[str]:
@@ -95,8 +94,7 @@ class _Graph(nn.Module):
             out = self.classifier(input_ids, padding, token_type_ids)
             return out.logits.float(), out.pooled.float()
         states, _ = self.encoder(input_ids, padding, token_type_ids)
-        pooled = self.pooling(states, padding).float()
-        return (nn.functional.normalize(pooled, dim=-1) if self.normalized else pooled,)
+        return (self.pooling(states, padding).float(),)
 
 
 @dataclass

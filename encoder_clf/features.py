@@ -37,6 +37,18 @@ FEATURE_POOLINGS = ("mean", "cls", "max")
 OUTPUT_FORMATS = (".npy", ".parquet")
 
 
+class UnitLength(nn.Module):
+    """A pooling whose vectors are scaled to unit length, in float32 (a bf16 vector's norm is off by 1e-3): a
+    model's own, when the model scales them."""
+
+    def __init__(self, pooling: nn.Module) -> None:
+        super().__init__()
+        self.pooling = pooling
+
+    def forward(self, states: torch.Tensor, padding_mask: torch.Tensor | None) -> torch.Tensor:
+        return nn.functional.normalize(self.pooling(states, padding_mask).float(), dim=-1)
+
+
 @dataclass
 class FeatureEncoder:
     """An encoder ready to embed texts, with the pooling to use when none is asked for.
@@ -59,12 +71,15 @@ class FeatureEncoder:
         return self.encoder.embeddings.tokens.embedding_dim
 
     def pooling_module(self, name: str | None) -> nn.Module:
+        """The pooling ``name`` (``None``: the model's own); the model's own scales to unit length if the model does."""
         name = name or self.pooling
         if self.trained_pooling is not None and name == self.pooling:
-            return self.trained_pooling
-        if name not in FEATURE_POOLINGS:
+            module = self.trained_pooling
+        elif name in FEATURE_POOLINGS:
+            module = POOLINGS[name](self.dim, 1)
+        else:
             raise UsageError(f"pooling {name!r} is not available here; choose one of {', '.join(FEATURE_POOLINGS)}")
-        return POOLINGS[name](self.dim, 1)
+        return UnitLength(module) if self.normalized and name == self.pooling else module
 
     @classmethod
     def of_classifier(cls, model: TextClassifier, tokenizer: Tokenizer) -> FeatureEncoder:
@@ -124,7 +139,6 @@ def embed(source: str | Path | FeatureEncoder | ExportedModel, texts: list[str],
     model.to(device)
     precision = resolve_precision(precision, device)
     pool = model.pooling_module(pooling).to(device).eval()
-    normalize = normalize or (model.normalized and pooling in (None, model.pooling))
     model.encoder.eval()
     sequences = encode(model.tokenizer, texts).ids
     pad = pad_id(model.tokenizer)
