@@ -434,7 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label-column")
     p.add_argument("--text-columns", type=_names, metavar="FIRST,SECOND", help="the two text columns of pairs")
     p.add_argument("--label-columns", type=_names, metavar="NAME,...", help="one 0/1 column per label")
-    p.add_argument("--label-separator", default=",", help="between the names of a multi-label row (default ,)")
+    p.add_argument("--label-separator", help="between the names of a multi-label row (default: the run's, else ,)")
     p.set_defaults(run=_evaluate)
 
     p = _command(commands, "predict", "classify texts (arguments, --file, or stdin)", (common,))

@@ -18,11 +18,12 @@ ONNX Runtime and the exporter's ``onnx``/``onnxscript`` come from the
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -31,8 +32,9 @@ from tokenizers import Tokenizer
 from torch import nn
 
 from .data.batching import sorted_batches
-from .data.config import DataConfig
-from .data.splits import read_split, read_texts
+from .data.config import DataConfig, RunData, run_data
+from .data.sources import find_splits
+from .data.splits import Split, load_splits, read_split, read_texts
 from .data.tokenization import encode, pad_id, tokenizer_from_json
 from .errors import UsageError
 from .features import FeatureEncoder
@@ -51,6 +53,8 @@ QUANTIZATIONS = ("int8",)
 TOLERANCE = 1e-4  # fp32 ONNX against PyTorch, largest absolute difference of any output
 CHECK_ROWS = 256
 EXTRA_HINT = "pip install 'encoder-clf[onnx]'"
+
+log = logging.getLogger(__name__)
 
 
 def is_exported(directory: str | Path) -> bool:
@@ -241,12 +245,7 @@ def export(model_dir: str | Path, out: str | Path, quantize: str | None = None, 
     except ImportError:
         raise UsageError(f"exporting needs the onnx and onnxscript packages, in the onnx extra: {EXTRA_HINT}") from None
     classifier, features, config, directory = _source(model_dir)
-    data = data if data is not None else _run_data(directory)
-    labelled = _validation(data, config) if classifier is not None and data else None
-    if labelled is not None:
-        texts = labelled.texts[:CHECK_ROWS]
-    else:  # an encoder has no labels to score; its texts check the vectors
-        texts = read_texts(data, "validation")[:CHECK_ROWS] if data else None
+    labelled, texts = _check_data(data, run_data(directory), classifier is not None, config)
     graph = _Graph(classifier, None if classifier is not None else features).eval()
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -279,17 +278,32 @@ def export(model_dir: str | Path, out: str | Path, quantize: str | None = None, 
     return ExportReport(out, "classifier" if classifier is not None else "encoder", quantize, checks, size)
 
 
-def _run_data(directory: Path) -> str | None:
-    """The data of the training run whose ``model/`` this is, when it can still be read."""
-    try:
-        path = json.loads((directory.parent / "run_config.json").read_text(encoding="utf-8"))["data"]["path"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return path if path and Path(path).exists() else None
+def _check_data(data: str | None, run: RunData | None, classifier: bool, config: ModelConfig
+                ) -> tuple[Split | None, list | None]:
+    """A classifier's labelled rows that score the export, and the texts that check its outputs.
 
-
-def _validation(data: str, config: ModelConfig):
-    return read_split(data, "validation", config.labels, config.task, config.text_pairs, DataConfig(path=data))
+    Without ``data``, the run's own validation rows (carved out again with the run's seed where the run carved
+    them); with ``data``, its validation split. Both are read with the run's column settings. Neither given nor
+    found: random token sequences.
+    """
+    if data is None and run is not None and not run.found:
+        log.warning("the run's data %s is not found from here (a relative path is read from the current directory):"
+                    " the export is checked on random token sequences; pass --data to score it", run.config.path)
+    if data is None and (run is None or not run.found):
+        return None, None
+    columns = run.config if data is None else replace(run.config, path=data) if run else DataConfig(path=data)
+    sources = find_splits(columns.path)
+    if not classifier:  # an encoder has no labels to score; its texts check the vectors
+        split = "validation" if "validation" in sources else "train"
+        return None, read_texts(columns.path, split, columns.text_column)[:CHECK_ROWS]
+    if "validation" in sources:
+        labelled = read_split(columns.path, "validation", config.labels, config.task, config.text_pairs, columns)
+    elif data is None:  # the rows the run held out of its train split
+        labelled = load_splits(columns, run.seed).validation
+    else:
+        raise UsageError(f"--data {data}: no validation split to score the export on; pass data with a validation "
+                         "file, or leave --data out to use the run's own validation rows")
+    return labelled, labelled.texts[:CHECK_ROWS]
 
 
 def _write_graph(graph: _Graph, file: Path) -> None:

@@ -9,6 +9,7 @@ predictions and :mod:`encoder_clf.metrics` scores them.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -17,7 +18,7 @@ import torch
 from tokenizers import Tokenizer
 
 from .data.batching import sorted_batches
-from .data.config import DataConfig
+from .data.config import DataConfig, run_data
 from .data.splits import read_split
 from .data.tokenization import encode, pad_id
 from .errors import UsageError
@@ -127,12 +128,19 @@ def evaluate_texts(model: TextClassifier | ExportedModel, tokenizer: Tokenizer, 
 def evaluate(model_dir: str | Path, data: str, split: str = "test", batch_size: int = 256,
              precision: str = "auto", text_column: str | None = None, label_column: str | None = None,
              text_columns: list[str] | None = None, label_columns: list[str] | None = None,
-             label_separator: str = ",") -> dict:
-    """Load a saved (or exported) model and score it on one split of a dataset (columns detected unless named)."""
+             label_separator: str | None = None) -> dict:
+    """Load a saved (or exported) model and score it on one split of a dataset.
+
+    Columns are read with the settings of the model's run (its ``run_config.json``, when the model sits in a run
+    directory), then the ones given here; what neither names is detected.
+    """
     model, tokenizer = load_classifier(model_dir)
     config = model.config
-    columns = DataConfig(path=data, text_column=text_column, label_column=label_column, text_columns=text_columns,
-                         label_columns=label_columns, label_separator=label_separator)
+    run = run_data(model_dir)
+    given = {"text_column": text_column, "label_column": label_column, "text_columns": text_columns,
+             "label_columns": label_columns, "label_separator": label_separator}
+    columns = replace(run.config if run is not None else DataConfig(), path=data,
+                      **{key: value for key, value in given.items() if value is not None})
     labelled = read_split(data, split, config.labels, config.task, config.text_pairs, columns)
     return evaluate_texts(model, tokenizer, labelled.texts, labelled.labels, batch_size,
                           run_precision(model, precision))
@@ -155,6 +163,9 @@ def predict(model_dir: str | Path, texts: list, batch_size: int = 256, precision
     """Predictions for texts (or ``(first, second)`` pairs) of a saved or exported model, whatever its task."""
     if not texts:
         raise UsageError("no text to classify; pass TEXT arguments, --file PATH, or lines on standard input")
+    blank = next((i for i, text in enumerate(texts, 1) if isinstance(text, str) and not text.strip()), None)
+    if blank is not None:
+        raise UsageError(f"text {blank} is empty; every text needs a word")
     model, tokenizer = load_classifier(model_dir)
     logits = torch.from_numpy(forward_texts(model, tokenizer, texts, batch_size, run_precision(model, precision)))
     return predictions(model, logits)

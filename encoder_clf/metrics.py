@@ -2,7 +2,8 @@
 
 Per-class scores use ``zero_division=0`` so a class the model never predicts
 scores 0 without a warning, and the confusion matrix always has every class,
-predicted or not. A run writes them as ``metrics.json``, ``report.txt`` and a
+predicted or not. Per-text multi-label scores (samples-F1, Jaccard) give a text
+with no labels, rightly predicted with none, 1. A run writes them as ``metrics.json``, ``report.txt`` and a
 figure of the task: the confusion matrix, each label's F1 (multi-label), or
 predicted against true values (regression).
 """
@@ -60,14 +61,15 @@ def multi_label_metrics(y_true: np.ndarray, y_pred: np.ndarray, label_names: lis
     """Micro-, macro- and samples-F1, subset accuracy, Jaccard (per text), Hamming loss, and per label
     precision/recall/F1/support, of 0/1 indicator matrices ``(n, labels)``."""
     y_true, y_pred = y_true.astype(int), y_pred.astype(int)
-    f1 = {average: float(f1_score(y_true, y_pred, average=average, zero_division=0))
+    # per text, a row with no labels and none predicted is exactly right: it scores 1, as subset accuracy has it
+    f1 = {average: float(f1_score(y_true, y_pred, average=average, zero_division=1 if average == "samples" else 0))
           for average in ("micro", "macro", "samples")}
     precision, recall, per_f1, support = precision_recall_fscore_support(y_true, y_pred, zero_division=0)
     return {
         "task": "multi_label",
         "micro_f1": f1["micro"], "macro_f1": f1["macro"], "samples_f1": f1["samples"],
         "subset_accuracy": float(accuracy_score(y_true, y_pred)),
-        "jaccard": float(jaccard_score(y_true, y_pred, average="samples", zero_division=0)),
+        "jaccard": float(jaccard_score(y_true, y_pred, average="samples", zero_division=1)),
         "hamming_loss": float(hamming_loss(y_true, y_pred)),
         "n": int(len(y_true)),
         "per_label": {name: {"precision": float(p), "recall": float(r), "f1-score": float(f), "support": int(n)}

@@ -146,6 +146,11 @@ def case(name: str, root: Path, model_dir: Path) -> tuple[list[str], list[str]]:
     if name == "embed: ambiguous text column":
         return ["embed", "--model", str(model_dir), "--data", str(write(root / "t.csv", "text,sentence\na,b\n")),
                 "--out", str(root / "v.npy")], ["could both be the text column", "pick one with --text-column NAME"]
+    if name == "embed: sentence pairs":
+        return ["embed", "--model", str(model_dir), "--data", str(write(root / "nli.csv",
+                "premise,hypothesis,label\na cat sits,an animal sits,entailment\n")), "--out", str(root / "v.npy")], [
+            "nli.csv: its rows are sentence pairs (premise, hypothesis), and one text per row is read here",
+            "pass --text-column premise (or hypothesis)"]
     if name == "embed: missing split":
         return ["embed", "--model", str(model_dir), "--data", str(splits(root, GOOD_TRAIN)), "--split", "test",
                 "--out", str(root / "v.npy")], ["no 'test' split (splits found: train, validation)",
@@ -171,6 +176,14 @@ def case(name: str, root: Path, model_dir: Path) -> tuple[list[str], list[str]]:
         return data(write(root / "train.csv", "text,joy,anger,note\nwow,1,0,0\nugh,0,1,angry\n")) + [
             "--set", "data.label_columns=joy,anger,note"], [
             "train.csv: row 2 of label column 'note' holds 'angry'", "holds only 0 or 1"]
+    if name == "0/1 label columns with a stray value":
+        return data(write(root / "train.csv", "text,joy,anger\nwow,1,0\nugh,0,1\nhm,yes,0\n")), [
+            "train.csv: column 'anger' holds only 0 and 1 and column 'joy' does not (row 3: 'yes')",
+            "name them with --set data.label_columns=NAME,NAME,..."]
+    if name == "0/1 label column only in validation":
+        return data(splits(root, "text\tjoy\tanger\nwow\t1\t0\nugh\t0\t1\n",
+                           "text\tjoy\tanger\tfear\nhm\t1\t0\t1\n")), [
+            "validation.tsv: 0/1 column 'fear' is not a label column of", "train.tsv (its labels: joy, anger)"]
     if name == "regression target infinite":
         return data(write(root / "train.csv", "text,score\na,0.5\nb,inf\nc,2.5\n")), [
             "train.csv: row 2 of label column 'score' is inf, not a finite number", "fix or remove the row"]
@@ -188,6 +201,8 @@ def case(name: str, root: Path, model_dir: Path) -> tuple[list[str], list[str]]:
     predict = ["predict", "--model"]
     if name == "predict with no text":
         return predict + [str(model_dir)], ["no text to classify; pass TEXT arguments, --file PATH"]
+    if name == "predict an empty text":
+        return predict + [str(model_dir), "a fine film", "  "], ["text 2 is empty; every text needs a word"]
     if name == "model directory missing":
         return predict + [str(root / "nope"), "hi"], ["model directory", "nope not found"]
     if name == "model weights missing":
@@ -209,11 +224,13 @@ CASES = ["missing path", "unsupported extension", "missing text column", "missin
          "init model with a mismatched tokenizer", "existing run directory", "resume a missing run",
          "resume a finished run", "resume without checkpoints", "resume with new settings",
          "pair column missing in validation", "empty second text", "multi-label name only in validation",
-         "label columns mixing 0/1 with text", "regression target infinite", "regression target missing",
+         "label columns mixing 0/1 with text", "0/1 label columns with a stray value",
+         "0/1 label column only in validation", "regression target infinite", "regression target missing",
          "regression target not a number", "task contradicts the data", "evaluate: missing text column",
-         "evaluate: unknown label column", "embed: ambiguous text column", "embed: missing split",
-         "pretrain: missing split", "predict with no text", "model directory missing", "model weights missing",
-         "model weights corrupted", "tokenizer does not match the model"]
+         "evaluate: unknown label column", "embed: ambiguous text column", "embed: sentence pairs",
+         "embed: missing split", "pretrain: missing split", "predict with no text", "predict an empty text",
+         "model directory missing", "model weights missing", "model weights corrupted",
+         "tokenizer does not match the model"]
 
 
 def snapshot(root: Path) -> dict[str, bytes | None]:

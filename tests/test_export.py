@@ -11,13 +11,15 @@ import torch
 pytest.importorskip("onnxruntime")
 
 from encoder_clf.cli import main
+from encoder_clf.data.config import DataConfig
+from encoder_clf.data.splits import load_splits
 from encoder_clf.data.tokenization import TokenizerConfig, pad_id, train_tokenizer
 from encoder_clf.errors import UsageError
 from encoder_clf.export import ONNX, export, load_exported
 from encoder_clf.features import embed
-from encoder_clf.inference import evaluate, predict
+from encoder_clf.inference import evaluate, evaluate_texts, predict
 from encoder_clf.model.classifier import TextClassifier
-from encoder_clf.persistence.model_dir import save_model
+from encoder_clf.persistence.model_dir import load_model, save_model
 
 from conftest import tiny_config, toy_rows
 
@@ -116,6 +118,30 @@ def test_evaluate_and_the_run_data_check(tokenizer, tmp_path, toy_data, hermetic
     ours = evaluate(tmp_path / "exported", str(toy_data), "test")
     theirs = evaluate(model_dir, str(toy_data), "test", precision="fp32")
     assert (ours["accuracy"], ours["confusion_matrix"]) == (theirs["accuracy"], theirs["confusion_matrix"])
+
+
+def test_the_run_data_check_reads_the_run_as_it_read_its_data(tokenizer, tmp_path, hermetic_datasets, caplog,
+                                                              one_thread):
+    """A run on one file with named columns: export scores the rows that run held out (its seed, its fraction)
+    and evaluate reads the file with its columns; data not found from here is said, not skipped in silence."""
+    file = tmp_path / "reviews.csv"
+    file.write_text("a,y\n" + "".join(f"{text},{label}\n" for text, label in toy_rows(200, 0)), encoding="utf-8")
+    data = {"path": str(file), "text_column": "a", "label_column": "y", "validation_fraction": 0.2}
+    run = tmp_path / "run"
+    model_dir = saved(run / "model", tokenizer, labels=["0", "1"])
+    (run / "run_config.json").write_text(json.dumps({"data": data, "train": {"seed": 3}}))
+    report = export(model_dir, tmp_path / "exported")
+    held_out = load_splits(DataConfig(**data), seed=3).validation
+    pytorch = evaluate_texts(load_model(model_dir)[0], tokenizer, held_out.texts, held_out.labels)["accuracy"]
+    assert report.checks["validation"]["rows"] == 40
+    assert report.checks["validation"]["pytorch_fp32"] == pytest.approx(pytorch, abs=1e-12)
+    assert evaluate(model_dir, str(file), "train", precision="fp32")["n"] == 200
+    with pytest.raises(UsageError, match=r"^--data .*reviews.csv: no validation split to score the export on; "):
+        export(model_dir, tmp_path / "other", data=str(file))
+    (run / "run_config.json").write_text(json.dumps({"data": {**data, "path": "moved/reviews.csv"}}))
+    report = export(model_dir, tmp_path / "unchecked")
+    assert "validation" not in report.checks
+    assert "the run's data moved/reviews.csv is not found from here" in caplog.text
 
 
 def test_int8_stays_close_to_fp32(tokenizer, tmp_path, toy_data, hermetic_datasets, one_thread):

@@ -62,6 +62,20 @@ def test_missing_classes_give_no_warnings_and_a_full_matrix(y_true, y_pred):
         assert metrics["per_class"][name]["precision"] == 0.0
 
 
+def test_per_text_multi_label_scores_count_a_rightly_empty_row_as_right():
+    """A text with no labels is a valid multi-label row: predicting none for it is exactly right (as subset
+    accuracy says), while predicting a label for it, or none for a labelled text, scores 0 for that text."""
+    y_true = np.array([[1, 0], [0, 0], [0, 1], [0, 0]])
+    right = compute_metrics(y_true, y_true.copy(), ["a", "b"], "multi_label")
+    assert (right["subset_accuracy"], right["samples_f1"], right["jaccard"]) == (1.0, 1.0, 1.0)
+    wrong = y_true.copy()
+    wrong[1] = [1, 0]  # a label predicted for the text that has none
+    wrong[2] = [0, 0]  # none predicted for a labelled text
+    metrics = compute_metrics(y_true, wrong, ["a", "b"], "multi_label")
+    assert metrics["samples_f1"] == pytest.approx(0.5) and metrics["jaccard"] == pytest.approx(0.5)
+    assert metrics["subset_accuracy"] == pytest.approx(0.5)
+
+
 def test_metrics_are_plain_python_values():
     y_true, y_pred = random_labels(3, 30, 0)
     metrics = compute_metrics(y_true, y_pred, names(3))

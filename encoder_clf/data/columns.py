@@ -116,19 +116,38 @@ class Columns:
             return cls(texts, None, tuple(config.label_columns))
         if config.label_column is None and table is not None and not any(n in columns for n in LABEL_COLUMNS):
             rest = [name for name in columns if name not in texts]
-            if len(rest) >= 2 and all(_zero_one(table[name]) for name in rest):
+            zero_one = [name for name in rest if _zero_one(table[name])]
+            if len(rest) >= 2 and zero_one == rest:
                 return cls(texts, None, tuple(rest))
+            if len(rest) >= 2 and zero_one:
+                other = next(name for name in rest if name not in zero_one)
+                values = list(table[other])  # a stray word makes a file's column text, its 0 and 1 included
+                row, value = next(((i, v) for i, v in enumerate(values, 1) if str(v).strip() not in ("0", "1")),
+                                  (1, values[0] if values else None))
+                held = f"columns {', '.join(map(repr, zero_one))} hold" if len(zero_one) > 1 else \
+                    f"column {zero_one[0]!r} holds"
+                raise UsageError(f"{where}: {held} only 0 and 1 and column {other!r} does not (row {row}: {value!r}); "
+                                 f"for one 0/1 column per label, fix that row or name them with {hints['labels']}; "
+                                 f"for one label column, pass {hints['label']}")
         label = pick_column(columns, config.label_column, "label", where, hints)
         names = getattr((features or {}).get(label), "names", None)
         return cls(texts, label, (), list(names) if names else None)
 
-    def found_in(self, columns: Sequence[str], where: str, first: str) -> Columns:
-        """These columns (found in the split ``first``) in another split, or a one-line error naming the missing one."""
+    def found_in(self, table, where: str, first: str, detected: bool = False) -> Columns:
+        """These columns (found in the split ``first``) in another split's ``table``, or a one-line error naming
+        the missing one. ``detected``: the indicators were detected in ``first``, and a further 0/1 column here
+        would be a label that split never has."""
+        columns = table.column_names
         for name in (*self.texts, *([self.label] if self.label else []), *self.indicators):
             if name not in columns:
                 role = ("text column" if name in self.texts else "label column")
                 raise UsageError(f"{where}: no column {name!r}, which {first} has as a {role}; columns found: "
                                  f"{', '.join(columns)}; add the column or rename it")
+        if detected and self.indicators:
+            extra = [name for name in columns if name not in (*self.texts, *self.indicators) and _zero_one(table[name])]
+            if extra:
+                raise UsageError(f"{where}: 0/1 column {extra[0]!r} is not a label column of {first} (its labels: "
+                                 f"{', '.join(self.indicators)}); add the column to {first}, or remove it here")
         return self
 
     @property

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, fields
+from pathlib import Path
 
 from ..errors import UsageError
 
@@ -51,3 +53,32 @@ class DataConfig:
         if self.per_class and self.streaming:
             raise UsageError("data.per_class samples the train split held in memory, which data.streaming never "
                              "holds; drop one of them")
+
+
+@dataclass
+class RunData:
+    """The data a saved model's training run read: its ``data`` settings and the seed of its validation carve-out."""
+
+    config: DataConfig
+    seed: int
+
+    @property
+    def found(self) -> bool:
+        """Whether the run's data can still be read from here (a relative path is read from the current directory)."""
+        return bool(self.config.path) and Path(self.config.path).expanduser().exists()
+
+
+def run_data(model_dir: str | Path) -> RunData | None:
+    """The data settings of the run whose ``model/`` is ``model_dir`` (its ``run_config.json``), else None.
+
+    Commands that read more data for a trained model (``evaluate``, ``export``'s check) start from them, so that
+    the columns, label separator and validation rows the run was given need not be given again.
+    """
+    try:
+        raw = json.loads((Path(model_dir).expanduser().parent / "run_config.json").read_text(encoding="utf-8"))
+        known = {field.name for field in fields(DataConfig)}
+        config = DataConfig(**{key: value for key, value in raw["data"].items() if key in known})
+        seed = raw.get("train", {}).get("seed", 0)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, UsageError):
+        return None
+    return RunData(config, int(seed))

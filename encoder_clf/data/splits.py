@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UsageError
-from .columns import FLAG_HINTS, SETTING_HINTS, Columns, labelled_rows, pick_column
+from .columns import FLAG_HINTS, PAIR_COLUMNS, SETTING_HINTS, TEXT_COLUMNS, Columns, labelled_rows, pick_column
 from .config import DataConfig
 from .sampling import per_class_rows
 from .sources import SplitSource, empty_split, find_splits, train_split
@@ -78,7 +78,8 @@ def read_rows(source: SplitSource, config: DataConfig, hints: dict[str, str] = S
     """
     table = source.read_streamed() if streamed else source.read()
     if like is not None:
-        columns, task = like.columns.found_in(table.column_names, source.where, like.where), like.task
+        columns = like.columns.found_in(table, source.where, like.where, detected=not config.label_columns)
+        task = like.task
     else:
         columns = Columns.of(table.column_names, table.features, config, source.where, hints, table, pairs)
     raw = list(columns.rows(table))
@@ -151,7 +152,12 @@ def read_texts(path: str, split: str = "train", text_column: str | None = None,
             raise UsageError(f"{file} is not UTF-8 (byte {err.start}); re-encode it as UTF-8") from None
     source = _named_split(find_splits(path), path, split, hints)
     table = source.read()
-    column = pick_column(table.column_names, text_column, "text", source.where, hints)
+    names = table.column_names
+    pair = next((pair for pair in PAIR_COLUMNS if all(name in names for name in pair)), None)
+    if text_column is None and pair and not any(name in names for name in TEXT_COLUMNS):
+        raise UsageError(f"{source.where}: its rows are sentence pairs ({', '.join(pair)}), and one text per row "
+                         f"is read here; pass {hints['text'].replace('NAME', pair[0])} (or {pair[1]})")
+    column = pick_column(names, text_column, "text", source.where, hints)
     return [text if isinstance(text, str) else "" for text in table[column]]
 
 
