@@ -34,7 +34,7 @@ from torch import nn
 from .data.batching import sorted_batches
 from .data.config import DataConfig, RunData, run_data
 from .data.sources import find_splits
-from .data.splits import Split, load_splits, read_split, read_texts
+from .data.splits import Split, read_texts, validation_rows
 from .data.tokenization import encode, pad_id, tokenizer_from_json
 from .errors import UsageError
 from .features import FeatureEncoder
@@ -296,13 +296,11 @@ def _check_data(data: str | None, run: RunData | None, classifier: bool, config:
     if not classifier:  # an encoder has no labels to score; its texts check the vectors
         split = "validation" if "validation" in sources else "train"
         return None, read_texts(columns.path, split, columns.text_column)[:CHECK_ROWS]
-    if "validation" in sources:
-        labelled = read_split(columns.path, "validation", config.labels, config.task, config.text_pairs, columns)
-    elif data is None:  # the rows the run held out of its train split
-        labelled = load_splits(columns, run.seed).validation
-    else:
+    if data is not None and "validation" not in sources:
         raise UsageError(f"--data {data}: no validation split to score the export on; pass data with a validation "
                          "file, or leave --data out to use the run's own validation rows")
+    labelled = validation_rows(columns, run.seed if run is not None else 0, config.labels, config.task,
+                               config.text_pairs)
     return labelled, labelled.texts[:CHECK_ROWS]
 
 

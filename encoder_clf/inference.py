@@ -19,7 +19,7 @@ from tokenizers import Tokenizer
 
 from .data.batching import sorted_batches
 from .data.config import DataConfig, run_data
-from .data.splits import read_split
+from .data.splits import read_split, validation_rows
 from .data.tokenization import encode, pad_id
 from .errors import UsageError
 from .export import ExportedModel, is_exported, load_exported
@@ -132,7 +132,8 @@ def evaluate(model_dir: str | Path, data: str, split: str = "test", batch_size: 
     """Load a saved (or exported) model and score it on one split of a dataset.
 
     Columns are read with the settings of the model's run (its ``run_config.json``, when the model sits in a run
-    directory), then the ones given here; what neither names is detected.
+    directory), then the ones given here; what neither names is detected. The validation split of the run's own
+    data, where the run held it out of its train file, is held out again as the run did.
     """
     model, tokenizer = load_classifier(model_dir)
     config = model.config
@@ -141,9 +142,16 @@ def evaluate(model_dir: str | Path, data: str, split: str = "test", batch_size: 
              "label_columns": label_columns, "label_separator": label_separator}
     columns = replace(run.config if run is not None else DataConfig(), path=data,
                       **{key: value for key, value in given.items() if value is not None})
-    labelled = read_split(data, split, config.labels, config.task, config.text_pairs, columns)
+    if split == "validation" and run is not None and run.found and _same_file(data, run.config.path):
+        labelled = validation_rows(columns, run.seed, config.labels, config.task, config.text_pairs)
+    else:
+        labelled = read_split(data, split, config.labels, config.task, config.text_pairs, columns)
     return evaluate_texts(model, tokenizer, labelled.texts, labelled.labels, batch_size,
                           run_precision(model, precision))
+
+
+def _same_file(first: str, second: str) -> bool:
+    return Path(first).expanduser().resolve() == Path(second).expanduser().resolve()
 
 
 class Predictions(NamedTuple):

@@ -138,6 +138,18 @@ def read_split(path: str, split: str, label_names: list[str], task: str = "singl
     return rows.labelled(model_target(task, label_names, rows.columns, rows.values, config.label_separator))
 
 
+def validation_rows(config: DataConfig, seed: int, label_names: list[str], task: str, text_pairs: bool) -> Split:
+    """A trained model's validation rows in ``config.path``: its validation split, else the rows that a run with
+    ``seed`` held out of its train split (:func:`carve_validation`, carved again the same way)."""
+    if "validation" in find_splits(config.path):
+        return read_split(config.path, "validation", label_names, task, text_pairs, config)
+    splits = load_splits(config, seed)
+    if list(splits.label_names) != list(label_names):
+        raise UsageError(f"{config.path}: its labels ({', '.join(splits.label_names)}) are not the model's "
+                         f"({', '.join(label_names)}); pass the data the model was trained on")
+    return splits.validation
+
+
 def read_texts(path: str, split: str = "train", text_column: str | None = None,
                hints: dict[str, str] = SETTING_HINTS) -> list[str]:
     """Every text of one split, in file order (empty ones as ``""``): for features and pretraining.
