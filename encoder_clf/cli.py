@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import textwrap
 import time
@@ -508,6 +509,9 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as err:
         print(f"encoder-clf: error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader stopped early (`encoder-clf runs | head`): not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's own flush at exit would raise
+        return 0
     finally:
         shutdown(wait=done)
     return 0

@@ -132,8 +132,9 @@ def evaluate(model_dir: str | Path, data: str, split: str = "test", batch_size: 
     """Load a saved (or exported) model and score it on one split of a dataset.
 
     Columns are read with the settings of the model's run (its ``run_config.json``, when the model sits in a run
-    directory), then the ones given here; what neither names is detected. The validation split of the run's own
-    data, where the run held it out of its train file, is held out again as the run did.
+    directory), then the ones given here; what neither names is detected. A single file is scored whole (``split``
+    names a split of a directory or a Hub dataset), except the run's own file, whose validation rows are held
+    out again as the run held them.
     """
     model, tokenizer = load_classifier(model_dir)
     config = model.config
@@ -142,10 +143,13 @@ def evaluate(model_dir: str | Path, data: str, split: str = "test", batch_size: 
              "label_columns": label_columns, "label_separator": label_separator}
     columns = replace(run.config if run is not None else DataConfig(), path=data,
                       **{key: value for key, value in given.items() if value is not None})
-    if split == "validation" and run is not None and run.found and _same_file(data, run.config.path):
+    own = run is not None and run.found and _same_file(data, run.config.path)
+    if own and split == "validation":
         labelled = validation_rows(columns, run.seed, config.labels, config.task, config.text_pairs)
-    else:
-        labelled = read_split(data, split, config.labels, config.task, config.text_pairs, columns)
+    else:  # a single file other than the run's own is scored whole, whatever the split's name
+        whole = not own and Path(data).expanduser().is_file()
+        labelled = read_split(data, "train" if whole else split, config.labels, config.task, config.text_pairs,
+                              columns)
     return evaluate_texts(model, tokenizer, labelled.texts, labelled.labels, batch_size,
                           run_precision(model, precision))
 

@@ -2,6 +2,8 @@
 
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -210,3 +212,15 @@ def test_runs_of_a_missing_directory_is_one_line_and_status_2(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err == f"encoder-clf: error: {tmp_path / 'nowhere'}: no such directory; pass run directories or a " \
                   "folder of them (default runs/)"
+
+
+def test_a_reader_that_stops_early_ends_the_listing_quietly(tmp_path):
+    """``encoder-clf runs | head``: the closed pipe ends the command with status 0 and no traceback."""
+    for i in range(600):  # more than a pipe's buffer holds, so that writing meets the closed end
+        _run_dir(tmp_path, f"run-{i:03d}", 1e-3)
+    command = [sys.executable, "-m", "encoder_clf.cli", "runs", str(tmp_path), "--json"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdout.read(100)
+    process.stdout.close()
+    assert process.wait(timeout=120) == 0
+    assert process.stderr.read() == b""

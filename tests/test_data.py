@@ -12,7 +12,7 @@ import torch
 
 from encoder_clf.data.batching import bucket_batches, collate
 from encoder_clf.data.config import DataConfig
-from encoder_clf.data.sources import READERS
+from encoder_clf.data.sources import READERS, find_splits
 from encoder_clf.data.splits import load_splits, read_split
 from encoder_clf.errors import UsageError
 
@@ -440,3 +440,12 @@ def test_collate_pads_and_masks(pad_id):
         assert ids[row, : len(seq)].tolist() == seq
         assert ids[row, len(seq):].eq(pad_id).all()
         assert mask[row].tolist() == [j >= len(seq) for j in range(width)]
+
+
+def test_a_mistyped_path_under_a_local_folder_is_not_looked_up_on_the_hub(tmp_path, monkeypatch):
+    """``data/typo`` has the shape of a Hub id, but its folder exists here: it is a local path that is missing."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    monkeypatch.setattr(datasets, "get_dataset_split_names", lambda *a, **k: pytest.fail("asked the Hub"))
+    with pytest.raises(UsageError, match=r"^data path data/typo does not exist; pass an existing file"):
+        find_splits("data/typo")

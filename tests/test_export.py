@@ -138,6 +138,9 @@ def test_the_run_data_check_reads_the_run_as_it_read_its_data(tokenizer, tmp_pat
     assert evaluate(model_dir, str(file), "train", precision="fp32")["n"] == 200
     again = evaluate(model_dir, str(file), "validation", precision="fp32")  # the rows the run held out
     assert (again["n"], again["accuracy"]) == (40, pytorch)
+    other = tmp_path / "more.csv"  # another single file: scored whole, under the default split name
+    other.write_text(file.read_text(encoding="utf-8"), encoding="utf-8")
+    assert evaluate(model_dir, str(other), precision="fp32")["n"] == 200
     with pytest.raises(UsageError, match=r"^--data .*reviews.csv: no validation split to score the export on; "):
         export(model_dir, tmp_path / "other", data=str(file))
     (run / "run_config.json").write_text(json.dumps({"data": {**data, "path": "moved/reviews.csv"}}))

@@ -13,6 +13,7 @@ from encoder_clf.data.config import DataConfig
 from encoder_clf.data.splits import load_splits, read_split
 from encoder_clf.data.tokenization import TokenizerConfig, encode, train_tokenizer
 from encoder_clf.data.tokenized import tokenize_split
+from encoder_clf.errors import UsageError
 from encoder_clf.model.classifier import TextClassifier
 from encoder_clf.persistence.model_dir import load_model, save_model
 from encoder_clf.settings import with_overrides
@@ -72,6 +73,21 @@ def test_multi_label_keeps_the_order_the_user_gives_and_another_separator(tmp_pa
     splits = load_splits(DataConfig(path=str(tmp_path), label_separator="|", labels=["surprise", "joy", "anger"]))
     assert splits.label_names == ["surprise", "joy", "anger"]
     assert splits.train.labels.tolist() == [[1, 1, 0], [0, 0, 1]]
+
+
+def test_a_models_0_1_label_columns_are_matched_by_name_in_any_order(tmp_path):
+    """Scoring a model on a file whose 0/1 columns come in another order: each column is its label by name;
+    a column that is not a model label, or a label without its column, is refused."""
+    file = write(tmp_path / "test.csv", "text,gold,red,blue\nwow,1,0,0\nugh,0,1,1\nmeh,0,0,0\n")
+    expected = [[0, 1, 0], [1, 0, 1], [0, 0, 0]]  # the model's order: blue, gold, red
+    for columns in (None, ["red", "blue", "gold"], ["gold", "red", "blue"]):
+        split = read_split(str(file), "train", ["blue", "gold", "red"], "multi_label",
+                           config=DataConfig(path=str(file), label_columns=columns))
+        assert split.labels.tolist() == expected, columns
+    with pytest.raises(UsageError, match=r"test.csv: label columns red, blue: the model's labels are blue, gold, red "
+                                         r"and none is 'gold'; pass one 0/1 column per model label"):
+        read_split(str(file), "train", ["blue", "gold", "red"], "multi_label",
+                   config=DataConfig(path=str(file), label_columns=["red", "blue"]))
 
 
 @pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])

@@ -15,7 +15,7 @@ from ..errors import UsageError
 
 def per_class_rows(labels: np.ndarray, names: list[str], task: str, k: int, seed: int, where: str) -> np.ndarray:
     """The sorted indices of the rows to keep: exactly ``k`` of each class, or (multi-label) at least ``k``
-    positives of each label; the same rows for the same seed.
+    positives of each label and ``k`` rows without any; the same rows for the same seed.
 
     ``labels`` are the split's targets: class ids ``(n,)`` or 0/1 indicators ``(n, labels)``. A class (label) with
     fewer than ``k`` rows (positives), and a regression target, are refused.
@@ -41,13 +41,15 @@ def _check_counts(counts: np.ndarray, names: list[str], k: int, kind: str, rows:
 
 
 def _covering(labels: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
-    """Rows such that every label has at least ``k`` positives, chosen greedily.
+    """Rows such that every label has at least ``k`` positives, chosen greedily, and ``k`` rows without any label.
 
     The rule: labels are visited from the rarest (fewest positives in the split) to the most common; each one
     whose positives among the rows chosen so far fall short of ``k`` is topped up with its positive rows in one
     seeded random order of the split. A row drawn for one label counts for all of its labels, so common labels
-    usually need no rows of their own and the sample stays close to ``k`` rows per label. Rows without any label
-    are never drawn. Every label can be topped up: it has at least ``k`` positives (checked before).
+    usually need no rows of their own and the sample stays close to ``k`` rows per label. Every label can be
+    topped up: it has at least ``k`` positives (checked before). Rows without any label are a valid answer (a
+    text that carries no tag or flag), so they count as one more class: ``k`` of them are drawn in the same
+    order, or all of them where the split has fewer.
     """
     order = rng.permutation(len(labels))
     chosen = np.zeros(len(labels), dtype=bool)
@@ -56,4 +58,5 @@ def _covering(labels: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarra
         if missing > 0:
             candidates = order[labels[order, label] & ~chosen[order]]
             chosen[candidates[:missing]] = True
+    chosen[order[~labels[order].any(axis=1)][:k]] = True
     return np.flatnonzero(chosen)

@@ -140,10 +140,12 @@ def split_files(directory: Path) -> dict[str, Path]:
 
 
 def _looks_local(path: str) -> bool:
-    """A missing path that cannot be a Hub name (``name``, ``owner/name``, optional ``:config``)."""
+    """A missing path that cannot be a Hub name (``name``, ``owner/name``, optional ``:config``), or an
+    ``owner/name`` whose ``owner`` is a local directory: a mistyped local path, not a Hub dataset."""
     name = path.split(":", 1)[0]
     return (name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep in name.replace("/", "")
-            or Path(name).suffix.lower() in READERS or Path(name).suffix.lower() == ".txt")
+            or Path(name).suffix.lower() in READERS or Path(name).suffix.lower() == ".txt"
+            or ("/" in name and Path(name).parent.is_dir()))
 
 
 def _cause(err: Exception) -> str:

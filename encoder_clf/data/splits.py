@@ -135,7 +135,8 @@ def read_split(path: str, split: str, label_names: list[str], task: str = "singl
         if all(label in names for label in label_names):
             config = replace(config, label_columns=list(label_names))
     rows = read_rows(source, config, hints, pairs=text_pairs, task=task)
-    return rows.labelled(model_target(task, label_names, rows.columns, rows.values, config.label_separator))
+    return rows.labelled(model_target(task, label_names, rows.columns, rows.values, config.label_separator,
+                                      rows.where))
 
 
 def validation_rows(config: DataConfig, seed: int, label_names: list[str], task: str, text_pairs: bool) -> Split:

@@ -117,13 +117,13 @@ class MultiLabelTarget:
     def encode(self, values: Sequence, where: str, rows: Sequence[int]) -> np.ndarray:
         out = np.zeros((len(values), len(self.names)), dtype=np.float32)
         for i, (row, value) in enumerate(zip(rows, values)):
-            if self.columns:
-                for j, (column, flag) in enumerate(zip(self.columns, value)):
+            if self.columns:  # each column's label by name: a split may order its columns as it likes
+                for column, flag in zip(self.columns, value):
                     if str(flag).strip() not in ("0", "1", "True", "False", "0.0", "1.0"):
                         raise UsageError(f"{where}: row {row} of label column {column!r} holds {flag!r}; a column "
                                          "of one label holds only 0 or 1: fix the value, or leave the column out "
                                          "of data.label_columns")
-                    out[i, j] = float(str(flag).strip() in ("1", "True", "1.0"))
+                    out[i, self.classes.by_value[column]] = float(str(flag).strip() in ("1", "True", "1.0"))
             else:
                 for name in label_names(value, self.separator):
                     out[i, self.classes.id(name, where, row)] = 1.0
@@ -180,14 +180,25 @@ def target_of(task: str, columns: Columns, values: Sequence, requested: list[str
     return SingleLabelTarget(Classes.from_values(values, requested or columns.class_names, where))
 
 
-def model_target(task: str, names: list[str], columns: Columns, values: Sequence, separator: str) -> Target:
-    """The target of a split scored against a trained model of ``task`` with label ``names``."""
+def model_target(task: str, names: list[str], columns: Columns, values: Sequence, separator: str,
+                 where: str = "") -> Target:
+    """The target of a split scored against a trained model of ``task`` with label ``names``.
+
+    0/1 label columns are matched to the model's labels by name, and must be one per label.
+    """
     if task == "regression":
         return RegressionTarget(columns.label or names[0])
     if task == "multi_label":
         if columns.indicators:
+            unknown = [column for column in columns.indicators if column not in names]
+            missing = [name for name in names if name not in columns.indicators]
+            if unknown or missing:
+                problem = f"{unknown[0]!r} is not one of them" if unknown else f"none is {missing[0]!r}"
+                raise UsageError(f"{where}: label columns {', '.join(columns.indicators)}: the model's labels are "
+                                 f"{', '.join(names)} and {problem}; pass one 0/1 column per model label, named "
+                                 "after it")
             return MultiLabelTarget(Classes(list(names), {n: i for i, n in enumerate(names)}), separator,
-                                    tuple(names))
+                                    tuple(columns.indicators))
         seen = [name for value in values for name in label_names(value, separator)]
         return MultiLabelTarget(Classes.of_model(names, seen), separator)
     return SingleLabelTarget(Classes.of_model(names, values))

@@ -194,7 +194,7 @@ def transfer(config, tokenizer, splits: Splits, cache_dir: str, world: World, pr
                               distill.batch_size, precision, world, progress)
     seconds = time.perf_counter() - started
     if splits.task == "regression":  # the teacher's value in the target's units: the student standardises it its way
-        outputs = teacher.task.scores(torch.from_numpy(np.asarray(outputs))).numpy()[:, None]
+        outputs = teacher.task.scores(torch.from_numpy(np.array(outputs))).numpy()[:, None]  # a copy: mapped read-only
     targets = np.concatenate([outputs, _hard_labels(train.labels, len(texts), splits.task)], axis=1)
     tokens = tokenize_split(tokenizer, Split(texts, targets, f"{train.source} (transfer set)"), cache_dir,
                             config.data.num_proc)
