@@ -38,6 +38,7 @@ from .data.splits import Split, read_texts, validation_rows
 from .data.tokenization import encode, pad_id, tokenizer_from_json
 from .errors import UsageError
 from .features import FeatureEncoder
+from .files import published
 from .metrics import SELECTION_METRICS
 from .model.classifier import TextClassifier
 from .model.config import ModelConfig
@@ -268,7 +269,7 @@ def export(model_dir: str | Path, out: str | Path, quantize: str | None = None, 
             checks["validation"] = _score_change(classifier, features.tokenizer, staging, labelled)
             info["checks"] = checks
             (staging / CONFIG).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-        staging.chmod(0o755)  # mkdtemp's 0700 would keep a server's other users out
+        published(staging)  # mkdtemp's 0700 would keep a server's other users out
         if out.exists():
             shutil.rmtree(out)
         os.replace(staging, out)
@@ -380,8 +381,12 @@ def _quantize_int8(file: Path) -> None:
 
     fp32 = file.with_name("fp32.onnx")
     os.replace(file, fp32)
-    quantize_dynamic(str(fp32), str(file), weight_type=QuantType.QInt8, per_channel=True,
-                     op_types_to_quantize=["MatMul", "Gemm", "Gather"])
+    logging.disable(logging.WARNING)  # the quantizer logs to the root logger: notes on the graph, not the user's
+    try:
+        quantize_dynamic(str(fp32), str(file), weight_type=QuantType.QInt8, per_channel=True,
+                         op_types_to_quantize=["MatMul", "Gemm", "Gather"])
+    finally:
+        logging.disable(logging.NOTSET)
     fp32.unlink()
 
 

@@ -110,8 +110,8 @@ NAMES = {"accuracy": "accuracy", "macro_f1": "macro-F1", "micro_f1": "micro-F1",
 
 def headline(metrics: dict) -> str:
     """The task's headline scores in one line: ``accuracy 0.8800  macro-F1 0.8700``."""
-    keys = {"single_label": ("accuracy", "macro_f1", "f1"), "multi_label": ("micro_f1", "macro_f1", "samples_f1",
-            "subset_accuracy", "hamming_loss"), "regression": ("pearson", "spearman", "mse", "mae")}
+    keys = {"single_label": ("accuracy", "macro_f1", "f1"), "multi_label": ("macro_f1", "micro_f1", "samples_f1",
+            "subset_accuracy", "jaccard", "hamming_loss"), "regression": ("pearson", "spearman", "mse", "mae")}
     return "  ".join(f"{NAMES[k]} {metrics[k]:.4f}" for k in keys[metrics.get("task", "single_label")] if k in metrics)
 
 

@@ -17,7 +17,7 @@ ROOT = PACKAGE.parent
 
 # Bottom to top. A layer is a list of top-level names under encoder_clf (a subpackage or a module).
 LAYERS = {
-    "core": ["errors", "settings", "runtime"],
+    "core": ["errors", "settings", "runtime", "files"],
     "model": ["model"],
     "data": ["data"],
     "persistence": ["persistence"],

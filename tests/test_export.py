@@ -2,6 +2,7 @@
 predict, evaluate and embed as model directories do, and bad requests end in one line."""
 
 import json
+import logging
 import sys
 
 import numpy as np
@@ -149,9 +150,11 @@ def test_the_run_data_check_reads_the_run_as_it_read_its_data(tokenizer, tmp_pat
     assert "the run's data moved/reviews.csv is not found from here" in caplog.text
 
 
-def test_int8_stays_close_to_fp32(tokenizer, tmp_path, toy_data, hermetic_datasets, one_thread):
+def test_int8_stays_close_to_fp32(tokenizer, tmp_path, toy_data, hermetic_datasets, caplog, one_thread):
     model_dir = saved(tmp_path / "model", tokenizer, labels=["0", "1"], d_model=32, d_ff=64)
-    report = export(model_dir, tmp_path / "int8", quantize="int8", data=str(toy_data))
+    with caplog.at_level(logging.INFO):
+        report = export(model_dir, tmp_path / "int8", quantize="int8", data=str(toy_data))
+    assert [record.getMessage() for record in caplog.records if record.name == "root"] == []  # the quantizer's
     int8 = report.checks["int8"]
     assert int8["rows"] == 60 and int8["pooled_cosine_mean"] > 0.99 and int8["top_label_agreement"] >= 0.9
     assert abs(report.checks["validation"]["change"]) <= 0.1

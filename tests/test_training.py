@@ -1,6 +1,7 @@
 """Training on real data: a 2,000-row SST-2 sample must learn well above chance."""
 
 import json
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -86,6 +87,13 @@ def test_run_fits_the_part_weights_on_validation_and_saves_them(toy_data, tmp_pa
     assert weights != [0.5, 0.5]
     for split in ("validation", "test"):  # the saved model is the one that was scored
         assert evaluate(tmp_path / "run" / "model", str(toy_data), split, precision="fp32") == metrics[split]
+    # files written whole and renamed into place are as readable as those written in place (not tempfile's 0600)
+    mode = lambda path: stat.S_IMODE(path.stat().st_mode)  # noqa: E731
+    run = tmp_path / "run"
+    plain = mode(run / "run_config.json")
+    assert {name: mode(run / name) for name in ("metrics.json", "report.txt", "model/model.safetensors")} == \
+        dict.fromkeys(("metrics.json", "report.txt", "model/model.safetensors"), plain)
+    assert mode(run / "model") == mode(run)  # the run folder: a plain mkdir
 
 
 def test_token_dropout_spares_special_tokens_and_padding():

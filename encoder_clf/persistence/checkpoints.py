@@ -32,6 +32,7 @@ from tokenizers import Tokenizer
 
 from ..data.tokenization import load_tokenizer
 from ..errors import UsageError
+from ..files import published
 from .model_dir import load_weights
 
 log = logging.getLogger(__name__)
@@ -222,7 +223,7 @@ def save_checkpoint(root: Path, objects: Trainables, progress: Progress, tokeniz
         meta["files"] = {TENSORS: _write_tensors(staging / TENSORS, tensors), TOKENIZER: _sha256(tokenizer_json)}
         _write(staging / TOKENIZER, tokenizer_json)
         _write(staging / META, json.dumps(meta).encode("utf-8"))  # last: it vouches for the others
-        _fsync_dir(staging)
+        _fsync_dir(published(staging))
         if final.exists():
             shutil.rmtree(final)
         os.replace(staging, final)

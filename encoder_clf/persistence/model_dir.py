@@ -27,6 +27,7 @@ from tokenizers import Tokenizer
 
 from ..data.tokenization import tokenizer_from_json
 from ..errors import UsageError
+from ..files import published
 from ..model.attention import stack_projections
 from ..model.classifier import TextClassifier
 from ..model.config import ADDITIONS_OFF, ModelConfig
@@ -67,6 +68,7 @@ def save_model(directory: str | Path, model: TextClassifier, tokenizer: Tokenize
         for name, data in _text_files(model, tokenizer).items():
             (staging / name).write_bytes(data)
         save_file(_weights_of(model), staging / WEIGHTS, metadata={"format": FORMAT})
+        published(staging)
         if directory.exists():
             old = directory.with_name(f".{directory.name}.old")
             shutil.rmtree(old, ignore_errors=True)

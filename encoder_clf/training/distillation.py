@@ -36,6 +36,7 @@ from ..data.tokenization import load_tokenizer
 from ..data.tokenized import TokenizedSplit, texts_digest, tokenize_split
 from ..errors import UsageError
 from ..export import is_exported
+from ..files import published
 from ..inference import evaluate_texts, forward_texts, load_classifier, run_precision
 from ..persistence.model_dir import WEIGHTS, read_weights
 from ..settings import check_fields
@@ -247,7 +248,7 @@ def _write_npy(file: Path, array: np.ndarray) -> None:
     try:
         with os.fdopen(handle, "wb") as out:
             np.save(out, array)
-        os.replace(temporary, file)
+        os.replace(published(Path(temporary)), file)
     finally:
         Path(temporary).unlink(missing_ok=True)
 

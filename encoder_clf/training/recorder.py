@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer
 
+from ..files import published
 from ..metrics import curves_figure, format_report, save, task_figure
 from ..model.classifier import TextClassifier
 from ..persistence.checkpoints import CHECKPOINTS, Progress, Trainables, save_checkpoint
@@ -175,6 +176,6 @@ def _write_atomically(target: Path, write: Callable[[Path], object]) -> None:
     partial = Path(name)
     try:
         write(partial)
-        os.replace(partial, target)
+        os.replace(published(partial), target)
     finally:
         partial.unlink(missing_ok=True)
