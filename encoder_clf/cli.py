@@ -501,6 +501,8 @@ def version() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="encoder-clf: %(message)s", stream=sys.stderr)
+    for library in ("datasets", "huggingface_hub"):  # they print through handlers of their own: once, not twice
+        logging.getLogger(library).propagate = False
     args = build_parser().parse_args(argv)
     done = False
     try:

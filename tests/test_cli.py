@@ -224,3 +224,11 @@ def test_a_reader_that_stops_early_ends_the_listing_quietly(tmp_path):
     process.stdout.close()
     assert process.wait(timeout=120) == 0
     assert process.stderr.read() == b""
+
+
+def test_the_hubs_libraries_messages_print_once(tmp_path):
+    """`datasets` and `huggingface_hub` print through handlers of their own (a Hub retry, say): not twice."""
+    script = ("import logging, sys, datasets; from encoder_clf.cli import main; main(['runs', sys.argv[1]]); "
+              "logging.getLogger('huggingface_hub.utils._http').warning('Retrying in 1s [Retry 1/5].')")
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert done.stderr.count("Retrying in 1s") == 1, done.stderr
