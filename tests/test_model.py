@@ -249,3 +249,24 @@ def test_normalize_scales_the_pooled_vector_to_unit_length_before_the_head(tiny_
     torch.testing.assert_close(out.pooled, torch.nn.functional.normalize(raw.pooled, dim=-1))
     torch.testing.assert_close(out.logits, unit.head(out.pooled, ids, mask, None)[0])
     assert not torch.allclose(out.logits, raw.logits)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_the_outputs_are_the_mix_that_evaluation_recomputes_from_the_parts(precision):
+    """Evaluation fits the mixing weights on the parts it gathered and scores their mix; the model's own outputs
+    must be that mix bit for bit (under bf16 autocast too), or the saved model scores other than its evaluation."""
+    import numpy as np
+
+    from encoder_clf.inference import forward_batches
+    from encoder_clf.model.classifier import TextClassifier
+
+    torch.manual_seed(0)
+    model = TextClassifier(tiny_config(vocab_size=100, pad_token_id=0, ngram_buckets=64, task="multi_label",
+                                       labels=["a", "b", "c"]))
+    with torch.no_grad():
+        for parameter in model.head.parameters():
+            parameter.normal_(0, 0.5)
+    sequences = [list(np.random.default_rng(i).integers(2, 100, size=5 + i % 7)) for i in range(50)]
+    out = forward_batches(model, sequences, 0, 16, precision)
+    assert out.logits.dtype == np.float32
+    assert np.array_equal(out.logits, model.head.mix(torch.from_numpy(out.parts)).numpy())

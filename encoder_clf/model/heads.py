@@ -66,5 +66,9 @@ class EnsembleHead(nn.Module):
         return HeadOutput(self.mix(parts), parts)
 
     def mix(self, parts: torch.Tensor) -> torch.Tensor:
-        """The weighted sum of the parts' logits ``(parts, batch, outputs)`` → ``(batch, outputs)``."""
-        return torch.einsum("p,pbc->bc", self.weights.to(parts.dtype), parts)
+        """The weighted sum of the parts' logits ``(parts, batch, outputs)`` → ``(batch, outputs)``, in float32.
+
+        Elementwise, so that autocast leaves it in float32: evaluation fits the weights on the parts it gathered
+        and mixes them again here, and a bf16 sum would round the model's own outputs away from those scores.
+        """
+        return (self.weights.float()[:, None, None] * parts.float()).sum(dim=0)
