@@ -60,8 +60,21 @@ def for_inference(module: torch.nn.Module, precision: str) -> torch.nn.Module:
 
     Autocast casts each weight to bf16 on every call when gradients are off; a
     bf16 copy pays that once. Autocast still runs LayerNorm and softmax in fp32.
+    The buffers the module names in ``float32_state`` stay float32: values that
+    turn outputs into decisions (mixing weights, thresholds, a target's scale)
+    were fitted on float32 outputs, and rounded they would decide otherwise.
     """
-    return copy.deepcopy(module).to(torch.bfloat16) if precision == "bf16" else module
+    if precision != "bf16":
+        return module
+    copied = copy.deepcopy(module).to(torch.bfloat16)
+    for name in getattr(module, "float32_state", ()):
+        owner, _, buffer = name.rpartition(".")
+        try:
+            value = module.get_buffer(name)
+        except AttributeError:  # this module has no such part (a model without n-grams, of another task)
+            continue
+        copied.get_submodule(owner).register_buffer(buffer, value.clone())
+    return copied
 
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt's parameter numbers (malloc.h)

@@ -266,7 +266,13 @@ def test_the_outputs_are_the_mix_that_evaluation_recomputes_from_the_parts(preci
     with torch.no_grad():
         for parameter in model.head.parameters():
             parameter.normal_(0, 0.5)
+        model.head.weights.copy_(torch.tensor([0.3137, 0.8291]))  # fitted values: not bf16-representable
+        model.task.thresholds.uniform_(0.2, 0.8)
     sequences = [list(np.random.default_rng(i).integers(2, 100, size=5 + i % 7)) for i in range(50)]
     out = forward_batches(model, sequences, 0, 16, precision)
     assert out.logits.dtype == np.float32
-    assert np.array_equal(out.logits, model.head.mix(torch.from_numpy(out.parts)).numpy())
+    mixed = model.head.mix(torch.from_numpy(out.parts))
+    assert np.array_equal(out.logits, mixed.numpy())
+    # and its decisions are those of its own thresholds on that mix
+    decided = model.task.predict(torch.from_numpy(out.logits)).numpy()
+    assert np.array_equal(decided, (model.task.scores(mixed) >= model.task.thresholds).numpy())

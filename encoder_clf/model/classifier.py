@@ -47,6 +47,9 @@ class TextClassifier(nn.Module):
     the second text of a pair.
     """
 
+    # Values that turn outputs into decisions: a bf16 copy for inference keeps them float32 (runtime.for_inference).
+    float32_state = ("head.weights", "task.thresholds", "task.mean", "task.std")
+
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         needed = {"single_label": "at least 2 labels", "multi_label": "at least 1 label",
