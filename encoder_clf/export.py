@@ -23,7 +23,7 @@ import os
 import shutil
 import tempfile
 import warnings
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +32,7 @@ from tokenizers import Tokenizer
 from torch import nn
 
 from .data.batching import sorted_batches
-from .data.config import DataConfig, RunData, run_data
+from .data.config import RunData, run_data
 from .data.sources import find_splits
 from .data.splits import Split, read_texts, validation_rows
 from .data.tokenization import encode, pad_id, tokenizer_from_json
@@ -287,12 +287,15 @@ def _check_data(data: str | None, run: RunData | None, classifier: bool, config:
     them); with ``data``, its validation split. Both are read with the run's column settings. Neither given nor
     found: random token sequences.
     """
-    if data is None and run is not None and not run.found:
-        log.warning("the run's data %s is not found from here (a relative path is read from the current directory):"
-                    " the export is checked on random token sequences; pass --data to score it", run.config.path)
-    if data is None and (run is None or not run.found):
-        return None, None
-    columns = run.config if data is None else replace(run.config, path=data) if run else DataConfig(path=data)
+    if data is None:
+        if run is None:
+            return None, None
+        if not run.found:
+            log.warning("the run's data %s is not found from here (a relative path is read from the current "
+                        "directory): the export is checked on random token sequences; pass --data to score it",
+                        run.config.path)
+            return None, None
+    columns = RunData.reading(run, data if data is not None else run.config.path)
     sources = find_splits(columns.path)
     if not classifier:  # an encoder has no labels to score; its texts check the vectors
         split = "validation" if "validation" in sources else "train"

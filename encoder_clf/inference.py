@@ -9,7 +9,6 @@ predictions and :mod:`encoder_clf.metrics` scores them.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -18,7 +17,7 @@ import torch
 from tokenizers import Tokenizer
 
 from .data.batching import sorted_batches
-from .data.config import DataConfig, run_data
+from .data.config import RunData, run_data
 from .data.splits import read_split, validation_rows
 from .data.tokenization import encode, pad_id
 from .errors import UsageError
@@ -139,10 +138,8 @@ def evaluate(model_dir: str | Path, data: str, split: str = "test", batch_size: 
     model, tokenizer = load_classifier(model_dir)
     config = model.config
     run = run_data(model_dir)
-    given = {"text_column": text_column, "label_column": label_column, "text_columns": text_columns,
-             "label_columns": label_columns, "label_separator": label_separator}
-    columns = replace(run.config if run is not None else DataConfig(), path=data,
-                      **{key: value for key, value in given.items() if value is not None})
+    columns = RunData.reading(run, data, text_column=text_column, label_column=label_column,
+                              text_columns=text_columns, label_columns=label_columns, label_separator=label_separator)
     own = run is not None and run.found and _same_file(data, run.config.path)
     if own and split == "validation":
         labelled = validation_rows(columns, run.seed, config.labels, config.task, config.text_pairs)

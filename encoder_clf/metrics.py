@@ -3,9 +3,10 @@
 Per-class scores use ``zero_division=0`` so a class the model never predicts
 scores 0 without a warning, and the confusion matrix always has every class,
 predicted or not. Per-text multi-label scores (samples-F1, Jaccard) give a text
-with no labels, rightly predicted with none, 1. A run writes them as ``metrics.json``, ``report.txt`` and a
-figure of the task: the confusion matrix, each label's F1 (multi-label), or
-predicted against true values (regression).
+with no labels, rightly predicted with none, 1. A run writes them as
+``metrics.json``, ``report.txt`` and a figure of the task: the confusion
+matrix, each label's F1 (multi-label), or predicted against true values
+(regression).
 """
 
 from __future__ import annotations

@@ -61,6 +61,11 @@ def pick_column(columns: Sequence[str], requested: str | None, kind: str, where:
     raise UsageError(f"{where}: no {kind} column found among {', '.join(columns)}; pass {hints[kind]}")
 
 
+def known_pair(columns: Sequence[str]) -> tuple[str, str] | None:
+    """The first pair of :data:`PAIR_COLUMNS` that ``columns`` hold, else None."""
+    return next((pair for pair in PAIR_COLUMNS if all(name in columns for name in pair)), None)
+
+
 def pick_texts(columns: Sequence[str], requested: list[str] | None, single: str | None, where: str,
                hints: dict[str, str] = SETTING_HINTS, pairs: bool | None = None) -> tuple[str, ...]:
     """The text column, or the two of a sentence pair: as requested, else a known pair of names, else one text.
@@ -77,7 +82,7 @@ def pick_texts(columns: Sequence[str], requested: list[str] | None, single: str 
     elif single is not None or pairs is False:
         found = (pick_column(columns, single, "text", where, hints),)
     else:
-        found = next((pair for pair in PAIR_COLUMNS if all(name in columns for name in pair)), None)
+        found = known_pair(columns)
         if found is None and pairs:
             raise UsageError(f"{where}: the model takes sentence pairs, and no pair of text columns was found among "
                              f"{', '.join(columns)}; pass {hints['texts']}")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from ..errors import UsageError
@@ -61,6 +61,13 @@ class RunData:
 
     config: DataConfig
     seed: int
+
+    @staticmethod
+    def reading(run: RunData | None, path: str, **given) -> DataConfig:
+        """The settings that read ``path`` for a trained model: its run's (columns, label separator, strictness),
+        else the defaults, then the ones ``given`` that are not None."""
+        return replace(run.config if run is not None else DataConfig(), path=path,
+                       **{key: value for key, value in given.items() if value is not None})
 
     @property
     def found(self) -> bool:
