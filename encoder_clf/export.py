@@ -237,6 +237,13 @@ def export(model_dir: str | Path, out: str | Path, quantize: str | None = None, 
     if quantize not in (None, *QUANTIZATIONS):
         raise UsageError(f"--quantize {quantize}: choose {', '.join(QUANTIZATIONS)} (or leave it out for fp32)")
     out = Path(out)
+    blocking = next((path for path in (out, *out.parents) if path.exists() and not path.is_dir()), None)
+    if blocking is not None:  # else listing or creating it fails with a traceback
+        raise UsageError(f"--out {out}: {blocking} is a file, not a directory; choose another directory")
+    source = Path(model_dir).resolve()
+    if Path(model_dir).exists() and (out.resolve() == source or out.resolve() in source.parents):
+        raise UsageError(f"--out {out} holds the model being exported ({model_dir}), which --overwrite would delete; "
+                         "choose another directory")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise UsageError(f"--out {out} is not empty; pass --overwrite to replace it, or choose another directory")
     _onnxruntime()

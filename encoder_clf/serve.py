@@ -173,6 +173,10 @@ def create_app(model_dir: str | Path, config: ServeConfig | None = None):
         """422 naming each bad field (malformed JSON and non-UTF-8 bodies arrive here as well)."""
         problems = []
         for error in err.errors():
+            if error.get("type") == "json_invalid":  # its loc ends in the character where parsing stopped, not a field
+                reason = error.get("ctx", {}).get("error", "invalid")
+                problems.append(f"body: not valid JSON at character {error['loc'][-1]} ({reason})")
+                continue
             where = ".".join(str(part) for part in error.get("loc", ()) if part != "body") or "body"
             problems.append(f"{where}: {error.get('msg', 'invalid')}")
         return JSONResponse({"detail": "; ".join(problems)}, status_code=422)
@@ -190,6 +194,11 @@ def create_app(model_dir: str | Path, config: ServeConfig | None = None):
                                              f"max_chars={config.max_chars}")
                 if not text.strip():
                     raise HTTPException(422, f"{field}[{number}] is empty; every text needs a word")
+                try:  # JSON may escape a lone surrogate, which the tokenizer refuses, failing the whole batch
+                    text.encode("utf-8")
+                except UnicodeEncodeError as err:
+                    raise HTTPException(422, f"{field}[{number}] is not valid Unicode (a lone surrogate at character "
+                                             f"{err.start}); send UTF-8 text") from None
         return list(given)
 
     def examples(request: PredictRequest) -> list:

@@ -503,6 +503,8 @@ class SentenceEncoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         elif not isinstance(self.model, (str, os.PathLike)):
             raise ValueError(f"model must be a model directory, a Hub id, an EncoderClassifier or None; "
                              f"got {type(self.model).__name__}")
+        else:  # an earlier fit's classifier would otherwise make the features in place of the directory's encoder
+            vars(self).pop("classifier_", None)
         self._encoder = None
         encoder = self._feature_encoder()
         encoder.pooling_module(self.pooling)  # refuse an unknown pooling now, not at transform time

@@ -206,6 +206,7 @@ def test_bad_requests_end_in_one_line(tokenizer, tmp_path, capsys, monkeypatch, 
     model_dir = saved(tmp_path / "model", tokenizer)
     out = tmp_path / "exported"
     export(model_dir, out)
+    (tmp_path / "notes.txt").write_text("a file where a directory belongs")
     before = sorted(p.name for p in tmp_path.iterdir())
 
     def error(argv):
@@ -214,6 +215,14 @@ def test_bad_requests_end_in_one_line(tokenizer, tmp_path, capsys, monkeypatch, 
 
     assert error(["export", "--model", str(model_dir), "--out", str(out)]) == \
         f"encoder-clf: error: --out {out} is not empty; pass --overwrite to replace it, or choose another directory"
+    for where in (model_dir, tmp_path):  # --overwrite would delete the model (or the run holding it)
+        assert error(["export", "--model", str(model_dir), "--out", str(where), "--overwrite"]) == (
+            f"encoder-clf: error: --out {where} holds the model being exported ({model_dir}), which --overwrite "
+            "would delete; choose another directory")
+    for where in (tmp_path / "notes.txt", tmp_path / "notes.txt" / "exported"):  # a file at --out or above it
+        assert error(["export", "--model", str(model_dir), "--out", str(where), "--overwrite"]) == (
+            f"encoder-clf: error: --out {where}: {tmp_path / 'notes.txt'} is a file, not a directory; choose another "
+            "directory")
     assert error(["explain", "--model", str(out), "great"]) == (
         f"encoder-clf: error: {out}/config.json belongs to an exported ONNX model, which predict, evaluate and embed "
         f"run; this needs the PyTorch model directory it was exported from ({model_dir})")

@@ -495,6 +495,19 @@ def test_sentence_encoder_from_a_directory_gives_the_heads_inputs(data, tmp_path
     np.testing.assert_allclose(restored.transform(X_test[:5]), features[:5], atol=1e-6)
 
 
+def test_sentence_encoder_refit_on_a_directory_forgets_the_classifier_it_trained(fitted, data, tmp_path):
+    """fit starts afresh: after set_params(model=DIR), the vectors are DIR's encoder's, not those of the classifier
+    an earlier fit trained."""
+    (X, y), (X_test, _) = data
+    directory = str(fitted.save(tmp_path / "model"))
+    encoder = SentenceEncoder(model=EncoderClassifier(**dict(TINY, d_model=8, epochs=1))).fit(X, y)
+    assert encoder.transform(X_test[:3]).shape == (3, 8)
+    encoder.set_params(model=directory).fit(X)
+    assert not hasattr(encoder, "classifier_") and encoder.dim_ == 16
+    np.testing.assert_allclose(encoder.transform(X_test[:3]),
+                               SentenceEncoder(model=directory).fit(X).transform(X_test[:3]), atol=1e-6)
+
+
 def test_sentence_encoder_refusals(data):
     (X, y), _ = data
     with pytest.raises(ValueError, match="pass y"):
