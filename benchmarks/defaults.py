@@ -24,6 +24,11 @@ Each job runs in its own process (its wall time and peak RSS are its own):
 
     python benchmarks/defaults.py [--datasets sst2,sst2-2k,sst2-8k,ag_news,goemotions] [--skip-ours]
     python benchmarks/defaults.py --quick     # sst2-2k and ag_news only (make bench-quick); docs/ left alone
+    python benchmarks/defaults.py --datasets ag_news --seeds 0,1,2,3,4   # means over seeds
+
+``--seeds``: ours runs once per ``train.seed``; where the validation part is carved from train (AG News), the
+carve follows the seed, so the peers run on each seed's rows too; elsewhere they are deterministic and run once.
+The table gives each run's mean over the seeds, and a line below it each seed's test accuracy.
 
 Results go to the ``defaults`` section of ``docs/BENCHMARKS.md`` and ``benchmarks/out/defaults.json``
 (``--quick``: ``defaults-quick.json``, and the section is printed, not written; so with ``--skip-ours``).
@@ -107,7 +112,7 @@ def split_file(data: Path, split: str) -> Path | None:
     return next((data / f"{split}{s}" for s in (".tsv", ".csv") if (data / f"{split}{s}").is_file()), None)
 
 
-def load(data: Path) -> tuple[dict[str, tuple[list[str], np.ndarray]], list]:
+def load(data: Path, seed: int = SEED) -> tuple[dict[str, tuple[list[str], np.ndarray]], list]:
     """The peers' splits, the very rows encoder-clf trains, selects and is tested on; and the class names.
 
     The same row rules (a row whose text is empty is dropped; pandas' default missing values, as ``datasets``
@@ -132,7 +137,7 @@ def load(data: Path) -> tuple[dict[str, tuple[list[str], np.ndarray]], list]:
         from sklearn.model_selection import train_test_split
 
         texts, labels = splits["train"]
-        parts = train_test_split(np.arange(len(texts)), test_size=VALIDATION_FRACTION, random_state=SEED,
+        parts = train_test_split(np.arange(len(texts)), test_size=VALIDATION_FRACTION, random_state=seed,
                                  stratify=labels)
         (train_idx, val_idx) = (np.sort(part) for part in parts)
         splits["train"] = ([texts[i] for i in train_idx], labels[train_idx])
@@ -155,7 +160,7 @@ def sizes(splits: dict) -> dict:
 
 # --- peers ------------------------------------------------------------------------------------------------------
 
-def tfidf_peer(data: Path, result_file: Path) -> None:
+def tfidf_peer(data: Path, result_file: Path, seed: int) -> None:
     """TF-IDF word 1-2-grams (sublinear tf, fitted on train) + LogisticRegression, C chosen on validation."""
     import warnings
 
@@ -163,7 +168,7 @@ def tfidf_peer(data: Path, result_file: Path) -> None:
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
 
-    splits, names = load(data)
+    splits, names = load(data, seed)
     vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True)
     vectorizer.fit(splits["train"][0])
     x = {split: vectorizer.transform(texts) for split, (texts, _) in splits.items()}
@@ -209,11 +214,11 @@ def verified(model, file: Path, lines: list[str], predicted: np.ndarray, found: 
             "same_as_one_line_predict": float(np.mean(predicted == one_by_one))}
 
 
-def fasttext_peer(data: Path, result_file: Path) -> None:
+def fasttext_peer(data: Path, result_file: Path, seed: int) -> None:
     """fastText supervised, wordNgrams 2, epoch and lr chosen on validation accuracy."""
     import fasttext
 
-    splits, names = load(data)
+    splits, names = load(data, seed)
     lines = {split: [fasttext_line(text) for text in texts] for split, (texts, _) in splits.items()}
     y = {split: labels for split, (_, labels) in splits.items()}
     fallback = int(np.bincount(y["train"]).argmax())
@@ -243,23 +248,29 @@ def fasttext_peer(data: Path, result_file: Path) -> None:
                                        "verify": verify, "settings": FASTTEXT, "threads": os.cpu_count()}))
 
 
-def peer_job(kind: str, name: str, data: Path) -> dict:
+def peer_job(kind: str, name: str, data: Path, seed: int) -> dict:
     """A peer in its own process (this file with a hidden flag); its result plus wall time and peak memory."""
-    result_file = OUT / f"defaults-{kind}-{name}.json"
+    result_file = OUT / f"defaults-{kind}-{name}{suffix(seed)}.json"
     result_file.unlink(missing_ok=True)
     wall, rss = run_measured([sys.executable, __file__, "--peer", kind, "--data", str(data),
-                              "--result", str(result_file)])
+                              "--result", str(result_file), "--seed", str(seed)])
     return {**json.loads(result_file.read_text()), "wall_s": wall, "peak_mib": rss}
 
 
 # --- ours -------------------------------------------------------------------------------------------------------
 
-def ours(name: str, data: Path) -> dict:
-    """`encoder-clf train` with no settings at all (``--quiet`` only hides the progress bar)."""
-    run = OUT / f"defaults-ours-{name}"
+def suffix(seed: int) -> str:
+    """The seed's mark in file names (none for the default seed, whose files keep their names)."""
+    return "" if seed == SEED else f"-seed{seed}"
+
+
+def ours(name: str, data: Path, seed: int) -> dict:
+    """`encoder-clf train` with no settings at all (``--quiet`` only hides the progress bar), or the seed alone."""
+    run = OUT / f"defaults-ours-{name}{suffix(seed)}"
     shutil.rmtree(run, ignore_errors=True)
+    seeded = [] if seed == SEED else ["--set", f"train.seed={seed}"]
     wall, rss = run_measured([sys.executable, "-m", "encoder_clf.cli", "train", "--data", str(data), "--out",
-                              str(run), "--quiet"])
+                              str(run), "--quiet", *seeded])
     metrics = json.loads((run / "metrics.json").read_text())
     rows = metrics.get("data", {})
     trained = sum(metrics.get("examples_per_process") or [])
@@ -279,7 +290,23 @@ def ours(name: str, data: Path) -> dict:
 
 # --- report -----------------------------------------------------------------------------------------------------
 
+def averaged(kind: str, runs: list[dict]) -> dict:
+    """One row for the runs of several seeds: the mean of each score, wall time and memory; each seed's test."""
+    if len(runs) == 1:
+        return runs[0]
+    mean = lambda values: float(np.mean(values))  # noqa: E731
+    row = {**runs[0], "seeds": [r["seed"] for r in runs], "test_by_seed": [r["test"]["accuracy"] for r in runs],
+           "wall_s": mean([r["wall_s"] for r in runs]), "peak_mib": mean([r["peak_mib"] for r in runs])}
+    for split in ("validation", "test"):
+        row[split] = {key: mean([r[split][key] for r in runs]) for key in ("accuracy", "macro_f1")}
+    if kind == "ours":
+        row["steps"] = mean([r["steps"] for r in runs])
+    return row
+
+
 def training(row: dict) -> str:
+    if row["run"] == "ours" and "seeds" in row:
+        return f"{row['steps']:.0f} steps on average over {len(row['seeds'])} seeds ({row['precision']})"
     if row["run"] == "ours":
         epochs = f", {row['epochs']:.2g} epochs" if row.get("epochs") is not None else ""
         return f"{row['steps']} steps{epochs}, {row['stop_reason']} ({row['precision']})"
@@ -310,6 +337,11 @@ def write_doc(rows: list[dict], argv: str) -> None:
                      f"{100 * row['validation']['accuracy']:.2f} | {100 * row['test']['accuracy']:.2f} | "
                      f"{100 * row['test']['macro_f1']:.2f} | {training(row)} | {row['wall_s'] / 60:.1f} min | "
                      f"{row['peak_mib']:.0f} MiB |")
+    for row in rows:
+        if "seeds" in row:
+            lines.append(f"- {SPECS[row['dataset']]['title']}, {row['name']}, test accuracy at train.seed "
+                         + ", ".join(f"{seed}: {100 * value:.2f}" for seed, value in zip(row["seeds"],
+                                                                                         row["test_by_seed"])))
     print(write_section("defaults", lines))
 
 
@@ -321,13 +353,16 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true",
                         help=f"only {' and '.join(QUICK)} (make bench-quick); docs/BENCHMARKS.md left alone")
     parser.add_argument("--skip-ours", action="store_true", help="the peers only; docs/BENCHMARKS.md left alone")
+    parser.add_argument("--seeds", default=str(SEED), help="comma-separated train.seed values; the table gives "
+                        "means over them")
+    parser.add_argument("--seed", type=int, default=SEED, help=argparse.SUPPRESS)  # a peer's carve
     parser.add_argument("--train-rows", type=int, default=0, help=argparse.SUPPRESS)  # smoke tests: cap train
     parser.add_argument("--peer", choices=("tfidf", "fasttext"), help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.peer:
-        (tfidf_peer if args.peer == "tfidf" else fasttext_peer)(Path(args.data), Path(args.result))
+        (tfidf_peer if args.peer == "tfidf" else fasttext_peer)(Path(args.data), Path(args.result), args.seed)
         return
     names = QUICK if args.quick else [n.strip() for n in args.datasets.split(",") if n.strip()]
     unknown = [n for n in names if n not in SPECS]
@@ -338,37 +373,50 @@ def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     results_file = OUT / ("defaults-quick.json" if args.quick else "defaults.json")
     checks = Checks("defaults")
+    seeds = [int(seed) for seed in args.seeds.split(",") if seed.strip()]
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="defaults-data-", dir=OUT) as tmp:
         for name in names:
             data = prepare(name, Path(tmp), args.train_rows)
             print(f"\n=== {name}: {data}", flush=True)
-            tfidf = {"dataset": name, "run": "tfidf", **peer_job("tfidf", name, data)}
-            tfidf["name"] = "TF-IDF 1-2-grams + LogisticRegression"
-            fast = {"dataset": name, "run": "fasttext", **peer_job("fasttext", name, data)}
-            fast["name"] = "fastText (wordNgrams 2)"
-            verify = fast["verify"]
-            checks.add(f"{name}: fastText's predictions here agree with its own test() and one-line predict",
-                       abs(verify["test_accuracy"] - verify["fasttext_test_precision_at_1"]) < 1e-9
-                       and verify["same_as_one_line_predict"] == 1.0,
-                       f"accuracy {100 * verify['test_accuracy']:.2f}, test() P@1 "
-                       f"{100 * verify['fasttext_test_precision_at_1']:.2f}, same as one-line predict on "
-                       f"{100 * verify['same_as_one_line_predict']:.1f}% of test rows")
-            rows += [tfidf, fast]
-            if not args.skip_ours:
-                mine = {"dataset": name, "run": "ours", "name": "encoder-clf train (defaults)", **ours(name, data)}
-                rows.append(mine)
-                ours_acc, theirs = mine["test"]["accuracy"], tfidf["test"]["accuracy"]
-                checks.add(f"{name}: ours test accuracy >= TF-IDF + LR's", ours_acc >= theirs,
+            carved = split_file(data, "validation") is None  # the validation rows follow the seed
+            runs: dict[str, list[dict]] = {"tfidf": [], "fasttext": [], "ours": []}
+            for seed in seeds:
+                if carved or seed == seeds[0]:
+                    runs["tfidf"].append({"seed": seed, **peer_job("tfidf", name, data, seed)})
+                    runs["fasttext"].append({"seed": seed, **peer_job("fasttext", name, data, seed)})
+                    verify = runs["fasttext"][-1]["verify"]
+                    checks.add(f"{name}: fastText's predictions here agree with its own test() and one-line "
+                               f"predict, train.seed={seed}",
+                               abs(verify["test_accuracy"] - verify["fasttext_test_precision_at_1"]) < 1e-9
+                               and verify["same_as_one_line_predict"] == 1.0,
+                               f"accuracy {100 * verify['test_accuracy']:.2f}, test() P@1 "
+                               f"{100 * verify['fasttext_test_precision_at_1']:.2f}, same as one-line predict on "
+                               f"{100 * verify['same_as_one_line_predict']:.1f}% of test rows")
+                if not args.skip_ours:
+                    runs["ours"].append({"seed": seed, **ours(name, data, seed)})
+                    mine, peer = runs["ours"][-1], runs["tfidf"][-1]
+                    if all(mine["rows"].get(s) for s in ("train", "validation", "test")):
+                        checks.add(f"{name}: the peers had ours' rows, train.seed={seed}",
+                                   mine["rows"] == peer["rows"] == runs["fasttext"][-1]["rows"],
+                                   f"ours {mine['rows']}, TF-IDF {peer['rows']}")
+            names_of = {"tfidf": "TF-IDF 1-2-grams + LogisticRegression", "fasttext": "fastText (wordNgrams 2)",
+                        "ours": "encoder-clf train (defaults)"}
+            row_of = {kind: {**averaged(kind, found), "dataset": name, "run": kind, "name": names_of[kind]}
+                      for kind, found in runs.items() if found}
+            rows += list(row_of.values())
+            if "ours" in row_of:
+                ours_acc, theirs = row_of["ours"]["test"]["accuracy"], row_of["tfidf"]["test"]["accuracy"]
+                checks.add(f"{name}: ours test accuracy >= TF-IDF + LR's" + (" (means over the seeds)"
+                                                                             if len(seeds) > 1 else ""),
+                           ours_acc >= theirs,
                            f"{100 * ours_acc:.2f} vs {100 * theirs:.2f} ({100 * (ours_acc - theirs):+.2f})")
-                if all(mine["rows"].get(s) for s in ("train", "validation", "test")):
-                    checks.add(f"{name}: the peers had ours' rows", mine["rows"] == tfidf["rows"] == fast["rows"],
-                               f"ours {mine['rows']}, TF-IDF {tfidf['rows']}, fastText {fast['rows']}")
                 if name == "sst2" and not args.train_rows:
                     checks.add(f"sst2: ours test accuracy >= {100 * SST2_AIM:.1f}", ours_acc >= SST2_AIM,
                                f"{100 * ours_acc:.2f}")
                     checks.add(f"sst2: ours wall time <= {WALL_LIMIT_MIN:g} min",
-                               mine["wall_s"] <= 60 * WALL_LIMIT_MIN, f"{mine['wall_s'] / 60:.1f} min")
+                               row_of["ours"]["wall_s"] <= 60 * WALL_LIMIT_MIN,
+                               f"{row_of['ours']['wall_s'] / 60:.1f} min")
             results_file.write_text(json.dumps(rows, indent=2, default=str))
     write_doc(rows, " ".join(sys.argv[1:]))
     checks.finish()
