@@ -21,7 +21,7 @@ from .data.columns import FLAG_HINTS, pick_texts
 from .data.splits import read_texts
 from .errors import UsageError
 from .explanations import TOKEN_WEIGHT_MEANINGS, explain_text, layer_index
-from .export import QUANTIZATIONS, export
+from .export import QUANTIZATIONS, export, is_exported
 from .features import FEATURE_POOLINGS, OUTPUT_FORMATS, embed, write_features
 from .inference import evaluate, model_config, predict, records
 from .metrics import format_report
@@ -116,7 +116,17 @@ def _names(text: str) -> list[str]:
     return [name.strip() for name in text.split(",") if name.strip()]
 
 
+def _refuse_encoder(model: str) -> None:
+    """A pretrained encoder (``pretrain``'s model/) has no labels to score or predict: one line, not the traceback of
+    building it as a classifier. (An exported encoder is refused as such when it is loaded.)"""
+    if not is_exported(model) and not load_model_config(model).labels:
+        raise UsageError(f"--model {model} is a pretrained encoder, without a classifier head: it embeds texts "
+                         f"(encoder-clf embed) and has no labels to predict; fine-tune it first (encoder-clf train "
+                         f"--init {model} --data PATH)")
+
+
 def _evaluate(args: argparse.Namespace) -> None:
+    _refuse_encoder(args.model)
     metrics = evaluate(args.model, args.data, args.split, args.batch_size, args.precision, args.text_column,
                        args.label_column, args.text_columns, args.label_columns, args.label_separator)
     print(json.dumps(metrics, indent=2) if args.json else format_report(metrics, args.split))
@@ -206,6 +216,7 @@ def _example(line: str, pairs: bool, where: str):
 def _predict(args: argparse.Namespace) -> None:
     if args.top_k is not None and args.top_k < 1:
         raise UsageError(f"--top-k {args.top_k}: pass a positive number of labels to list")
+    _refuse_encoder(args.model)
     config = model_config(args.model)
     examples = _read_examples(args, config.text_pairs)
     results = predict(args.model, examples, args.batch_size, args.precision)
@@ -231,13 +242,20 @@ def _explain(args: argparse.Namespace) -> None:
         raise UsageError(f"--top {args.top}: pass a positive number of tokens to list")
     if args.pair and len(args.text) != 2:
         raise UsageError(f"--pair takes exactly two texts, the first and the second of the pair; got {len(args.text)}")
+    if is_exported(args.model):  # its ONNX graph gives no attention weights
+        raise UsageError(f"--model {args.model} is an exported model, and explain reads the PyTorch model's "
+                         "attention; pass the model directory it was exported from")
+    _refuse_encoder(args.model)
     pairs = load_model_config(args.model).text_pairs
     if pairs != args.pair:
         raise UsageError("the model takes sentence pairs; pass --pair FIRST SECOND" if pairs else
                          "the model takes one text per example; drop --pair")
     explanation = explain_text(args.model, tuple(args.text) if args.pair else " ".join(args.text))
     number = layer_index(args.layer, explanation.n_layers) + 1
-    save(explanation_figure(explanation, number), out)
+    try:
+        save(explanation_figure(explanation, number), out)
+    except OSError as err:  # a folder that cannot be written, or a directory of that name: a bad --out, not a bug
+        raise UsageError(f"--out {out}: cannot write it ({err.strerror}); pick another path") from None
     task, (quantity, meaning) = explanation.task, explanation.quantity
     shown = "  ".join(f"{name}={p:.3f}" for name, p in explanation.probabilities.items())
     print(f"{explanation.value:.4f}\t{explanation.label}" if task == "regression" else

@@ -175,9 +175,9 @@ def write_features(vectors: np.ndarray, path: str | Path, texts: list[str] | Non
     if suffix not in OUTPUT_FORMATS:
         raise UsageError(f"--out {path}: unsupported output type {suffix or '(none)'!r}; "
                          f"use {' or '.join(OUTPUT_FORMATS)}")
-    path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.partial")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         if suffix == ".npy":
             with partial.open("wb") as handle:
                 np.save(handle, vectors)
@@ -189,6 +189,8 @@ def write_features(vectors: np.ndarray, path: str | Path, texts: list[str] | Non
             table = pa.table({"text": texts, "embedding": column} if texts is not None else {"embedding": column})
             pq.write_table(table, partial)
         os.replace(partial, path)
+    except OSError as err:  # a folder that cannot be written, or a directory of that name: a bad --out, not a bug
+        raise UsageError(f"--out {path}: cannot write it ({err.strerror}); pick another path") from None
     finally:
         partial.unlink(missing_ok=True)
     return path

@@ -102,10 +102,13 @@ def _score(split: object, metric: str) -> float | None:
 
 
 def differing(rows: Sequence[RunRow]) -> list[str]:
-    """The settings whose values are not the same in every readable run (those the data fills in aside)."""
+    """The settings whose values are not the same in every readable run that has them (those the data fills in
+    aside): a pretraining run has no ``train`` settings, a classifier's run no ``pretrain`` ones, and a setting
+    one kind of run lacks is no difference between runs."""
     readable = [row for row in rows if row.status != "broken"]
     keys = sorted({key for row in readable for key in row.settings} - FILLED_IN)
-    return [key for key in keys if len({json.dumps(row.settings.get(key)) for row in readable}) > 1]
+    return [key for key in keys
+            if len({json.dumps(row.settings[key]) for row in readable if key in row.settings}) > 1]
 
 
 def list_runs(paths: Iterable[str | Path], sort: str = "start") -> list[RunRow]:
@@ -124,7 +127,7 @@ def format_table(rows: Sequence[RunRow]) -> str:
     header = ["start", "status", "task", "data", "metric", "validation", "test", "min", "settings", "run"]
     lines = [header]
     for row in rows:
-        shown = " ".join(f"{key}={json.dumps(row.settings.get(key))}" for key in keys) or "-"
+        shown = " ".join(f"{key}={json.dumps(row.settings[key])}" for key in keys if key in row.settings) or "-"
         lines.append([row.start or "-", row.status, row.task or "-", Path(row.data).name if row.data else "-",
                       row.metric or "-", _number(row.validation), _number(row.test),
                       "-" if row.minutes is None else f"{row.minutes:g}",
@@ -141,5 +144,6 @@ def _number(value: float | None) -> str:
 def as_jsonl(rows: Sequence[RunRow]) -> str:
     """One JSON object per run, with the differing settings under ``differs``."""
     keys = differing(rows)
-    return "\n".join(json.dumps({**asdict(row), "differs": {key: row.settings.get(key) for key in keys}})
+    return "\n".join(json.dumps({**asdict(row), "differs": {key: row.settings[key] for key in keys
+                                                             if key in row.settings}})
                      for row in rows)

@@ -67,6 +67,14 @@ def broken_model(root: Path, model_dir: Path, how: str) -> Path:
     return target
 
 
+def encoder_only(root: Path, model_dir: Path) -> Path:
+    """A model directory as pretraining writes one: an encoder, no labels (only its config.json is read)."""
+    target = shutil.copytree(model_dir, root / "encoder")
+    config = json.loads((target / "config.json").read_text())
+    (target / "config.json").write_text(json.dumps({**config, "labels": []}))
+    return target
+
+
 # Each case: (arguments, fragments the one error line must hold), built in a fresh directory `root`.
 # "{out}" stands for the run directory that must not exist afterwards (or must be left as it was).
 def case(name: str, root: Path, model_dir: Path) -> tuple[list[str], list[str]]:
@@ -198,7 +206,49 @@ def case(name: str, root: Path, model_dir: Path) -> tuple[list[str], list[str]]:
             "--set", "data.task=regression"], [
             "train.tsv: data.task=regression contradicts label column 'label', which holds text, not numbers "
             "(row 1: 'pos')", "drop data.task"]
+    named = lambda: splits(root, GOOD_TRAIN.replace("\t1", "\tpos").replace("\t0", "\tneg"),  # noqa: E731
+                           "sentence\tlabel\ngood film\tpos\nbad film\tneg\n")  # the labels of model_dir
+    distill = lambda path, teacher: ["distill", "--out", "{out}", "--quiet", "--data", str(path),  # noqa: E731
+                                     "--teacher", str(teacher)]
+    if name == "distill: teacher is a run directory":
+        run = shutil.copytree(model_dir, root / "teacher-run" / "model").parent
+        return distill(named(), run), [f"--teacher {run}: no model there (no config.json)",
+                                       f"the run's model is {run / 'model'}", "pass the model/ directory"]
+    if name == "distill: teacher is a pretrained encoder":
+        encoder = encoder_only(root, model_dir)
+        return distill(named(), encoder), [f"--teacher {encoder} is a pretrained encoder, without a classifier head",
+                                           f"fine-tune it first (encoder-clf train --init {encoder} --data PATH)"]
+    if name == "distill: teacher without the data's labels":
+        return distill(splits(root, GOOD_TRAIN), model_dir), [
+            f"--teacher {model_dir} has labels neg, pos, without the data's 0, 1",
+            "distil from a teacher trained on the data's labels"]
+    if name == "distill: teacher's labels in another order":
+        return distill(named(), model_dir) + ["--set", "data.labels=pos,neg"], [
+            "has labels neg, pos and the data pos, neg", "pass the teacher's order with --set data.labels=neg,pos"]
+    if name == "distill: unlabeled file missing":
+        return distill(named(), model_dir) + ["--unlabeled", str(root / "more.txt")], [
+            "distill.unlabeled: data path", "more.txt does not exist"]
+    if name == "distill: unlabeled file without a text column":
+        return distill(named(), model_dir) + ["--unlabeled", str(write(root / "more.csv", "words\nhi there\n"))], [
+            "distill.unlabeled: ", "more.csv: no text column found among words",
+            "pass --set distill.unlabeled_column=NAME"]
     predict = ["predict", "--model"]
+    if name == "evaluate: a pretrained encoder":
+        return ["evaluate", "--model", str(encoder_only(root, model_dir)), "--data", str(named())], [
+            "encoder is a pretrained encoder, without a classifier head", "no labels to predict",
+            "fine-tune it first (encoder-clf train --init"]
+    if name == "predict: a pretrained encoder":
+        return predict + [str(encoder_only(root, model_dir)), "hi"], [
+            "encoder is a pretrained encoder, without a classifier head", "fine-tune it first"]
+    if name == "explain: a pretrained encoder":
+        return ["explain", "--model", str(encoder_only(root, model_dir)), "hi", "--out", str(root / "a.png")], [
+            "encoder is a pretrained encoder, without a classifier head", "fine-tune it first"]
+    if name == "explain: an exported model":
+        exported = shutil.copytree(model_dir, root / "exported")
+        write(exported / "model.onnx", b"")  # only its presence is read
+        return ["explain", "--model", str(exported), "hi", "--out", str(root / "a.png")], [
+            f"--model {exported} is an exported model, and explain reads the PyTorch model's attention",
+            "pass the model directory it was exported from"]
     if name == "predict with no text":
         return predict + [str(model_dir)], ["no text to classify; pass TEXT arguments, --file PATH"]
     if name == "predict an empty text":
@@ -230,7 +280,11 @@ CASES = ["missing path", "unsupported extension", "missing text column", "missin
          "evaluate: unknown label column", "embed: ambiguous text column", "embed: sentence pairs",
          "embed: missing split", "pretrain: missing split", "predict with no text", "predict an empty text",
          "model directory missing", "model weights missing", "model weights corrupted",
-         "tokenizer does not match the model"]
+         "tokenizer does not match the model", "distill: teacher is a run directory",
+         "distill: teacher is a pretrained encoder", "distill: teacher without the data's labels",
+         "distill: teacher's labels in another order", "distill: unlabeled file missing",
+         "distill: unlabeled file without a text column", "evaluate: a pretrained encoder",
+         "predict: a pretrained encoder", "explain: a pretrained encoder", "explain: an exported model"]
 
 
 def snapshot(root: Path) -> dict[str, bytes | None]:

@@ -207,6 +207,25 @@ def test_runs_lists_each_run_with_its_status_and_only_the_settings_that_differ(t
     assert "unreadable" in next(line for line in lines if "d-broken" in line)
 
 
+def test_runs_of_other_kinds_differ_only_in_the_settings_both_have(tmp_path, capsys):
+    """A pretraining run has no train settings and a classifier's run no pretrain ones: neither is a difference."""
+    _run_dir(tmp_path, "a-train", 1e-3, {"task": "single_label", "validation": {"accuracy": 0.8}})
+    _run_dir(tmp_path, "b-train", 3e-3, {"task": "single_label", "validation": {"accuracy": 0.7}})
+    pretrained = tmp_path / "c-pretrain"
+    pretrained.mkdir()
+    (pretrained / "run_config.json").write_text(json.dumps({
+        "data": {"path": "/data/corpus.txt"}, "model": {"d_model": 32}, "pretrain": {"lr": 1e-3, "seed": 0}}))
+    (pretrained / "metrics.json").write_text(json.dumps({"heldout_loss_final": 4.5}))
+    assert main(["runs", str(tmp_path), "--json"]) == 0
+    rows = {Path(row["path"]).name: row for row in map(json.loads, capsys.readouterr().out.splitlines())}
+    assert {name: row["differs"] for name, row in rows.items()} == {
+        "a-train": {"model.d_model": 16, "train.lr": 1e-3}, "b-train": {"model.d_model": 16, "train.lr": 3e-3},
+        "c-pretrain": {"model.d_model": 32}}
+    assert main(["runs", str(tmp_path)]) == 0
+    line = next(line for line in capsys.readouterr().out.splitlines() if "c-pretrain" in line)
+    assert "model.d_model=32  " in line and "train." not in line and "null" not in line
+
+
 def test_runs_of_a_missing_directory_is_one_line_and_status_2(tmp_path, capsys):
     assert main(["runs", str(tmp_path / "nowhere")]) == 2
     err = capsys.readouterr().err.strip()

@@ -280,9 +280,21 @@ def test_a_teacher_of_another_task_or_labels_is_refused(teacher_and_data, tmp_pa
         train(with_overrides(RunConfig(), [f"data.path={regression}", *TINY, f"distill.teacher={teacher}"]),
               tmp_path / "run", progress=False)
     with pytest.raises(UsageError, match=rf"--teacher {teacher} has labels 0, 1 and the data 1, 0; pass the "
-                                         r"teacher's order with --set data.labels=\.\.\."):
+                                         r"teacher's order with --set data.labels=0,1$"):
         train(with_overrides(RunConfig(), [f"data.path={few}", *TINY, f"distill.teacher={teacher}",
                                            "data.labels=1,0"]), tmp_path / "run2", progress=False)
+
+
+def test_unlabelled_texts_are_read_from_the_column_distill_unlabeled_column_names(teacher_and_data, tmp_path):
+    """data.text_column names the labelled data's column; the unlabelled file's has a setting of its own."""
+    teacher, few, _ = teacher_and_data
+    more = tmp_path / "more.csv"
+    more.write_text("id,comment\n" + "".join(f"{i},a great film number {i}\n" for i in range(30)))
+    run = train(with_overrides(RunConfig(), [*DISTILL_PRESET, f"data.path={few}", *TINY, "train.max_steps=1",
+                                             f"distill.teacher={teacher}", "distill.augment=0",
+                                             f"distill.unlabeled={more}", "distill.unlabeled_column=comment"]),
+                progress=False)
+    assert run.metrics["distillation"]["unlabeled"] == 30
 
 
 def test_cli_distill_refuses_a_stream_with_one_line_and_writes_nothing(teacher_and_data, tmp_path, capsys):

@@ -211,6 +211,14 @@ def test_cli_explain_missing_model_or_empty_text(model_dir, tmp_path, monkeypatc
     assert list(tmp_path.iterdir()) == []
 
 
+def test_cli_explain_refuses_an_out_it_cannot_write_in_one_line(model_dir, tmp_path, capsys):
+    (tmp_path / "map.png").mkdir()  # a directory where the heatmap would go
+    assert main(["explain", "--model", str(model_dir), TEXT, "--out", str(tmp_path / "map.png")]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"encoder-clf: error: --out {tmp_path / 'map.png'}: cannot write it (Is a directory); pick another path"]
+    assert [p.name for p in tmp_path.rglob("*")] == ["map.png"]
+
+
 # Sentence pairs: [CLS] first [SEP] second [SEP], token types 0 then 1.
 
 PAIR = ("the plot was dull", "but the cast was great")

@@ -92,3 +92,15 @@ def test_embed_cli_refusals(classifier_dir, tmp_path, capsys, args, message):
     err = capsys.readouterr().err
     assert message.format(tmp=tmp_path) in err and len(err.strip().splitlines()) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["texts.txt"]
+
+
+def test_embed_cli_refuses_an_out_it_cannot_write_in_one_line_and_leaves_no_partial_file(classifier_dir, tmp_path,
+                                                                                         capsys):
+    data = tmp_path / "texts.txt"
+    data.write_text("one\ntwo\n", encoding="utf-8")
+    (tmp_path / "f.npy").mkdir()  # a directory where the file would go
+    assert main(["embed", "--model", str(classifier_dir), "--data", str(data), "--quiet",
+                 "--out", str(tmp_path / "f.npy")]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"encoder-clf: error: --out {tmp_path / 'f.npy'}: cannot write it (Is a directory); pick another path"]
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["f.npy", "texts.txt"]

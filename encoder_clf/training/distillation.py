@@ -31,6 +31,7 @@ from torch.nn import functional
 from tqdm.auto import tqdm
 
 from ..data.augment import Augmentation, augmented
+from ..data.columns import SETTING_HINTS
 from ..data.splits import Split, Splits, read_texts
 from ..data.tokenization import load_tokenizer
 from ..data.tokenized import TokenizedSplit, texts_digest, tokenize_split
@@ -38,7 +39,7 @@ from ..errors import UsageError
 from ..export import is_exported
 from ..files import published
 from ..inference import evaluate_texts, forward_texts, load_classifier, run_precision
-from ..persistence.model_dir import WEIGHTS, read_weights
+from ..persistence.model_dir import CONFIG, WEIGHTS, load_model_config, read_weights
 from ..settings import check_fields
 from .distributed import World, barrier
 
@@ -53,6 +54,7 @@ class DistillConfig:
 
     teacher: str = ""  # a saved or exported model directory of the same task; "" = no distillation
     unlabeled: str = ""  # more texts for the teacher to label: a .txt file (one per line) or a data file's texts
+    unlabeled_column: str = ""  # the text column of a data file given as ``unlabeled`` ("" = detected by name)
     augment: int = 4  # augmented copies of each train text (distinct ones kept; 0 = none)
     mask_rate: float = 0.1  # per word: replaced by [MASK]
     replace_rate: float = 0.1  # per word: replaced by a word seen in the same context
@@ -79,6 +81,9 @@ class DistillConfig:
         return Augmentation(self.augment, self.mask_rate, self.replace_rate, self.ngram_rate)
 
 
+# The fixes a column or split of the unlabelled texts that cannot be read suggest: not the labelled data's settings.
+UNLABELED_HINTS = {**SETTING_HINTS, "text": "--set distill.unlabeled_column=NAME", "split": "--unlabeled FILE"}
+
 TOKEN_EMBEDDINGS = "encoder.embeddings.tokens.weight"  # in a model directory's weights
 
 # The student of `encoder-clf distill`: the `make train` architecture as a self-attention encoder alone.
@@ -103,6 +108,7 @@ def teacher_vocabulary(distill: DistillConfig, tokenizer_path: str, max_length: 
     """
     if not (distill.teacher and distill.init_embeddings):
         return None
+    check_teacher(distill.teacher)
     if is_exported(distill.teacher):
         log.info("the teacher is an exported model: the student's embeddings start at random, with its own tokenizer")
         return None
@@ -184,9 +190,10 @@ def transfer(config, tokenizer, splits: Splits, cache_dir: str, world: World, pr
     ``config`` is the run's :class:`~encoder_clf.training.config.RunConfig`.
     """
     distill, train = config.distill, splits.train
+    check_teacher(distill.teacher)
     teacher, teacher_tokenizer = load_classifier(distill.teacher)
     _check_teacher(teacher.config, splits, distill.teacher)
-    unlabeled = _unlabeled(distill.unlabeled, splits.text_pairs)
+    unlabeled = _unlabeled(distill.unlabeled, distill.unlabeled_column, splits.text_pairs)
     copies = augmented(train.texts, distill.augmentation, config.train.seed) if distill.augment else []
     texts = [*train.texts, *unlabeled, *(copy for row in copies for copy in row)]
     precision = run_precision(teacher, config.train.precision)
@@ -279,6 +286,21 @@ def _hard_labels(labels: np.ndarray, rows: int, task: str) -> np.ndarray:
     return hard
 
 
+def check_teacher(directory: str) -> None:
+    """A teacher is a trained classifier's model directory, or an exported one: anything else is refused naming
+    ``--teacher`` before its files are read (they would fail as a tokenizer, or as a classifier without labels)."""
+    if is_exported(directory):
+        return
+    path = Path(directory).expanduser()
+    if not (path / CONFIG).is_file():
+        inside = f"; the run's model is {path / 'model'}" if (path / "model" / CONFIG).is_file() else ""
+        raise UsageError(f"--teacher {directory}: no model there (no {CONFIG}){inside}; pass the model/ directory "
+                         "of a trained classifier's run")
+    if not load_model_config(path).labels:
+        raise UsageError(f"--teacher {directory} is a pretrained encoder, without a classifier head; fine-tune it "
+                         f"first (encoder-clf train --init {directory} --data PATH) and pass that run's model/")
+
+
 def _check_teacher(teacher, splits: Splits, where: str) -> None:
     """The teacher must answer the task the data asks: its task, its labels in order, pairs or single texts."""
     if teacher.task != splits.task:
@@ -287,18 +309,29 @@ def _check_teacher(teacher, splits: Splits, where: str) -> None:
     if teacher.text_pairs != splits.text_pairs:
         raise UsageError(f"--teacher {where} takes {'pairs' if teacher.text_pairs else 'single texts'} and the data "
                          f"has {'pairs' if splits.text_pairs else 'single texts'}; distil from a teacher of this task")
-    if splits.task != "regression" and list(teacher.labels) != list(splits.label_names):
-        raise UsageError(f"--teacher {where} has labels {', '.join(teacher.labels)} and the data "
-                         f"{', '.join(splits.label_names)}; pass the teacher's order with --set data.labels=...")
+    if splits.task == "regression" or list(teacher.labels) == list(splits.label_names):
+        return
+    missing = [name for name in splits.label_names if name not in teacher.labels]
+    if missing:  # no order of the data's labels makes the teacher's outputs theirs
+        raise UsageError(f"--teacher {where} has labels {', '.join(teacher.labels)}, without the data's "
+                         f"{', '.join(missing)}; distil from a teacher trained on the data's labels")
+    raise UsageError(f"--teacher {where} has labels {', '.join(teacher.labels)} and the data "
+                     f"{', '.join(splits.label_names)}; pass the teacher's order with "
+                     f"--set data.labels={','.join(teacher.labels)}")
 
 
-def _unlabeled(path: str, pairs: bool) -> list:
+def _unlabeled(path: str, column: str, pairs: bool) -> list:
+    """The non-empty texts of ``distill.unlabeled``; a file that cannot be read is named as that setting, and a
+    column is picked with ``distill.unlabeled_column`` (``data.text_column`` is the labelled data's)."""
     if not path:
         return []
     if pairs:
         raise UsageError(f"distill.unlabeled={path}: unlabelled texts are single texts and the task takes pairs; "
                          "drop it, or distil on the labelled pairs and their augmented copies")
-    texts = [text for text in read_texts(path) if text.strip()]
+    try:
+        texts = [text for text in read_texts(path, text_column=column or None, hints=UNLABELED_HINTS) if text.strip()]
+    except UsageError as err:
+        raise UsageError(f"distill.unlabeled: {err}") from None  # err names the file
     if not texts:
         raise UsageError(f"distill.unlabeled={path}: no text in it; pass a file with one text per line")
     return texts
