@@ -18,7 +18,7 @@ from pathlib import Path
 
 from . import __version__
 from .data.columns import FLAG_HINTS, pick_texts
-from .data.splits import read_texts
+from .data.splits import read_texts, text_lines
 from .errors import UsageError
 from .explanations import TOKEN_WEIGHT_MEANINGS, explain_text, layer_index
 from .export import QUANTIZATIONS, export, is_exported
@@ -163,11 +163,11 @@ def _read_lines(args: argparse.Namespace) -> list[str]:
         if not path.is_file():
             raise UsageError(f"--file {path} not found; pass a text file with one text per line")
         try:
-            return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+            return [line for line in text_lines(path.read_text(encoding="utf-8")) if line.strip()]
         except UnicodeDecodeError as err:
             raise UsageError(f"--file {path} is not UTF-8 (byte {err.start}); re-encode it as UTF-8") from None
     if not args.text and not sys.stdin.isatty():
-        return [line for line in sys.stdin.read().splitlines() if line.strip()]
+        return [line for line in text_lines(sys.stdin.read()) if line.strip()]
     return []
 
 

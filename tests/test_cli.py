@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from encoder_clf.cli import build_parser, main
+from encoder_clf.data.splits import read_texts
 from encoder_clf.metrics import read_log, records_of
 
 from conftest import TINY, write_tsv
@@ -55,6 +56,15 @@ def test_predict_reads_a_file(trained, tmp_path, capsys):
     capsys.readouterr()
     assert main(["predict", "--model", str(trained / "model"), "--file", str(tmp_path / "texts.txt")]) == 0
     assert [line.split("\t")[0] for line in capsys.readouterr().out.splitlines()] == ["1", "0"]
+
+
+def test_a_text_file_is_split_at_line_ends_only(trained, tmp_path, capsys):
+    """A form feed or U+2028 inside a line stays in its text: one prediction, one vector, per line of the file."""
+    (tmp_path / "texts.txt").write_text("superb\u2028cast\nawful\x0cplot\r\n", encoding="utf-8")
+    capsys.readouterr()
+    assert main(["predict", "--model", str(trained / "model"), "--json", "--file", str(tmp_path / "texts.txt")]) == 0
+    assert len(capsys.readouterr().out.strip().split("\n")) == 2
+    assert read_texts(str(tmp_path / "texts.txt")) == ["superb\u2028cast", "awful\x0cplot"]
 
 
 def bad_inputs(root):

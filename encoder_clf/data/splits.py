@@ -151,6 +151,13 @@ def validation_rows(config: DataConfig, seed: int, label_names: list[str], task:
     return splits.validation
 
 
+def text_lines(text: str) -> list[str]:
+    """A text file's lines (read with universal newlines, so every line ends in ``\n``): split there alone, not at
+    the form feeds, U+2028 and other characters ``str.splitlines`` also breaks at, which sit inside one text."""
+    lines = text.split("\n")
+    return lines[:-1] if lines[-1] == "" else lines
+
+
 def read_texts(path: str, split: str = "train", text_column: str | None = None,
                hints: dict[str, str] = SETTING_HINTS) -> list[str]:
     """Every text of one split, in file order (empty ones as ``""``): for features and pretraining.
@@ -160,7 +167,7 @@ def read_texts(path: str, split: str = "train", text_column: str | None = None,
     file = Path(path).expanduser()
     if file.is_file() and file.suffix.lower() == ".txt":
         try:
-            return file.read_text(encoding="utf-8").splitlines()
+            return text_lines(file.read_text(encoding="utf-8"))
         except UnicodeDecodeError as err:
             raise UsageError(f"{file} is not UTF-8 (byte {err.start}); re-encode it as UTF-8") from None
     source = _named_split(find_splits(path), path, split, hints)
