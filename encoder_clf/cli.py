@@ -116,17 +116,7 @@ def _names(text: str) -> list[str]:
     return [name.strip() for name in text.split(",") if name.strip()]
 
 
-def _refuse_encoder(model: str) -> None:
-    """A pretrained encoder (``pretrain``'s model/) has no labels to score or predict: one line, not the traceback of
-    building it as a classifier. (An exported encoder is refused as such when it is loaded.)"""
-    if not is_exported(model) and not load_model_config(model).labels:
-        raise UsageError(f"--model {model} is a pretrained encoder, without a classifier head: it embeds texts "
-                         f"(encoder-clf embed) and has no labels to predict; fine-tune it first (encoder-clf train "
-                         f"--init {model} --data PATH)")
-
-
 def _evaluate(args: argparse.Namespace) -> None:
-    _refuse_encoder(args.model)
     metrics = evaluate(args.model, args.data, args.split, args.batch_size, args.precision, args.text_column,
                        args.label_column, args.text_columns, args.label_columns, args.label_separator)
     print(json.dumps(metrics, indent=2) if args.json else format_report(metrics, args.split))
@@ -216,7 +206,6 @@ def _example(line: str, pairs: bool, where: str):
 def _predict(args: argparse.Namespace) -> None:
     if args.top_k is not None and args.top_k < 1:
         raise UsageError(f"--top-k {args.top_k}: pass a positive number of labels to list")
-    _refuse_encoder(args.model)
     config = model_config(args.model)
     examples = _read_examples(args, config.text_pairs)
     results = predict(args.model, examples, args.batch_size, args.precision)
@@ -245,7 +234,6 @@ def _explain(args: argparse.Namespace) -> None:
     if is_exported(args.model):  # its ONNX graph gives no attention weights
         raise UsageError(f"--model {args.model} is an exported model, and explain reads the PyTorch model's "
                          "attention; pass the model directory it was exported from")
-    _refuse_encoder(args.model)
     pairs = load_model_config(args.model).text_pairs
     if pairs != args.pair:
         raise UsageError("the model takes sentence pairs; pass --pair FIRST SECOND" if pairs else

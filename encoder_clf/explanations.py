@@ -53,6 +53,7 @@ from tokenizers import Tokenizer
 from .data.batching import token_types
 from .data.tokenization import encode
 from .errors import UsageError
+from .inference import require_classifier
 from .model.classifier import TextClassifier
 from .persistence.model_dir import load_model
 
@@ -407,5 +408,6 @@ def _ngram_contributions(model: TextClassifier, ids: torch.Tensor, types: torch.
 
 def explain_text(model_dir: str | Path, text: str | tuple[str, str]) -> Explanation:
     """Load a saved model directory and :func:`explain` one text (or pair) with it."""
+    require_classifier(model_dir)
     model, tokenizer = load_model(model_dir)
     return explain(model, tokenizer, text)

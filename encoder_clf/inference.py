@@ -92,8 +92,18 @@ def load_classifier(model_dir: str | Path) -> tuple[TextClassifier | ExportedMod
             raise UsageError(f"{model_dir} is an exported encoder: it embeds texts (encoder-clf embed) and has no "
                              "labels to predict; export a trained classifier's model directory")
         return model, model.tokenizer
+    require_classifier(model_dir)
     model, tokenizer = load_model(model_dir)
     return model.to(default_device()), tokenizer
+
+
+def require_classifier(model_dir: str | Path) -> None:
+    """Refuse a pretrained encoder (``pretrain``'s model/), which has no labels to predict, in one line: built as a
+    classifier, it fails deep inside with a traceback."""
+    if not load_model_config(model_dir).labels:
+        raise UsageError(f"{model_dir} is a pretrained encoder, without a classifier head: it embeds texts "
+                         f"(encoder-clf embed) and has no labels to predict; fine-tune it first (encoder-clf train "
+                         f"--init {model_dir} --data PATH)")
 
 
 def model_config(model_dir: str | Path) -> ModelConfig:

@@ -350,3 +350,18 @@ def test_a_1mb_text_tokenizes_in_linear_time(model, text):
 
     small, large = seconds(100_000), seconds(1_000_000)
     assert large / small < 30, (small, large)
+
+
+def test_the_python_api_refuses_a_pretrained_encoder_in_one_line(model_dir, tmp_path):
+    """predict, evaluate and explain_text name the fix, as the CLI does, instead of failing to build a classifier."""
+    from encoder_clf import evaluate, explain_text, predict
+    from encoder_clf.errors import UsageError
+
+    encoder = encoder_only(tmp_path, model_dir)
+    expected = (f"{encoder} is a pretrained encoder, without a classifier head: it embeds texts (encoder-clf embed) "
+                f"and has no labels to predict; fine-tune it first (encoder-clf train --init {encoder} --data PATH)")
+    for call in (lambda: predict(encoder, ["hi"]), lambda: evaluate(encoder, str(tmp_path)),
+                 lambda: explain_text(encoder, "hi")):
+        with pytest.raises(UsageError) as caught:
+            call()
+        assert str(caught.value) == expected
