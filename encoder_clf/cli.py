@@ -21,7 +21,7 @@ from .data.columns import FLAG_HINTS, pick_texts
 from .data.splits import read_texts, text_lines
 from .errors import UsageError
 from .explanations import TOKEN_WEIGHT_MEANINGS, explain_text, layer_index
-from .export import QUANTIZATIONS, export, is_exported
+from .export import QUANTIZATIONS, export
 from .features import FEATURE_POOLINGS, OUTPUT_FORMATS, embed, write_features
 from .inference import evaluate, model_config, predict, records
 from .metrics import format_report
@@ -231,9 +231,6 @@ def _explain(args: argparse.Namespace) -> None:
         raise UsageError(f"--top {args.top}: pass a positive number of tokens to list")
     if args.pair and len(args.text) != 2:
         raise UsageError(f"--pair takes exactly two texts, the first and the second of the pair; got {len(args.text)}")
-    if is_exported(args.model):  # its ONNX graph gives no attention weights
-        raise UsageError(f"--model {args.model} is an exported model, and explain reads the PyTorch model's "
-                         "attention; pass the model directory it was exported from")
     pairs = load_model_config(args.model).text_pairs
     if pairs != args.pair:
         raise UsageError("the model takes sentence pairs; pass --pair FIRST SECOND" if pairs else

@@ -243,12 +243,6 @@ def case(name: str, root: Path, model_dir: Path) -> tuple[list[str], list[str]]:
     if name == "explain: a pretrained encoder":
         return ["explain", "--model", str(encoder_only(root, model_dir)), "hi", "--out", str(root / "a.png")], [
             "encoder is a pretrained encoder, without a classifier head", "fine-tune it first"]
-    if name == "explain: an exported model":
-        exported = shutil.copytree(model_dir, root / "exported")
-        write(exported / "model.onnx", b"")  # only its presence is read
-        return ["explain", "--model", str(exported), "hi", "--out", str(root / "a.png")], [
-            f"--model {exported} is an exported model, and explain reads the PyTorch model's attention",
-            "pass the model directory it was exported from"]
     if name == "predict with no text":
         return predict + [str(model_dir)], ["no text to classify; pass TEXT arguments, --file PATH"]
     if name == "predict an empty text":
@@ -284,7 +278,7 @@ CASES = ["missing path", "unsupported extension", "missing text column", "missin
          "distill: teacher is a pretrained encoder", "distill: teacher without the data's labels",
          "distill: teacher's labels in another order", "distill: unlabeled file missing",
          "distill: unlabeled file without a text column", "evaluate: a pretrained encoder",
-         "predict: a pretrained encoder", "explain: a pretrained encoder", "explain: an exported model"]
+         "predict: a pretrained encoder", "explain: a pretrained encoder"]
 
 
 def snapshot(root: Path) -> dict[str, bytes | None]:
