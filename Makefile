@@ -51,9 +51,10 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e ".[dev,pretrained]"
 	touch $@
 
-# RESUME=runs/<run> continues a stopped run from its newest checkpoint, with the run's own settings.
-TRAIN_ARGS = $(if $(RESUME),--resume "$(RESUME)",--data "$(DATA)" $(if $(OUT),--out "$(OUT)") \
-	$(if $(CONFIG),--config "$(CONFIG)") $(SETS))
+# RESUME=runs/<run> continues a stopped run from its newest checkpoint, with the run's own settings; OUT=, CONFIG=
+# and SET= are passed on all the same, so that the command refuses them rather than make dropping them silently.
+TRAIN_ARGS = $(if $(RESUME),--resume "$(RESUME)",--data "$(DATA)") $(if $(OUT),--out "$(OUT)") \
+	$(if $(CONFIG),--config "$(CONFIG)") $(SETS)
 
 train: setup ## train on DATA (default SST-2) with the defaults; CONFIG=, SET="k=v ...", OUT=, RESUME=RUN_DIR
 	$(CLI) train $(TRAIN_ARGS)
@@ -97,7 +98,7 @@ evaluate: setup ## score MODEL (default: the newest run's) on DATA's SPLIT
 # EXPORTED: where `make export` writes (default: exported/ beside MODEL's run); QUANTIZE=int8 for int8 weights.
 export: setup ## ONNX export of MODEL (default: the newest run's) into EXPORTED; QUANTIZE=int8
 	@test -n "$(MODEL)" || { echo "no trained model found under runs/; run 'make train' or pass MODEL=DIR"; exit 2; }
-	$(CLI) export --model "$(MODEL)" --out "$(or $(EXPORTED),$(dir $(MODEL))exported$(if $(QUANTIZE),-$(QUANTIZE)))" \
+	$(CLI) export --model "$(MODEL)" --out "$(or $(EXPORTED),$(dir $(MODEL:/=))exported$(if $(QUANTIZE),-$(QUANTIZE)))" \
 		$(if $(QUANTIZE),--quantize $(QUANTIZE)) --overwrite
 
 serve: setup ## serve MODEL (default: the newest run's; or an exported directory) on 127.0.0.1:PORT

@@ -128,6 +128,11 @@ def case(name: str, root: Path, model_dir: Path) -> tuple[list[str], list[str]]:
     if name == "init model with a mismatched tokenizer":
         return data(splits(root, GOOD_TRAIN)) + ["--init", str(broken_model(root, model_dir, "tokenizer"))], [
             "tokenizer.json has", "tokens but the model expects"]
+    if name == "token cache directory is a file":
+        cache = write(root / "cache", "not a directory")
+        return data(splits(root, GOOD_TRAIN)) + ["--set", f"data.cache_dir={cache}"], [
+            f"data.cache_dir {cache}: cannot write the token cache there (File exists)",
+            "pass a directory you can write to"]
     if name == "existing run directory":
         write(root / "run" / "metrics.json", "{}")
         return data(splits(root, GOOD_TRAIN)), ["already exists and is not empty", "--overwrite"]
@@ -265,8 +270,8 @@ CASES = ["missing path", "unsupported extension", "missing text column", "missin
          "ambiguous text column", "ambiguous label column", "empty text with --strict", "missing label",
          "label unseen in training", "non-UTF-8 bytes", "invalid value", "invalid choice", "unknown key",
          "invalid checkpoint setting", "config file not JSON", "tokenizer file missing",
-         "init model with a mismatched tokenizer", "existing run directory", "resume a missing run",
-         "resume a finished run", "resume without checkpoints", "resume with new settings",
+         "init model with a mismatched tokenizer", "token cache directory is a file", "existing run directory",
+         "resume a missing run", "resume a finished run", "resume without checkpoints", "resume with new settings",
          "pair column missing in validation", "empty second text", "multi-label name only in validation",
          "label columns mixing 0/1 with text", "0/1 label columns with a stray value",
          "0/1 label column only in validation", "regression target infinite", "regression target missing",

@@ -178,6 +178,19 @@ def test_make_help_lists_every_target_with_its_line():
     assert all(len(text) > 10 for text in lines.values())
 
 
+@pytest.mark.parametrize("model", ["runs/r/model", "runs/r/model/"])
+def test_make_export_writes_beside_the_model_s_run_with_or_without_a_trailing_slash(model):
+    import shutil
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    root = Path(__file__).resolve().parents[1]
+    dry = subprocess.run(["make", "-n", "-o", ".venv/.installed", "export", f"MODEL={model}", "QUANTIZE=int8"],
+                         cwd=root, capture_output=True, text=True, timeout=60)
+    assert dry.returncode == 0, dry.stderr
+    command = " ".join(dry.stdout.replace("\\\n", " ").split())
+    assert f'export --model "{model}" --out "runs/r/exported-int8" --quantize int8' in command
+
+
 def _run_dir(root, name: str, lr: float, metrics: dict | None = None, checkpoint: bool = False):
     run = root / name
     run.mkdir(parents=True)

@@ -134,3 +134,15 @@ def test_freezing_more_layers_than_the_model_has_is_refused(pretrained, tmp_path
     assert main(argv) == 2
     assert "train.freeze_layers (3) exceeds the model's 2 layers; pick at most 2" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_pretraining_refuses_a_max_length_beyond_the_positions_before_writing(tmp_path, capsys):
+    """As train does: a text longer than the positions would end the run halfway with a traceback."""
+    text = tmp_path / "corpus.txt"
+    text.write_text("\n".join(" ".join(["the film was fine"] * 10) for _ in range(20)) + "\n", encoding="utf-8")
+    argv = ["pretrain", "--data", str(text), "--out", str(tmp_path / "run"), "--quiet",
+            "--set", "model.max_positions=32"]
+    assert main(argv) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "encoder-clf: error: tokenizer.max_length (128) exceeds model.max_positions (32); lower one or raise the other"]
+    assert not (tmp_path / "run").exists()

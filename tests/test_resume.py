@@ -276,6 +276,24 @@ def test_make_train_passes_resume_through():
     assert 'encoder-clf train --resume "runs/x"' in dry.stdout and "--data" not in dry.stdout
 
 
+def test_make_train_passes_settings_given_with_resume_on_for_the_command_to_refuse(tmp_path, capsys):
+    """make train RESUME=... SET=... must not resume with SET dropped unsaid: the command refuses it in one line."""
+    root = Path(__file__).resolve().parents[1]
+    if shutil.which("make") is None:
+        pytest.skip("make not installed")
+    dry = subprocess.run(["make", "-n", "-o", ".venv/.installed", "train", "RESUME=runs/x", "OUT=runs/y",
+                          "CONFIG=c.json", "SET=train.lr=0.1 train.max_steps=5"], cwd=root, capture_output=True,
+                         text=True, timeout=60)
+    assert dry.returncode == 0, dry.stderr
+    command = " ".join(dry.stdout.replace("\\\n", " ").split())
+    assert ('encoder-clf train --resume "runs/x" --out "runs/y" --config "c.json" --set train.lr=0.1 '
+            "--set train.max_steps=5") in command and "--data" not in command
+    capsys.readouterr()
+    assert main(["train", "--resume", str(tmp_path), "--out", "runs/y", "--set", "train.lr=0.1"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "encoder-clf: error: --resume continues with the settings in the run's run_config.json; drop --set, --out"]
+
+
 # --- finalisation: a kill at any point leaves a run that --resume completes, or a complete one ----------------
 
 

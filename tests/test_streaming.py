@@ -111,6 +111,16 @@ def test_stream_reads_jsonl_and_csv(tmp_path, toy_tokenizer, suffix):
     assert list(streaming.stream_texts(config)) == in_memory.train.texts  # empty text skipped, file order kept
 
 
+def test_the_tokenizer_reads_the_text_column_the_stream_trains_on(tmp_path):
+    """data.text_columns naming one column picks it for the tokenizer's texts too, not another column's."""
+    for name, n, seed in [("train", 40, 0), ("validation", 10, 1)]:
+        rows = [(f"headline number {i}", text, label) for i, (text, label) in enumerate(toy_rows(n, seed))]
+        pd.DataFrame(rows, columns=["text", "title", "label"]).to_json(tmp_path / f"{name}.jsonl", orient="records",
+                                                                      lines=True)
+    config = DataConfig(path=str(tmp_path), text_columns=["title"])
+    assert list(streaming.stream_texts(config)) == load_splits(config).train.texts == [t for t, _ in toy_rows(40, 0)]
+
+
 def test_stream_needs_a_validation_file(tmp_path):
     write_tsv(tmp_path / "train.tsv", toy_rows(20, 0))
     with pytest.raises(UsageError, match="validation file"):

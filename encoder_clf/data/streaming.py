@@ -22,7 +22,7 @@ import torch
 
 from ..errors import UsageError
 from .batching import Batch, bucket_batches, collate
-from .columns import Classes, Columns, labelled_rows, pick_column
+from .columns import Classes, Columns, labelled_rows, pick_texts
 from .config import DataConfig
 from .sources import READERS, find_splits, train_split
 from .splits import Split, read_rows
@@ -109,10 +109,14 @@ def stream_batches(config: DataConfig, tokenizer, classes: Classes, batch_size: 
 
 
 def stream_texts(config: DataConfig) -> Iterator[str]:
-    """The train split's non-empty texts in file order, read as a stream: for ``train_tokenizer``."""
+    """The train split's non-empty texts in file order, read as a stream: for ``train_tokenizer``.
+
+    The text column is the one :func:`stream_batches` reads (``data.text_columns`` naming one counts), so that the
+    tokenizer learns the words the model is trained on.
+    """
     source = train_split(find_splits(config.path), config.path)
     stream = source.stream()
-    column = pick_column(source.column_names(stream), config.text_column, "text", source.where)
+    column = pick_texts(source.column_names(stream), config.text_columns, config.text_column, source.where)[0]
     for example in source.rows(stream):
         text = example[column]
         if isinstance(text, str) and text.strip():

@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
+from ..errors import UsageError
 from .batching import Batch, collate, token_types
 from .splits import Split
 from .tokenization import encode, pad_id
@@ -160,8 +161,12 @@ def _write_cache(file: Path, tokenizer, texts: Sequence[str], num_proc: int) -> 
     """
     import datasets
 
-    file.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{file.stem}-", dir=file.parent))
+    try:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=f".{file.stem}-", dir=file.parent))
+    except OSError as err:  # a file where the directory should be, or no permission to write there
+        raise UsageError(f"data.cache_dir {file.parent}: cannot write the token cache there ({err.strerror}); "
+                         "pass a directory you can write to") from None
     try:
         datasets.disable_progress_bars()
         features = datasets.Features({"ids": datasets.Sequence(datasets.Value("int32")),

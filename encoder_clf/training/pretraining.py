@@ -139,8 +139,9 @@ def pretrain(config: PretrainRunConfig, out_dir: str | Path, overwrite: bool = F
 
     Each epoch ends with the held-out masked-token loss, logged (``logging``) and recorded.
     """
-    from .run import prepare_output  # one rule for refusing to overwrite runs
+    from .run import check_lengths, prepare_output  # one rule for lengths that do not fit, one for overwriting runs
 
+    check_lengths(config.model, config.tokenizer)
     out_dir = Path(out_dir)
     prepare_output(out_dir, overwrite)
     cfg = config.pretrain

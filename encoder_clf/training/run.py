@@ -38,6 +38,7 @@ from ..data.tokenized import TokenizedSplit, data_key, stream_key, tokenize_spli
 from ..errors import UsageError
 from ..metrics import SELECTION_METRICS
 from ..model.classifier import TextClassifier
+from ..model.config import ModelConfig
 from ..persistence.checkpoints import CHECKPOINTS, Checkpoint, load_latest
 from ..persistence.encoders import load_encoder
 from ..runtime import default_device, resolve_precision
@@ -137,7 +138,7 @@ def _prepared(out_dir: str | Path | None, overwrite: bool) -> Path | None:
 
 def _check_options(config: RunConfig) -> None:
     """What can be refused before any file is written: lengths that do not fit, an extra that is missing."""
-    _check_lengths(config)
+    check_lengths(config.model, config.tokenizer)
     if config.train.tensorboard:
         require_tensorboard()
     if config.fewshot.enabled:
@@ -150,10 +151,12 @@ def _check_options(config: RunConfig) -> None:
                          "drop data.class_weights")
 
 
-def _check_lengths(config: RunConfig) -> None:
-    if config.model.max_positions < config.tokenizer.max_length:
-        raise UsageError(f"tokenizer.max_length ({config.tokenizer.max_length}) exceeds model.max_positions "
-                         f"({config.model.max_positions}); lower one or raise the other")
+def check_lengths(model: ModelConfig, tokenizer: TokenizerConfig) -> None:
+    """Refuse texts cut longer than the model's positions: the first such text would stop the run with a traceback
+    (training and pretraining alike)."""
+    if model.max_positions < tokenizer.max_length:
+        raise UsageError(f"tokenizer.max_length ({tokenizer.max_length}) exceeds model.max_positions "
+                         f"({model.max_positions}); lower one or raise the other")
 
 
 def _stream_splits(config: RunConfig) -> StreamingSplits:
