@@ -128,6 +128,10 @@ def case(name: str, root: Path, model_dir: Path) -> tuple[list[str], list[str]]:
     if name == "init model with a mismatched tokenizer":
         return data(splits(root, GOOD_TRAIN)) + ["--init", str(broken_model(root, model_dir, "tokenizer"))], [
             "tokenizer.json has", "tokens but the model expects"]
+    if name == "init from a run directory":
+        run = shutil.copytree(model_dir, root / "pretrained-run" / "model").parent
+        return data(splits(root, GOOD_TRAIN)) + ["--init", str(run)], [
+            f"{run}: a run directory, not a model; pass its model/ folder ({run / 'model'})"]
     if name == "token cache directory is a file":
         cache = write(root / "cache", "not a directory")
         return data(splits(root, GOOD_TRAIN)) + ["--set", f"data.cache_dir={cache}"], [
@@ -279,7 +283,7 @@ CASES = ["missing path", "unsupported extension", "missing text column", "missin
          "evaluate: unknown label column", "embed: ambiguous text column", "embed: sentence pairs",
          "embed: missing split", "pretrain: missing split", "predict with no text", "predict an empty text",
          "model directory missing", "model weights missing", "model weights corrupted",
-         "tokenizer does not match the model", "distill: teacher is a run directory",
+         "tokenizer does not match the model", "init from a run directory", "distill: teacher is a run directory",
          "distill: teacher is a pretrained encoder", "distill: teacher without the data's labels",
          "distill: teacher's labels in another order", "distill: unlabeled file missing",
          "distill: unlabeled file without a text column", "evaluate: a pretrained encoder",

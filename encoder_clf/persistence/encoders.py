@@ -82,6 +82,8 @@ def resolve(source: str | Path) -> Path:
     """A local directory as is; otherwise a Hub model id, downloaded (or found) in the Hugging Face cache."""
     path = Path(source)
     if path.is_dir():
+        if not (path / "config.json").is_file() and (path / "model" / "config.json").is_file():
+            raise UsageError(f"{source}: a run directory, not a model; pass its model/ folder ({path / 'model'})")
         return path
     name = str(source)
     if path.exists() or not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", name):
