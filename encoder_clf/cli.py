@@ -23,6 +23,7 @@ from .errors import UsageError
 from .explanations import TOKEN_WEIGHT_MEANINGS, explain_text, layer_index
 from .export import QUANTIZATIONS, export
 from .features import FEATURE_POOLINGS, OUTPUT_FORMATS, embed, write_features
+from .files import writing_out
 from .inference import evaluate, model_config, predict, records
 from .metrics import format_report
 from .persistence.model_dir import load_model_config
@@ -237,10 +238,8 @@ def _explain(args: argparse.Namespace) -> None:
                          "the model takes one text per example; drop --pair")
     explanation = explain_text(args.model, tuple(args.text) if args.pair else " ".join(args.text))
     number = layer_index(args.layer, explanation.n_layers) + 1
-    try:
+    with writing_out(out):
         save(explanation_figure(explanation, number), out)
-    except OSError as err:  # a folder that cannot be written, or a directory of that name: a bad --out, not a bug
-        raise UsageError(f"--out {out}: cannot write it ({err.strerror}); pick another path") from None
     task, (quantity, meaning) = explanation.task, explanation.quantity
     shown = "  ".join(f"{name}={p:.3f}" for name, p in explanation.probabilities.items())
     print(f"{explanation.value:.4f}\t{explanation.label}" if task == "regression" else

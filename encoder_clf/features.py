@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from .data.batching import sorted_batches
 from .data.tokenization import encode, pad_id
 from .errors import UsageError
+from .files import writing_out
 from .model.classifier import TextClassifier
 from .model.encoder import Encoder
 from .model.pooling import POOLINGS
@@ -177,20 +178,20 @@ def write_features(vectors: np.ndarray, path: str | Path, texts: list[str] | Non
                          f"use {' or '.join(OUTPUT_FORMATS)}")
     partial = path.with_name(f".{path.name}.partial")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if suffix == ".npy":
-            with partial.open("wb") as handle:
-                np.save(handle, vectors)
-        else:
-            import pyarrow as pa
-            import pyarrow.parquet as pq
+        with writing_out(path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if suffix == ".npy":
+                with partial.open("wb") as handle:
+                    np.save(handle, vectors)
+            else:
+                import pyarrow as pa
+                import pyarrow.parquet as pq
 
-            column = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()), vectors.shape[1])
-            table = pa.table({"text": texts, "embedding": column} if texts is not None else {"embedding": column})
-            pq.write_table(table, partial)
-        os.replace(partial, path)
-    except OSError as err:  # a folder that cannot be written, or a directory of that name: a bad --out, not a bug
-        raise UsageError(f"--out {path}: cannot write it ({err.strerror}); pick another path") from None
+                column = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()),
+                                                           vectors.shape[1])
+                table = pa.table({"text": texts, "embedding": column} if texts is not None else {"embedding": column})
+                pq.write_table(table, partial)
+            os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)
     return path

@@ -9,7 +9,11 @@ or ``mkdir`` would have, under the process's umask.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+from .errors import UsageError
 
 
 def published(path: Path) -> Path:
@@ -22,3 +26,13 @@ def published(path: Path) -> Path:
     for item in [path, *(path.rglob("*") if path.is_dir() else [])]:
         item.chmod((0o777 if item.is_dir() else 0o666) & ~mask)
     return path
+
+
+@contextmanager
+def writing_out(path: Path) -> Iterator[None]:
+    """Writing the file a user named with ``--out``: a folder that cannot be written, or a directory of that name,
+    is a bad ``--out``, not a bug, and ends in one line."""
+    try:
+        yield
+    except OSError as err:
+        raise UsageError(f"--out {path}: cannot write it ({err.strerror}); pick another path") from None

@@ -84,24 +84,33 @@ def forward_texts(model: TextClassifier | ExportedModel, tokenizer: Tokenizer, t
     return forward_batches(model, encoded.ids, pad_id(tokenizer), batch_size, precision, encoded.segments).logits
 
 
-def load_classifier(model_dir: str | Path) -> tuple[TextClassifier | ExportedModel, Tokenizer]:
-    """A saved model directory in PyTorch on the default device, or an exported one in ONNX Runtime."""
+def load_classifier(model_dir: str | Path, flag: str = "") -> tuple[TextClassifier | ExportedModel, Tokenizer]:
+    """A saved model directory in PyTorch on the default device, or an exported one in ONNX Runtime.
+
+    ``flag`` names the option that gave the directory (``--teacher``) in the errors, where it is not ``--model``.
+    """
+    name = f"{flag} {model_dir}".lstrip()
     if is_exported(model_dir):
         model = load_exported(model_dir)
         if model.task is None:
-            raise UsageError(f"{model_dir} is an exported encoder: it embeds texts (encoder-clf embed) and has no "
+            raise UsageError(f"{name} is an exported encoder: it embeds texts (encoder-clf embed) and has no "
                              "labels to predict; export a trained classifier's model directory")
         return model, model.tokenizer
-    require_classifier(model_dir)
+    require_classifier(model_dir, flag)
     model, tokenizer = load_model(model_dir)
     return model.to(default_device()), tokenizer
 
 
-def require_classifier(model_dir: str | Path) -> None:
+def require_classifier(model_dir: str | Path, flag: str = "") -> None:
     """Refuse a pretrained encoder (``pretrain``'s model/), which has no labels to predict, in one line: built as a
-    classifier, it fails deep inside with a traceback."""
-    if not load_model_config(model_dir).labels:
-        raise UsageError(f"{model_dir} is a pretrained encoder, without a classifier head: it embeds texts "
+    classifier, it fails deep inside with a traceback. A run directory, or none at all, is refused as a model path."""
+    name = f"{flag} {model_dir}".lstrip()
+    try:
+        labels = load_model_config(model_dir).labels
+    except UsageError as err:
+        raise UsageError(f"{flag} {err}".lstrip()) from None
+    if not labels:
+        raise UsageError(f"{name} is a pretrained encoder, without a classifier head: it embeds texts "
                          f"(encoder-clf embed) and has no labels to predict; fine-tune it first (encoder-clf train "
                          f"--init {model_dir} --data PATH)")
 

@@ -221,8 +221,8 @@ def case(name: str, root: Path, model_dir: Path) -> tuple[list[str], list[str]]:
                                      "--teacher", str(teacher)]
     if name == "distill: teacher is a run directory":
         run = shutil.copytree(model_dir, root / "teacher-run" / "model").parent
-        return distill(named(), run), [f"--teacher {run}: no model there (no config.json)",
-                                       f"the run's model is {run / 'model'}", "pass the model/ directory"]
+        return distill(named(), run), [f"--teacher {run}: a run directory, not a model; pass its model/ folder "
+                                       f"({run / 'model'})"]
     if name == "distill: teacher is a pretrained encoder":
         encoder = encoder_only(root, model_dir)
         return distill(named(), encoder), [f"--teacher {encoder} is a pretrained encoder, without a classifier head",
@@ -246,6 +246,10 @@ def case(name: str, root: Path, model_dir: Path) -> tuple[list[str], list[str]]:
         return ["evaluate", "--model", str(encoder_only(root, model_dir)), "--data", str(named())], [
             "encoder is a pretrained encoder, without a classifier head", "no labels to predict",
             "fine-tune it first (encoder-clf train --init"]
+    if name == "predict: a run directory":
+        run = shutil.copytree(model_dir, root / "a-run" / "model").parent
+        return predict + [str(run), "hi"], [f"{run}: a run directory, not a model; pass its model/ folder "
+                                           f"({run / 'model'})"]
     if name == "predict: a pretrained encoder":
         return predict + [str(encoder_only(root, model_dir)), "hi"], [
             "encoder is a pretrained encoder, without a classifier head", "fine-tune it first"]
@@ -287,7 +291,7 @@ CASES = ["missing path", "unsupported extension", "missing text column", "missin
          "distill: teacher is a pretrained encoder", "distill: teacher without the data's labels",
          "distill: teacher's labels in another order", "distill: unlabeled file missing",
          "distill: unlabeled file without a text column", "evaluate: a pretrained encoder",
-         "predict: a pretrained encoder", "explain: a pretrained encoder"]
+         "predict: a pretrained encoder", "predict: a run directory", "explain: a pretrained encoder"]
 
 
 def snapshot(root: Path) -> dict[str, bytes | None]:

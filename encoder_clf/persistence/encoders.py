@@ -27,7 +27,7 @@ from ..errors import UsageError
 from ..model.attention import stack_projections
 from ..model.config import ADDITIONS_OFF, ModelConfig
 from ..model.encoder import Encoder
-from .model_dir import CONFIG, TOKENIZER, WEIGHTS, load_saved_encoder, load_weights
+from .model_dir import CONFIG, TOKENIZER, WEIGHTS, load_saved_encoder, load_weights, refuse_run_directory
 
 HUB_FILES = [CONFIG, WEIGHTS, TOKENIZER, "sentence_bert_config.json", "1_Pooling/config.json", "modules.json"]
 ACTIVATION_NAMES = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu"}
@@ -82,8 +82,7 @@ def resolve(source: str | Path) -> Path:
     """A local directory as is; otherwise a Hub model id, downloaded (or found) in the Hugging Face cache."""
     path = Path(source)
     if path.is_dir():
-        if not (path / "config.json").is_file() and (path / "model" / "config.json").is_file():
-            raise UsageError(f"{source}: a run directory, not a model; pass its model/ folder ({path / 'model'})")
+        refuse_run_directory(path)
         return path
     name = str(source)
     if path.exists() or not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", name):

@@ -147,10 +147,17 @@ def load_weights(model: torch.nn.Module, file: str | Path, state: dict[str, torc
     model.load_state_dict(state, strict=True)
 
 
+def refuse_run_directory(directory: Path) -> None:
+    """A training run's directory is the commonest wrong model path: its model is in ``model/``, so say that."""
+    if not (directory / CONFIG).is_file() and (directory / "model" / CONFIG).is_file():
+        raise UsageError(f"{directory}: a run directory, not a model; pass its model/ folder ({directory / 'model'})")
+
+
 def _existing(directory: str | Path) -> Path:
     directory = Path(directory)
     if not directory.is_dir():
         raise UsageError(f"model directory {directory} not found; pass the model/ folder of a training run")
+    refuse_run_directory(directory)
     return directory
 
 

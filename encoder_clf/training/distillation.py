@@ -38,8 +38,8 @@ from ..data.tokenized import TokenizedSplit, texts_digest, tokenize_split
 from ..errors import UsageError
 from ..export import is_exported
 from ..files import published
-from ..inference import evaluate_texts, forward_texts, load_classifier, run_precision
-from ..persistence.model_dir import CONFIG, WEIGHTS, load_model_config, read_weights
+from ..inference import evaluate_texts, forward_texts, load_classifier, require_classifier, run_precision
+from ..persistence.model_dir import WEIGHTS, read_weights
 from ..settings import check_fields
 from .distributed import World, barrier
 
@@ -108,10 +108,10 @@ def teacher_vocabulary(distill: DistillConfig, tokenizer_path: str, max_length: 
     """
     if not (distill.teacher and distill.init_embeddings):
         return None
-    check_teacher(distill.teacher)
     if is_exported(distill.teacher):
         log.info("the teacher is an exported model: the student's embeddings start at random, with its own tokenizer")
         return None
+    require_classifier(distill.teacher, "--teacher")  # before its tokenizer is read
     tokenizer = load_tokenizer(distill.teacher, max_length)  # with the student's truncation
     if tokenizer_path and load_tokenizer(tokenizer_path, max_length).get_vocab() != tokenizer.get_vocab():
         log.info("tokenizer.path is not the teacher's tokenizer: the student's embeddings start at random")
@@ -190,9 +190,8 @@ def transfer(config, tokenizer, splits: Splits, cache_dir: str, world: World, pr
     ``config`` is the run's :class:`~encoder_clf.training.config.RunConfig`.
     """
     distill, train = config.distill, splits.train
-    check_teacher(distill.teacher)
-    teacher, teacher_tokenizer = load_classifier(distill.teacher)
-    _check_teacher(teacher.config, splits, distill.teacher)
+    teacher, teacher_tokenizer = load_classifier(distill.teacher, "--teacher")
+    check_teacher(teacher.config, splits, distill.teacher)
     unlabeled = _unlabeled(distill.unlabeled, distill.unlabeled_column, splits.text_pairs)
     copies = augmented(train.texts, distill.augmentation, config.train.seed) if distill.augment else []
     texts = [*train.texts, *unlabeled, *(copy for row in copies for copy in row)]
@@ -286,22 +285,7 @@ def _hard_labels(labels: np.ndarray, rows: int, task: str) -> np.ndarray:
     return hard
 
 
-def check_teacher(directory: str) -> None:
-    """A teacher is a trained classifier's model directory, or an exported one: anything else is refused naming
-    ``--teacher`` before its files are read (they would fail as a tokenizer, or as a classifier without labels)."""
-    if is_exported(directory):
-        return
-    path = Path(directory).expanduser()
-    if not (path / CONFIG).is_file():
-        inside = f"; the run's model is {path / 'model'}" if (path / "model" / CONFIG).is_file() else ""
-        raise UsageError(f"--teacher {directory}: no model there (no {CONFIG}){inside}; pass the model/ directory "
-                         "of a trained classifier's run")
-    if not load_model_config(path).labels:
-        raise UsageError(f"--teacher {directory} is a pretrained encoder, without a classifier head; fine-tune it "
-                         f"first (encoder-clf train --init {directory} --data PATH) and pass that run's model/")
-
-
-def _check_teacher(teacher, splits: Splits, where: str) -> None:
+def check_teacher(teacher, splits: Splits, where: str) -> None:
     """The teacher must answer the task the data asks: its task, its labels in order, pairs or single texts."""
     if teacher.task != splits.task:
         raise UsageError(f"--teacher {where} is a {teacher.task} model and the data is {splits.task}; "
