@@ -11,7 +11,12 @@ directory of split files (the derived ones are written to a temporary directory 
 - ``ag_news``: AG News small, its ``train.csv`` (4,000) as train and its ``validation.csv`` (1,000) as
   ``test.csv``, with no validation file: encoder-clf carves a seeded, stratified 10% out of train, and the
   peers train and select on the very same two parts;
-- ``goemotions``: GoEmotions' rows with exactly one label (28 classes; 36,308 / 4,548 / 4,590 rows).
+- ``goemotions``: GoEmotions' rows with exactly one label (28 classes; 36,308 / 4,548 / 4,590 rows);
+- ``sst2-docs``: long texts, which ``../shared`` lacks, built from SST-2: each document is 15 sentences drawn at
+  random from one split's phrases of 8 words or more (train's for its 4,000 training documents, validation's for
+  500, test's for 1,000), labelled by the majority of their labels. The evidence is spread over the whole
+  document, as in a long review: 240 words on average in train, 305 in validation and test (whole sentences
+  there, phrases in train), so a model that reads only the first 128 tokens sees a third to a half of it.
 
 Each job runs in its own process (its wall time and peak RSS are its own):
 
@@ -22,7 +27,7 @@ Each job runs in its own process (its wall time and peak RSS are its own):
   ``classification-example.sh`` (lower case, punctuation split off), wordNgrams 2, dim 100, softmax, every
   core, epoch (5, 10, 25) and lr (0.1, 0.5, 1.0) chosen on validation accuracy.
 
-    python benchmarks/defaults.py [--datasets sst2,sst2-2k,sst2-8k,ag_news,goemotions] [--skip-ours]
+    python benchmarks/defaults.py [--datasets sst2,sst2-2k,sst2-8k,ag_news,goemotions,sst2-docs] [--skip-ours]
     python benchmarks/defaults.py --quick     # sst2-2k and ag_news only (make bench-quick); docs/ left alone
     python benchmarks/defaults.py --datasets ag_news --seeds 0,1,2,3,4   # means over seeds
 
@@ -58,7 +63,10 @@ SPECS = {
     "sst2-8k": {"title": "SST-2, 8,000 train rows", "source": "sst2", "rows": 8000},
     "ag_news": {"title": "AG News small (4 classes)", "source": "ag_news_small", "rows": 0},
     "goemotions": {"title": "GoEmotions, single-label rows (28 classes)", "source": "goemotions", "rows": 0},
+    "sst2-docs": {"title": "SST-2 documents of 15 sentences (long texts)", "source": "sst2", "rows": 0},
 }
+DOCUMENTS = {"train": 4000, "validation": 500, "test": 1000}  # sst2-docs: documents per split
+SENTENCES, MIN_WORDS = 15, 8  # sst2-docs: sentences per document, words per sentence at least
 QUICK = ["sst2-2k", "ag_news"]
 C_GRID = (0.25, 1.0, 4.0, 16.0, 64.0)  # the strengths encoder-clf's n-gram part chooses from
 FASTTEXT_GRID = [(epoch, lr) for epoch in (5, 10, 25) for lr in (0.1, 0.5, 1.0)]
@@ -95,6 +103,17 @@ def prepare(name: str, root: Path, cap: int) -> Path:
     if name == "ag_news":  # no validation file: encoder-clf carves its validation part out of train
         write("train.csv", sampled(read("train.csv"), rows))
         write("test.csv", read("validation.csv"))
+    elif name == "sst2-docs":  # long documents, each the majority label of its sentences
+        rng = np.random.default_rng(SEED)
+        for split, count in DOCUMENTS.items():
+            pairs = [line.rsplit("\t", 1) for line in read(f"{split}.tsv")[1:]]
+            pool = [(text, int(label)) for text, label in pairs if len(text.split()) >= MIN_WORDS]
+            lines = ["text\tlabel"]
+            for _ in range(count):
+                chosen = [pool[i] for i in rng.choice(len(pool), SENTENCES, replace=False)]
+                positive = sum(label for _, label in chosen) * 2 > SENTENCES
+                lines.append(f"{' '.join(text for text, _ in chosen)}\t{int(positive)}")
+            write(f"{split}.tsv", lines)
     elif name == "goemotions":  # the rows with exactly one label, as a single-label `text`, `label` table
         for split in ("train", "validation", "test"):
             lines = read(f"{split}.tsv")

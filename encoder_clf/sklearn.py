@@ -201,7 +201,7 @@ class _EncoderEstimator(BaseEstimator):
                  attention: str = ModelConfig.attention, pooling: str = ModelConfig.pooling,
                  dropout: float = ModelConfig.dropout, tokenizer: str = TokenizerConfig.model,
                  vocab_size: int = TokenizerConfig.vocab_size, min_frequency: int = TokenizerConfig.min_frequency,
-                 max_length: int = TokenizerConfig.max_length, epochs: int | None = TrainConfig.epochs,
+                 max_length: int | None = TokenizerConfig.max_length, epochs: int | None = TrainConfig.epochs,
                  batch_size: int = TrainConfig.batch_size, lr: float = TrainConfig.lr,
                  weight_decay: float = TrainConfig.weight_decay, patience: int = TrainConfig.patience,
                  validation_fraction: float = DataConfig.validation_fraction, precision: str = TrainConfig.precision,
@@ -239,7 +239,7 @@ class _EncoderEstimator(BaseEstimator):
     def run_config(self, seed: int = 0) -> RunConfig:
         """The run config these parameters describe (validated: a bad value raises a one-line ``UsageError``)."""
         model = ModelConfig(**{name: getattr(self, name) for name in MODEL_PARAMS},
-                            max_positions=max(ModelConfig.max_positions, self.max_length))
+                            max_positions=max(ModelConfig.max_positions, self.max_length or 0))
         tokenizer = TokenizerConfig(model=self.tokenizer, vocab_size=self.vocab_size,
                                     min_frequency=self.min_frequency, max_length=self.max_length)
         train = TrainConfig(**{name: getattr(self, name) for name in TRAIN_PARAMS}, seed=seed)

@@ -342,7 +342,8 @@ def test_a_1mb_text_tokenizes_in_linear_time(model, text):
     bar between them does not depend on how fast the machine is, and the fastest of five tries (as ``timeit``
     advises) is the one least disturbed by whatever else the machine runs.
     """
-    tokenizer = train_tokenizer(CORPUS, TokenizerConfig(model=model, vocab_size=100, min_frequency=1))
+    tokenizer = train_tokenizer(CORPUS, TokenizerConfig(model=model, vocab_size=100, min_frequency=1,
+                                                        max_length=128))
     unit = "the film was good and fun " if text == "words" else "goodfun"
 
     def seconds(size: int) -> float:

@@ -442,6 +442,25 @@ def test_collate_pads_and_masks(pad_id):
         assert mask[row].tolist() == [j >= len(seq) for j in range(width)]
 
 
+@pytest.mark.parametrize("longest, width", [(5, 5), (128, 128), (129, 160), (160, 160), (161, 192), (500, 512)])
+def test_batches_wider_than_128_are_padded_to_a_multiple_of_32(longest, width):
+    ids, mask = collate([[2] + [9] * (longest - 2) + [3], [2, 3]], 0)
+    assert ids.shape == (2, width) and (~mask[0]).sum() == longest and (~mask[1]).sum() == 2
+    assert ids[0, longest:].eq(0).all()
+
+
+def test_the_rounded_padding_changes_no_output(tiny_model):
+    """A 140-token text alone (padded to 160) and beside a 10-token one: the same outputs, as unpadded."""
+    model = tiny_model(max_positions=192).eval()
+    long, short = [2] + [5 + i % 20 for i in range(138)] + [3], [2, 7, 8, 3]
+    with torch.no_grad():
+        alone = model(torch.tensor([long])).logits
+        ids, mask = collate([long, short], 0)
+        assert ids.shape[1] == 160
+        together = model(ids, mask).logits
+    torch.testing.assert_close(together[0], alone[0], rtol=1e-5, atol=1e-5)
+
+
 def test_a_mistyped_path_under_a_local_folder_is_not_looked_up_on_the_hub(tmp_path, monkeypatch):
     """``data/typo`` has the shape of a Hub id, but its folder exists here: it is a local path that is missing."""
     monkeypatch.chdir(tmp_path)

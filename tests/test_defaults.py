@@ -13,7 +13,7 @@ from sklearn.feature_extraction.text import TfidfTransformer, TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 
 from encoder_clf.data.splits import Split
-from encoder_clf.data.tokenization import word_starts
+from encoder_clf.data.tokenization import fitted_max_length, word_starts
 from encoder_clf.data.tokenized import tokenize_split
 from encoder_clf.model.ngrams import NgramLogits
 from encoder_clf.persistence.checkpoints import Progress
@@ -202,6 +202,40 @@ def test_the_run_reports_its_size_rule_balance_parts_and_fit_and_holds_the_fitte
     trained = part.table.weight.detach().clone()
     fit_ngrams(result.model, *(tokenize_split(result.tokenizer, split) for split in _splits(toy_data)), "accuracy")
     torch.testing.assert_close(part.table.weight.detach(), trained, rtol=0, atol=0)
+
+
+def test_max_length_follows_the_training_texts_lengths(toy_tokenizer):
+    """99% of the texts whole, rounded up to a multiple of 32, between 128 and the ceiling; pairs as pairs."""
+    short = [text for text, _ in toy_rows(300, 0)]
+    assert fitted_max_length(toy_tokenizer, short, 512).max_length == 128
+    words = ["the", "film", "was", "great", "plot", "cast"]
+    long = [" ".join(words[i % 6] for i in range(n)) for n in range(1, 201)]  # n words: n + 2 tokens, 3 … 202
+    fitted = fitted_max_length(toy_tokenizer, long, 512)
+    needed = int(np.ceil(np.quantile(np.arange(3, 203), 0.99)))  # 201
+    assert fitted.max_length == 224
+    assert fitted.rule == (f"by the data: 99% of 200 training texts fit in {needed} tokens, rounded up to a multiple "
+                           "of 32, at least 128 and at most 512")
+    assert fitted_max_length(toy_tokenizer, long, 160).max_length == 160
+    assert fitted_max_length(toy_tokenizer, long, 64).max_length == 64  # a model of fewer positions than the floor
+    pairs = list(zip(long, long))  # [CLS] a [SEP] a [SEP]: 2n + 3 tokens, up to 403
+    assert fitted_max_length(toy_tokenizer, pairs, 512).max_length == 416
+    assert toy_tokenizer.truncation["max_length"] == 10  # measured on a copy: the tokenizer given is left as it was
+
+
+def test_a_run_states_and_saves_the_fitted_max_length_and_a_length_given_wins(toy_data, tmp_path, one_thread, caplog):
+    long = "the film was " + " ".join(["great"] * 150)
+    write_tsv(tmp_path / "train.tsv", toy_rows(100, 0) + [(long, 1)] * 3)
+    settings = [f"data.path={tmp_path / 'train.tsv'}", *TINY, "train.epochs=1", "model.ngram_buckets=0"]
+    with caplog.at_level(logging.INFO):
+        result = train(with_overrides(RunConfig(), settings), tmp_path / "fitted", progress=False)
+    assert result.config.tokenizer.max_length == 160 and result.tokenizer.truncation["max_length"] == 160
+    assert json.loads((tmp_path / "fitted" / "run_config.json").read_text())["tokenizer"]["max_length"] == 160
+    assert any(message.startswith("tokenizer: max_length 160 (by the data: 99% of ") for message in caplog.messages)
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        given = train(with_overrides(RunConfig(), settings + ["tokenizer.max_length=16"]), None, progress=False)
+    assert given.config.tokenizer.max_length == 16 and given.tokenizer.truncation["max_length"] == 16
+    assert not any(message.startswith("tokenizer: max_length") for message in caplog.messages)
 
 
 def _splits(data):

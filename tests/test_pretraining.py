@@ -78,6 +78,8 @@ def test_fine_tuning_starts_from_the_pretrained_encoder(pretrained, tmp_path):
         assert torch.equal(tensor, start_state[name]) == name.startswith(frozen), name
     run_config = json.loads((out / "run_config.json").read_text())
     assert run_config["train"]["lr"] == 1e-4 and run_config["train"]["init"] == str(pretrained[0] / "model")
+    # the length by the data: short texts, so the pretrained encoder's own length when that is below 128
+    assert run_config["tokenizer"]["max_length"] == min(128, start_tokenizer.truncation["max_length"])
 
 
 def test_a_pair_task_fine_tunes_an_encoder_pretrained_without_token_types(pretrained, tmp_path):
@@ -141,7 +143,7 @@ def test_pretraining_refuses_a_max_length_beyond_the_positions_before_writing(tm
     text = tmp_path / "corpus.txt"
     text.write_text("\n".join(" ".join(["the film was fine"] * 10) for _ in range(20)) + "\n", encoding="utf-8")
     argv = ["pretrain", "--data", str(text), "--out", str(tmp_path / "run"), "--quiet",
-            "--set", "model.max_positions=32"]
+            "--set", "model.max_positions=32", "--set", "tokenizer.max_length=128"]  # left unset, it would be 32
     assert main(argv) == 2
     assert capsys.readouterr().err.strip().splitlines() == [
         "encoder-clf: error: tokenizer.max_length (128) exceeds model.max_positions (32); lower one or raise the other"]

@@ -98,7 +98,8 @@ class TeacherVocabulary:
     embeddings: torch.Tensor  # (vocab, teacher's width)
 
 
-def teacher_vocabulary(distill: DistillConfig, tokenizer_path: str, max_length: int) -> TeacherVocabulary | None:
+def teacher_vocabulary(distill: DistillConfig, tokenizer_path: str, max_length: int | None
+                       ) -> TeacherVocabulary | None:
     """The teacher's tokenizer and embedding table, or None where the student cannot start from them.
 
     A student trained from scratch learns each token's vector from the transfer set alone; the teacher's

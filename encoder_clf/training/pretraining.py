@@ -26,7 +26,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from ..data.batching import bucket_batches, collate, sorted_batches
 from ..data.splits import read_texts
-from ..data.tokenization import CLS, MASK, PAD, SEP, TokenizerConfig, encode, pad_id, train_tokenizer
+from ..data.tokenization import CLS, MASK, PAD, SEP, TokenizerConfig, encode, fitted_max_length, pad_id, train_tokenizer
 from ..errors import UsageError
 from ..metrics import curves_figure, records_of, save
 from ..model.config import ModelConfig
@@ -148,9 +148,11 @@ def pretrain(config: PretrainRunConfig, out_dir: str | Path, overwrite: bool = F
     corpus = _corpus(config)
     model_config = replace(config.model, vocab_size=corpus.tokenizer.get_vocab_size(), labels=[],
                            pad_token_id=corpus.pad)
+    tokenizer_config = replace(config.tokenizer, max_length=corpus.tokenizer.truncation["max_length"])
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "run_config.json").write_text(
-        json.dumps(asdict(replace(config, model=model_config)), indent=2) + "\n", encoding="utf-8")
+        json.dumps(asdict(replace(config, model=model_config, tokenizer=tokenizer_config)), indent=2) + "\n",
+        encoding="utf-8")
     device = default_device()
     precision = resolve_precision(cfg.precision, device)
     model = MaskedLanguageModel(model_config).to(device)
@@ -222,10 +224,14 @@ def _corpus(config: PretrainRunConfig) -> _Corpus:
     n_heldout = max(1, int(cfg.heldout_fraction * len(texts)))
     train_texts = [texts[i] for i in order[n_heldout:]]
     tokenizer = train_tokenizer(train_texts, config.tokenizer)
+    if config.tokenizer.max_length is None:
+        fitted = fitted_max_length(tokenizer, train_texts, config.model.max_positions, cfg.seed)
+        tokenizer.enable_truncation(fitted.max_length)
+        log.info("tokenizer: max_length %d (%s)", fitted.max_length, fitted.rule)
     sequences, truncated, _ = encode(tokenizer, train_texts)
     if truncated:
         log.warning("%d of %d texts truncated at max_length=%d tokens", truncated, len(train_texts),
-                    config.tokenizer.max_length)
+                    tokenizer.truncation["max_length"])
     special = torch.tensor([tokenizer.token_to_id(t) for t in (PAD, CLS, SEP, MASK)
                             if tokenizer.token_to_id(t) is not None])
     heldout = encode(tokenizer, [texts[i] for i in order[:n_heldout]]).ids

@@ -24,6 +24,7 @@ import os
 import shutil
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, replace
+from itertools import islice
 from pathlib import Path
 
 import torch
@@ -33,7 +34,15 @@ from ..data.config import DataConfig
 from ..data.splits import Split, Splits, load_splits
 from ..data.streaming import StreamingSplits, stream_batches, stream_splits, stream_texts
 from ..data.targets import balance, describe_balance
-from ..data.tokenization import TokenizerConfig, load_tokenizer, pad_id, train_tokenizer, word_starts
+from ..data.tokenization import (
+    LENGTH_SAMPLE,
+    TokenizerConfig,
+    fitted_max_length,
+    load_tokenizer,
+    pad_id,
+    train_tokenizer,
+    word_starts,
+)
 from ..data.tokenized import TokenizedSplit, data_key, stream_key, tokenize_split
 from ..errors import UsageError
 from ..metrics import SELECTION_METRICS
@@ -154,7 +163,7 @@ def _check_options(config: RunConfig) -> None:
 def check_lengths(model: ModelConfig, tokenizer: TokenizerConfig) -> None:
     """Refuse texts cut longer than the model's positions: the first such text would stop the run with a traceback
     (training and pretraining alike)."""
-    if model.max_positions < tokenizer.max_length:
+    if tokenizer.max_length is not None and model.max_positions < tokenizer.max_length:
         raise UsageError(f"tokenizer.max_length ({tokenizer.max_length}) exceeds model.max_positions "
                          f"({model.max_positions}); lower one or raise the other")
 
@@ -216,6 +225,9 @@ def _build(config: RunConfig, splits: Splits | StreamingSplits,
             tokenizer = _trained_once(train_texts, config.tokenizer, current())
         model_config = replace(config.model, vocab_size=tokenizer.get_vocab_size(), pad_token_id=pad_id(tokenizer),
                                **shape)
+    if config.tokenizer.max_length is None:
+        config = _fitted_length(config, tokenizer, splits, train_texts,
+                                start.config.max_positions if start is not None else model_config.max_positions)
     if splits.text_pairs:
         model_config = replace(model_config, type_vocab_size=max(model_config.type_vocab_size, 2))
     if model_config.n_layers < config.train.freeze_layers:
@@ -229,6 +241,19 @@ def _build(config: RunConfig, splits: Splits | StreamingSplits,
     if "ngrams" in model.head.parts:
         model.head.parts["ngrams"].set_word_starts(torch.from_numpy(word_starts(tokenizer)))
     return replace(config, model=model_config, train=_with_metric(config.train, splits.task)), model, tokenizer
+
+
+def _fitted_length(config: RunConfig, tokenizer: Tokenizer, splits: Splits | StreamingSplits,
+                   train_texts: Callable[[], Iterable[str]], positions: int) -> RunConfig:
+    """``tokenizer.max_length`` left unset, set by the training texts (:func:`fitted_max_length`) and said; at most
+    the model's positions, or a pretrained encoder's own length (its tokenizer's truncation, as imported)."""
+    own = (tokenizer.truncation or {}).get("max_length", positions) if config.train.init else positions
+    texts = splits.train.texts if isinstance(splits, Splits) else list(islice(train_texts(), LENGTH_SAMPLE))
+    fitted = fitted_max_length(tokenizer, texts, min(own, positions), config.train.seed)
+    tokenizer.enable_truncation(fitted.max_length)
+    if current().main:
+        log.info("tokenizer: max_length %d (%s)", fitted.max_length, fitted.rule)
+    return replace(config, tokenizer=replace(config.tokenizer, max_length=fitted.max_length))
 
 
 def _load_start(model: TextClassifier, start) -> None:
