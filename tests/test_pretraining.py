@@ -82,6 +82,21 @@ def test_fine_tuning_starts_from_the_pretrained_encoder(pretrained, tmp_path):
     assert run_config["tokenizer"]["max_length"] == min(128, start_tokenizer.truncation["max_length"])
 
 
+def test_fine_tuning_cuts_long_texts_at_the_pretrained_encoders_own_length(pretrained, tmp_path):
+    """Texts of 200 tokens would get 224 from scratch; the encoder pretrained at 128 keeps its 128."""
+    from conftest import toy_rows, write_tsv
+
+    long = [(" ".join(["the film was great"] * 50), 1), (" ".join(["the plot was dull"] * 50), 0)] * 10
+    write_tsv(tmp_path / "train.tsv", toy_rows(60, 0) + long)
+    _, _, start_tokenizer = load_saved_encoder(pretrained[0] / "model")
+    assert start_tokenizer.truncation["max_length"] == 128
+    out = tmp_path / "run"
+    assert main(["train", "--init", str(pretrained[0] / "model"), "--data", str(tmp_path / "train.tsv"), "--out",
+                 str(out), "--quiet", "--precision", "fp32", "--set", "train.max_steps=2"]) == 0
+    assert json.loads((out / "run_config.json").read_text())["tokenizer"]["max_length"] == 128
+    assert load_model(out / "model")[1].truncation["max_length"] == 128
+
+
 def test_a_pair_task_fine_tunes_an_encoder_pretrained_without_token_types(pretrained, tmp_path):
     """The MLM encoder has no token-type embeddings; a pair model gets them fresh and every other weight loaded."""
     from conftest import toy_rows
