@@ -40,6 +40,7 @@ Results go to the ``defaults`` section of ``docs/BENCHMARKS.md`` and ``benchmark
 Expected time of the full run: 64 minutes measured (2026-12-02, a 2-core Intel Xeon with amx_bf16; another
 benchmark shared the CPU during the GoEmotions rows, so about 45 minutes alone). GoEmotions is most of it:
 TF-IDF's multinomial grid over 28 classes (23 minutes) and ours (its linear fit alone 2.6 minutes).
+``sst2-docs``, added on 2026-12-07, takes about 8 minutes more (ours 7.4, the peers 0.5; AMD EPYC, 2 cores).
 """
 
 from __future__ import annotations
