@@ -129,7 +129,7 @@ class ExportedModel:
     def run(self, sequences: list[list[int]], pad: int, batch_size: int,
             segments: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """Every output of the graph for every sequence, in input order, by output name."""
-        return _run(self.session, sequences, pad, batch_size, segments)
+        return _run(self.session, sequences, pad, batch_size, segments, self.config.max_positions)
 
 
 def _session(file: Path, threads: int | None = None):
@@ -146,12 +146,13 @@ def _session(file: Path, threads: int | None = None):
 
 
 def _run(session, sequences: list[list[int]], pad: int, batch_size: int,
-         segments: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """A session's outputs for sequences batched by length (little padding), put back in input order."""
+         segments: np.ndarray | None = None, limit: int | None = None) -> dict[str, np.ndarray]:
+    """A session's outputs for sequences batched by length (little padding, at most ``limit`` wide), put back in
+    input order."""
     names = [output.name for output in session.get_outputs()]
     pairs = "token_type_ids" in {i.name for i in session.get_inputs()}
     results: dict[str, np.ndarray] = {}
-    for index, ids, mask, types in sorted_batches(sequences, pad, batch_size, segments):
+    for index, ids, mask, types in sorted_batches(sequences, pad, batch_size, segments, limit):
         feed = {"input_ids": ids.numpy(), "attention_mask": (~mask).long().numpy()}
         if pairs:
             feed["token_type_ids"] = (torch.zeros_like(ids) if types is None else types).numpy()

@@ -144,7 +144,7 @@ def embed(source: str | Path | FeatureEncoder | ExportedModel, texts: list[str],
     sequences = encode(model.tokenizer, texts).ids
     pad = pad_id(model.tokenizer)
     out = np.zeros((len(sequences), model.dim), dtype=np.float32)
-    batches = sorted_batches(sequences, pad, batch_size)
+    batches = sorted_batches(sequences, pad, batch_size, limit=model.encoder.embeddings.max_positions)
     encoder = for_inference(model.encoder, precision)
     with autocast(precision, device):
         for index, ids, mask, _ in tqdm(batches, total=math.ceil(len(sequences) / batch_size), disable=not progress,

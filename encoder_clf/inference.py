@@ -50,7 +50,8 @@ def forward_batches(model: TextClassifier, sequences: list[list[int]], pad: int,
     parts = np.zeros((len(model.head.names), n, outputs), dtype=np.float32)
     runner = for_inference(model, precision)
     with autocast(precision, device):
-        for index, ids, mask, types in sorted_batches(sequences, pad, batch_size, segments):
+        for index, ids, mask, types in sorted_batches(sequences, pad, batch_size, segments,
+                                                      model.config.max_positions):
             out = runner(ids.to(device), mask.to(device), None if types is None else types.to(device))
             logits[index] = out.logits.float().cpu().numpy()
             pooled[index] = out.pooled.float().cpu().numpy()

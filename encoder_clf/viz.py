@@ -43,6 +43,7 @@ def _token_cell(n: int) -> float:
     return 0.24 if n <= 24 else 0.15
 
 
+MAX_LABELLED = 96  # tokens labelled along a heatmap's axis: past it every k-th is, and the panel stops growing
 SECOND_TEXT = "tab:orange"  # tick labels of a pair's second text
 BOUNDARY = "white"  # the lines between a pair's two texts on a heatmap
 
@@ -66,24 +67,29 @@ def attention_figure(tokens: Sequence[str], weights: np.ndarray, title: str = "A
     heads = list(range(weights.shape[0])) if heads is None else list(heads)
     cols = math.ceil(math.sqrt(len(heads)))
     rows = math.ceil(len(heads) / cols)
-    panel = max(3.2, _token_cell(n) * n + 1.2)  # grows with the text so labels never overlap
+    # a long text (up to 512 tokens) labels every k-th token, so that a panel stays a page wide, not 80 inches
+    shown = list(range(0, n, math.ceil(n / MAX_LABELLED)))
+    labels = [tokens[i] for i in shown]
+    panel = max(3.2, _token_cell(len(shown)) * len(shown) + 1.2)  # grows with the labels so they never overlap
     fig = new_figure(cols * panel + 0.8, rows * panel + 0.6 + 0.2 * (second_start is not None))
     axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
-    size = _token_fontsize(n)
+    size = _token_fontsize(len(shown))
     vmax = float(weights[heads].max()) or 1.0
     image = None
     for ax, head in zip(axes, heads):
         image = ax.imshow(weights[head], cmap="viridis", vmin=0.0, vmax=vmax, aspect="equal")
-        ax.set_xticks(range(n), labels=tokens, rotation=90, fontsize=size)
-        ax.set_yticks(range(n), labels=tokens, fontsize=size)
+        ax.set_xticks(shown, labels=labels, rotation=90, fontsize=size)
+        ax.set_yticks(shown, labels=labels, fontsize=size)
         ax.set_title(f"head {head + 1}", fontsize=10)
         ax.set_xlabel("key (attended to)", fontsize=9)
         ax.set_ylabel("query (attending)", fontsize=9)
         if second_start is not None:
             ax.axvline(second_start - 0.5, color=BOUNDARY, linewidth=1.5)
             ax.axhline(second_start - 0.5, color=BOUNDARY, linewidth=1.5)
-            for label in ax.get_xticklabels()[second_start:] + ax.get_yticklabels()[second_start:]:
-                label.set_color(SECOND_TEXT)
+            for axis_labels in (ax.get_xticklabels(), ax.get_yticklabels()):
+                for label, position in zip(axis_labels, shown):
+                    if position >= second_start:
+                        label.set_color(SECOND_TEXT)
     for ax in axes[len(heads):]:
         ax.set_visible(False)
     fig.colorbar(image, ax=list(axes[: len(heads)]), shrink=0.8, label="attention weight")

@@ -442,9 +442,11 @@ def test_collate_pads_and_masks(pad_id):
         assert mask[row].tolist() == [j >= len(seq) for j in range(width)]
 
 
-@pytest.mark.parametrize("longest, width", [(5, 5), (128, 128), (129, 160), (160, 160), (161, 192), (500, 512)])
-def test_batches_wider_than_128_are_padded_to_a_multiple_of_32(longest, width):
-    ids, mask = collate([[2] + [9] * (longest - 2) + [3], [2, 3]], 0)
+@pytest.mark.parametrize("longest, limit, width", [
+    (5, 512, 5), (128, 512, 128), (129, 512, 160), (160, 512, 160), (161, 512, 192), (500, 512, 512),
+    (140, 150, 150), (150, 150, 150), (140, None, 140), (300, None, 300)])
+def test_batches_wider_than_128_are_padded_to_a_multiple_of_32_within_the_limit(longest, limit, width):
+    ids, mask = collate([[2] + [9] * (longest - 2) + [3], [2, 3]], 0, limit)
     assert ids.shape == (2, width) and (~mask[0]).sum() == longest and (~mask[1]).sum() == 2
     assert ids[0, longest:].eq(0).all()
 
@@ -455,7 +457,7 @@ def test_the_rounded_padding_changes_no_output(tiny_model):
     long, short = [2] + [5 + i % 20 for i in range(138)] + [3], [2, 7, 8, 3]
     with torch.no_grad():
         alone = model(torch.tensor([long])).logits
-        ids, mask = collate([long, short], 0)
+        ids, mask = collate([long, short], 0, 192)
         assert ids.shape[1] == 160
         together = model(ids, mask).logits
     torch.testing.assert_close(together[0], alone[0], rtol=1e-5, atol=1e-5)

@@ -213,9 +213,10 @@ def test_max_length_follows_the_training_texts_lengths(toy_tokenizer):
     fitted = fitted_max_length(toy_tokenizer, long, 512)
     needed = int(np.ceil(np.quantile(np.arange(3, 203), 0.99)))  # 201
     assert fitted.max_length == 224
-    assert fitted.rule == (f"by the data: 99% of 200 training texts fit in {needed} tokens, rounded up to a multiple "
-                           "of 32, at least 128 and at most 512")
-    assert fitted_max_length(toy_tokenizer, long, 160).max_length == 160
+    assert fitted.rule == (f"by the data: 99% of 200 training texts fit in {needed} tokens; rounded up to a multiple "
+                           "of 32, at least 128")
+    assert fitted_max_length(toy_tokenizer, long, 150) == (150, f"by the data: 99% of 200 training texts fit in "
+                                                                f"{needed} tokens; the model's limit is 150")
     assert fitted_max_length(toy_tokenizer, long, 64).max_length == 64  # a model of fewer positions than the floor
     pairs = list(zip(long, long))  # [CLS] a [SEP] a [SEP]: 2n + 3 tokens, up to 403
     assert fitted_max_length(toy_tokenizer, pairs, 512).max_length == 416
@@ -236,6 +237,18 @@ def test_a_run_states_and_saves_the_fitted_max_length_and_a_length_given_wins(to
         given = train(with_overrides(RunConfig(), settings + ["tokenizer.max_length=16"]), None, progress=False)
     assert given.config.tokenizer.max_length == 16 and given.tokenizer.truncation["max_length"] == 16
     assert not any(message.startswith("tokenizer: max_length") for message in caplog.messages)
+
+
+def test_a_model_of_150_positions_trains_and_predicts_on_texts_longer_than_them(tmp_path, one_thread):
+    """The fitted length stops at the positions (150, no multiple of 32): no batch is padded past them."""
+    from encoder_clf.inference import predict
+
+    long = "the film was " + " ".join(["great"] * 200)
+    write_tsv(tmp_path / "train.tsv", toy_rows(60, 0) + [(long, 1), (long.replace("great", "awful"), 0)] * 4)
+    settings = [f"data.path={tmp_path / 'train.tsv'}", *TINY, "train.epochs=1", "model.max_positions=150"]
+    result = train(with_overrides(RunConfig(), settings), tmp_path / "run", progress=False)
+    assert result.config.tokenizer.max_length == 150
+    assert len(predict(tmp_path / "run" / "model", [long, "a dull film", long + " " + long]).labels) == 3
 
 
 def _splits(data):

@@ -97,6 +97,20 @@ def test_fine_tuning_cuts_long_texts_at_the_pretrained_encoders_own_length(pretr
     assert load_model(out / "model")[1].truncation["max_length"] == 128
 
 
+def test_fine_tuning_refuses_a_max_length_beyond_the_pretrained_positions(pretrained, tmp_path, capsys):
+    """Cut silently at the encoder's 512 positions, the run would record 600 and its resume be refused."""
+    from conftest import toy_rows, write_tsv
+
+    write_tsv(tmp_path / "train.tsv", toy_rows(60, 0))
+    argv = ["train", "--init", str(pretrained[0] / "model"), "--data", str(tmp_path / "train.tsv"), "--out",
+            str(tmp_path / "run"), "--quiet", "--set", "model.max_positions=1024", "--set", "tokenizer.max_length=600"]
+    assert main(argv) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "encoder-clf: error: tokenizer.max_length (600) exceeds the pretrained encoder's 512 positions; lower it, "
+        "or leave it unset to follow the data"]
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_pair_task_fine_tunes_an_encoder_pretrained_without_token_types(pretrained, tmp_path):
     """The MLM encoder has no token-type embeddings; a pair model gets them fresh and every other weight loaded."""
     from conftest import toy_rows

@@ -173,6 +173,19 @@ def synthetic(task="single_label", sections=None, second_start=None, tokens=PAIR
                        sections=sections, second_start=second_start, **fields)
 
 
+def test_a_long_texts_heatmap_labels_every_kth_token_and_stays_page_sized():
+    """512 tokens: every 6th labelled (86 labels), a panel about 14 inches, not 78; the whole map still drawn."""
+    tokens = [f"t{i}" for i in range(512)]
+    weights = np.full((2, 512, 512), 1 / 512, dtype=np.float32)
+    fig = viz.attention_figure(tokens, weights, second_start=300)
+    panel = [ax for ax in fig.axes if ax.images][0]
+    assert [t.get_text() for t in panel.get_xticklabels()] == tokens[::6]
+    assert list(panel.get_xticks()) == list(range(0, 512, 6)) and panel.images[0].get_array().shape == (512, 512)
+    assert max(fig.get_size_inches()) < 30  # two panels of 14 inches side by side (157 inches wide before)
+    colours = {label.get_text(): to_hex(label.get_color()) for label in panel.get_yticklabels()}
+    assert colours["t294"] != colours["t300"] == to_hex(viz.SECOND_TEXT)
+
+
 def test_attention_figure_marks_where_a_pairs_second_text_starts(tmp_path):
     explanation = synthetic(second_start=5)
     fig = viz.explanation_figure(explanation, layer=1)

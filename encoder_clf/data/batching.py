@@ -49,21 +49,25 @@ EXACT_WIDTHS = 128  # batches up to this many tokens wide keep their exact width
 WIDTH_STEP = 32  # wider batches are padded to a multiple of this
 
 
-def batch_width(longest: int) -> int:
-    """The padded width of a batch whose longest sequence has ``longest`` tokens.
+def batch_width(longest: int, limit: int | None = None) -> int:
+    """The padded width of a batch whose longest sequence has ``longest`` tokens, at most ``limit``.
 
     Short batches keep their exact width. Longer ones are rounded up to a multiple of 32, so that long texts
     come in a dozen shapes rather than hundreds: every new shape costs oneDNN a new kernel and its scratch
     memory, and glibc's heap a new size of block, and with an exact width per batch a run over 300-token
-    texts grew to 13 GB (3 GB rounded). Padding is masked everywhere, so it changes no output.
+    texts grew to 13 GB (3 GB rounded). Padding is masked everywhere, so it changes no output. ``limit`` is the
+    widest a batch may be (the tokenizer's cut, or the model's positions: a position past them has no
+    embedding); without one, every batch keeps its exact width.
     """
-    return longest if longest <= EXACT_WIDTHS else -(-longest // WIDTH_STEP) * WIDTH_STEP
+    if limit is None or longest <= EXACT_WIDTHS:
+        return longest
+    return max(longest, min(-(-longest // WIDTH_STEP) * WIDTH_STEP, limit))
 
 
-def collate(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+def collate(sequences: list[list[int]], pad_id: int, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Pad to the longest sequence (see :func:`batch_width`): ids ``(batch, seq)`` and the padding mask
     (``True`` at padding)."""
-    width = batch_width(max(len(s) for s in sequences))
+    width = batch_width(max(len(s) for s in sequences), limit)
     ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
     for row, seq in enumerate(sequences):
         ids[row, : len(seq)] = torch.as_tensor(seq, dtype=torch.long)
@@ -82,13 +86,15 @@ def token_types(segments: np.ndarray | None, mask: torch.Tensor) -> torch.Tensor
     return (second & ~mask).long()
 
 
-def sorted_batches(sequences: list[list[int]], pad_id: int, batch_size: int, segments: np.ndarray | None = None
+def sorted_batches(sequences: list[list[int]], pad_id: int, batch_size: int, segments: np.ndarray | None = None,
+                   limit: int | None = None
                    ) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor, torch.Tensor | None]]:
-    """Evaluation batches by length: ``(indices into sequences, ids, padding mask, token types)``, padded per batch.
+    """Evaluation batches by length: ``(indices into sequences, ids, padding mask, token types)``, padded per batch
+    (at most ``limit`` wide, see :func:`batch_width`).
 
     Callers write each batch's results at ``indices`` to get them back in input order.
     """
     lengths = np.array([len(s) for s in sequences])
     for index in bucket_batches(lengths, batch_size, shuffle=False):
-        ids, mask = collate([sequences[i] for i in index], pad_id)
+        ids, mask = collate([sequences[i] for i in index], pad_id, limit)
         yield index, ids, mask, token_types(None if segments is None else segments[index], mask)

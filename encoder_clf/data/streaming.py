@@ -27,7 +27,7 @@ from .config import DataConfig
 from .sources import READERS, find_splits, train_split
 from .splits import Split, read_rows
 from .targets import SingleLabelTarget
-from .tokenization import encode, pad_id
+from .tokenization import cut_length, encode, pad_id
 
 T = TypeVar("T")
 
@@ -103,7 +103,7 @@ def stream_batches(config: DataConfig, tokenizer, classes: Classes, batch_size: 
         lengths = np.array([len(s) for s in sequences])
         for index in bucket_batches(lengths, batch_size, shuffle=True, seed=derived_seed(seed, epoch, number),
                                     bucket_batches=pool_batches):
-            ids, mask = collate([sequences[i] for i in index], pad)
+            ids, mask = collate([sequences[i] for i in index], pad, cut_length(tokenizer))
             yield Batch(ids, mask, None, torch.as_tensor(labels[index]))
         del pool, texts, sequences, labels  # released before the next pool is read
 

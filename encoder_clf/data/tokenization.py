@@ -89,6 +89,11 @@ def train_tokenizer(texts: Iterable[str], config: TokenizerConfig) -> Tokenizer:
     return tokenizer
 
 
+def cut_length(tokenizer: Tokenizer) -> int | None:
+    """The length the tokenizer cuts texts at, or None where it keeps them whole."""
+    return (tokenizer.truncation or {}).get("max_length")
+
+
 LENGTH_SHARE = 0.99  # of the training texts that fit whole
 LENGTH_FLOOR = 128  # tokens: short texts keep the length every run had before the rule
 LENGTH_SAMPLE = 10_000  # texts measured, at most
@@ -118,10 +123,11 @@ def fitted_max_length(tokenizer: Tokenizer, texts: Sequence[str | tuple[str, str
     whole.no_truncation()
     lengths = [len(encoding.ids) for encoding in whole.encode_batch(texts)] or [0]
     needed = int(np.ceil(np.quantile(lengths, LENGTH_SHARE)))
-    length = min(max(LENGTH_FLOOR, -(-needed // 32) * 32), ceiling)
-    return FittedLength(length, f"by the data: {LENGTH_SHARE:.0%} of {len(lengths)} training texts fit in {needed} "
-                                f"tokens, rounded up to a multiple of 32, at least {LENGTH_FLOOR} and at most "
-                                f"{ceiling}")
+    rounded = max(LENGTH_FLOOR, -(-needed // 32) * 32)
+    how = (f"rounded up to a multiple of 32, at least {LENGTH_FLOOR}" if rounded <= ceiling else
+           f"the model's limit is {ceiling}")
+    return FittedLength(min(rounded, ceiling), f"by the data: {LENGTH_SHARE:.0%} of {len(lengths)} training texts "
+                                               f"fit in {needed} tokens; {how}")
 
 
 def _canonical_ids(tokenizer: Tokenizer) -> Tokenizer:

@@ -30,7 +30,7 @@ import torch
 from ..errors import UsageError
 from .batching import Batch, collate, token_types
 from .splits import Split
-from .tokenization import encode, pad_id
+from .tokenization import cut_length, encode, pad_id
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +78,7 @@ class TokenizedSplit:
     source: str
     cache_file: str = ""  # the Arrow file the ids are mapped from; "" = in memory
     segments: np.ndarray | None = None  # (n,) tokens of a pair's first text ([CLS] a [SEP]); None: single texts
+    max_width: int | None = None  # the tokenizer's cut: batches are padded at most this wide (batching.batch_width)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -88,7 +89,7 @@ class TokenizedSplit:
             rows = self.sequences.take(index)
         else:
             rows = [self.sequences[i] for i in index]
-        ids, mask = collate(rows, self.pad_id)
+        ids, mask = collate(rows, self.pad_id, self.max_width)
         types = token_types(None if self.segments is None else self.segments[index], mask)
         return Batch(ids, mask, types, torch.as_tensor(self.labels[index]))
 
@@ -102,7 +103,7 @@ def tokenize_split(tokenizer, split: Split, cache_dir: str = "", num_proc: int =
         sequences, truncated, segments = encode(tokenizer, split.texts)
         lengths = np.array([len(s) for s in sequences], dtype=np.int64)
         return TokenizedSplit(sequences, split.labels, lengths, truncated, pad_id(tokenizer), split.source,
-                              segments=segments)
+                              segments=segments, max_width=cut_length(tokenizer))
     import datasets
 
     file = cache_file(cache_dir, tokenizer, split.texts)
@@ -116,7 +117,7 @@ def tokenize_split(tokenizer, split: Split, cache_dir: str = "", num_proc: int =
     pairs = bool(split.texts) and isinstance(split.texts[0], tuple)
     segments = table.column("segment").to_numpy().astype(np.int64) if pairs else None
     return TokenizedSplit(ArrowSequences(table.column("ids")), split.labels, lengths, truncated,
-                          pad_id(tokenizer), split.source, str(file), segments)
+                          pad_id(tokenizer), split.source, str(file), segments, cut_length(tokenizer))
 
 
 def cache_file(cache_dir: str, tokenizer, texts: Sequence[str]) -> Path:

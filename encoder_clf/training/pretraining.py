@@ -26,7 +26,18 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from ..data.batching import bucket_batches, collate, sorted_batches
 from ..data.splits import read_texts
-from ..data.tokenization import CLS, MASK, PAD, SEP, TokenizerConfig, encode, fitted_max_length, pad_id, train_tokenizer
+from ..data.tokenization import (
+    CLS,
+    MASK,
+    PAD,
+    SEP,
+    TokenizerConfig,
+    cut_length,
+    encode,
+    fitted_max_length,
+    pad_id,
+    train_tokenizer,
+)
 from ..errors import UsageError
 from ..metrics import curves_figure, records_of, save
 from ..model.config import ModelConfig
@@ -242,7 +253,7 @@ def _batches(corpus: _Corpus, cfg: PretrainConfig, epoch: int):
     """One epoch's length-bucketed batches of ids ``(b, seq)`` and padding masks, in a seeded order."""
     lengths = np.array([len(s) for s in corpus.train])
     for index in bucket_batches(lengths, cfg.batch_size, shuffle=True, seed=cfg.seed * 1000 + epoch):
-        yield collate([corpus.train[i] for i in index], corpus.pad)
+        yield collate([corpus.train[i] for i in index], corpus.pad, cut_length(corpus.tokenizer))
 
 
 def _step(model: MaskedLanguageModel, optimizer, scheduler, corpus: _Corpus, ids: torch.Tensor,
@@ -275,7 +286,7 @@ def _heldout_loss(model: MaskedLanguageModel, corpus: _Corpus, cfg: PretrainConf
     model.eval()
     generator = torch.Generator().manual_seed(cfg.seed + 1)
     total, count = 0.0, 0
-    for _, ids, padding, _ in sorted_batches(corpus.heldout, corpus.pad, 256):
+    for _, ids, padding, _ in sorted_batches(corpus.heldout, corpus.pad, 256, limit=cut_length(corpus.tokenizer)):
         corrupted, targets = mask_tokens(ids, padding, corpus.special, corpus.mask_id, model.config.vocab_size,
                                          cfg.mask_prob, generator)
         if not targets.any():

@@ -37,6 +37,7 @@ from ..data.targets import balance, describe_balance
 from ..data.tokenization import (
     LENGTH_SAMPLE,
     TokenizerConfig,
+    cut_length,
     fitted_max_length,
     load_tokenizer,
     pad_id,
@@ -211,6 +212,9 @@ def _build(config: RunConfig, splits: Splits | StreamingSplits,
                                                                    config.tokenizer.max_length)
     torch.manual_seed(config.train.seed)
     start = load_encoder(config.train.init, config.tokenizer.max_length) if config.train.init else None
+    if start is not None and (config.tokenizer.max_length or 0) > start.config.max_positions:
+        raise UsageError(f"tokenizer.max_length ({config.tokenizer.max_length}) exceeds the pretrained encoder's "
+                         f"{start.config.max_positions} positions; lower it, or leave it unset to follow the data")
     shape = {"labels": splits.label_names, "task": splits.task, "text_pairs": splits.text_pairs}
     if start is not None:  # the architecture and tokenizer come with the pretrained encoder
         tokenizer = start.tokenizer
@@ -247,7 +251,7 @@ def _fitted_length(config: RunConfig, tokenizer: Tokenizer, splits: Splits | Str
                    train_texts: Callable[[], Iterable[str]], positions: int) -> RunConfig:
     """``tokenizer.max_length`` left unset, set by the training texts (:func:`fitted_max_length`) and said; at most
     the model's positions, or a pretrained encoder's own length (its tokenizer's truncation, as imported)."""
-    own = (tokenizer.truncation or {}).get("max_length", positions) if config.train.init else positions
+    own = (cut_length(tokenizer) or positions) if config.train.init else positions
     texts = splits.train.texts if isinstance(splits, Splits) else list(islice(train_texts(), LENGTH_SAMPLE))
     fitted = fitted_max_length(tokenizer, texts, min(own, positions), config.train.seed)
     tokenizer.enable_truncation(fitted.max_length)
