@@ -159,7 +159,7 @@ def pretrain(config: PretrainRunConfig, out_dir: str | Path, overwrite: bool = F
     corpus = _corpus(config)
     model_config = replace(config.model, vocab_size=corpus.tokenizer.get_vocab_size(), labels=[],
                            pad_token_id=corpus.pad)
-    tokenizer_config = replace(config.tokenizer, max_length=corpus.tokenizer.truncation["max_length"])
+    tokenizer_config = replace(config.tokenizer, max_length=cut_length(corpus.tokenizer))
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "run_config.json").write_text(
         json.dumps(asdict(replace(config, model=model_config, tokenizer=tokenizer_config)), indent=2) + "\n",
@@ -242,7 +242,7 @@ def _corpus(config: PretrainRunConfig) -> _Corpus:
     sequences, truncated, _ = encode(tokenizer, train_texts)
     if truncated:
         log.warning("%d of %d texts truncated at max_length=%d tokens", truncated, len(train_texts),
-                    tokenizer.truncation["max_length"])
+                    cut_length(tokenizer))
     special = torch.tensor([tokenizer.token_to_id(t) for t in (PAD, CLS, SEP, MASK)
                             if tokenizer.token_to_id(t) is not None])
     heldout = encode(tokenizer, [texts[i] for i in order[:n_heldout]]).ids
