@@ -23,6 +23,8 @@ FINETUNE_MINUTES ?= 25
 PER_CLASS ?= 8
 PRETRAIN_MINUTES ?= 8
 FEATURES ?= features.parquet
+# the text column of DATA for make embed and make evaluate (default: detected by name)
+TEXT_COLUMN ?=
 EXPORTED ?=
 PORT ?= 8000
 QUANTIZE ?=
@@ -89,11 +91,13 @@ pretrain: setup ## masked-token pretraining on DATA's text for PRETRAIN_MINUTES
 
 embed: setup ## sentence vectors of DATA's SPLIT with MODEL (default: the newest run's) into FEATURES
 	@test -n "$(MODEL)" || { echo "no model found under runs/; run 'make train' or pass MODEL=DIR"; exit 2; }
-	$(CLI) embed --model "$(MODEL)" --data "$(DATA)" --split $(SPLIT) --out "$(FEATURES)"
+	$(CLI) embed --model "$(MODEL)" --data "$(DATA)" --split $(SPLIT) --out "$(FEATURES)" \
+		$(if $(TEXT_COLUMN),--text-column "$(TEXT_COLUMN)")
 
 evaluate: setup ## score MODEL (default: the newest run's) on DATA's SPLIT
 	@test -n "$(MODEL)" || { echo "no trained model found under runs/; run 'make train' or pass MODEL=DIR"; exit 2; }
-	$(CLI) evaluate --model "$(MODEL)" --data "$(DATA)" --split $(SPLIT)
+	$(CLI) evaluate --model "$(MODEL)" --data "$(DATA)" --split $(SPLIT) \
+		$(if $(TEXT_COLUMN),--text-column "$(TEXT_COLUMN)")
 
 # EXPORTED: where `make export` writes (default: exported/ beside MODEL's run); QUANTIZE=int8 for int8 weights.
 export: setup ## ONNX export of MODEL (default: the newest run's) into EXPORTED; QUANTIZE=int8

@@ -191,6 +191,23 @@ def test_make_export_writes_beside_the_model_s_run_with_or_without_a_trailing_sl
     assert f'export --model "{model}" --out "runs/r/exported-int8" --quantize int8' in command
 
 
+@pytest.mark.parametrize("target", ["embed", "evaluate"])
+def test_make_embed_and_evaluate_pass_text_column_when_given(target):
+    import shutil
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    root = Path(__file__).resolve().parents[1]
+
+    def command(*settings: str) -> str:
+        dry = subprocess.run(["make", "-n", "-o", ".venv/.installed", target, "MODEL=runs/r/model", *settings],
+                             cwd=root, capture_output=True, text=True, timeout=60)
+        assert dry.returncode == 0, dry.stderr
+        return " ".join(dry.stdout.replace("\\\n", " ").split())
+
+    assert '--text-column "review body"' in command("TEXT_COLUMN=review body")
+    assert "--text-column" not in command()
+
+
 def _run_dir(root, name: str, lr: float, metrics: dict | None = None, checkpoint: bool = False):
     run = root / name
     run.mkdir(parents=True)
