@@ -9,11 +9,16 @@ or ``mkdir`` would have, under the process's umask.
 from __future__ import annotations
 
 import os
+import re
+import shutil
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import UsageError
+
+ABANDONED_AFTER_S = 3600  # a temporary that nothing has written for this long was left by a run that died
 
 
 def published(path: Path) -> Path:
@@ -36,3 +41,26 @@ def writing_out(path: Path) -> Iterator[None]:
         yield
     except OSError as err:
         raise UsageError(f"--out {path}: cannot write it ({err.strerror}); pick another path") from None
+
+
+def remove_abandoned(directory: Path, name: re.Pattern) -> None:
+    """Delete the temporary files and folders of ``directory`` whose names match ``name`` and that nothing has
+    written for an hour: what a run killed while writing left behind (a partial token cache or table of teacher
+    outputs can be hundreds of megabytes). A live writer's temporaries are younger, since it writes them as it
+    goes; one that vanishes while looked at has just been renamed into place by its writer."""
+    if not directory.is_dir():
+        return
+    now = time.time()
+    for entry in directory.iterdir():
+        if not name.fullmatch(entry.name):
+            continue
+        try:
+            touched = max([entry.stat().st_mtime, *(item.stat().st_mtime for item in entry.rglob("*"))]
+                          if entry.is_dir() else [entry.stat().st_mtime])
+        except FileNotFoundError:
+            continue
+        if now - touched > ABANDONED_AFTER_S:
+            if entry.is_dir():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)

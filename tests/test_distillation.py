@@ -2,7 +2,9 @@
 from a teacher what its labels alone do not teach it."""
 
 import json
+import os
 import random
+import time
 
 import numpy as np
 import pytest
@@ -101,9 +103,14 @@ def test_cached_teacher_outputs_match_a_fresh_teacher_pass(tiny_model, tmp_path,
     teacher = tiny_model(vocab_size=tokenizer.get_vocab_size())
     texts = [text for text, _ in toy_rows(300, 1)]
     fresh = forward_texts(teacher, tokenizer, texts, 64)
+    abandoned, live = tmp_path / f".teacher-{'a' * 32}-k1ll3d_x.npy", tmp_path / f".teacher-{'b' * 32}-wr1t1ng_.npy"
+    for file in (abandoned, live):
+        file.write_bytes(b"partial")
+    os.utime(abandoned, (time.time() - 3700,) * 2)  # a killed run's temporary, untouched for over an hour
     first = teacher_outputs(teacher, tokenizer, texts, b"key", str(tmp_path), 64, "fp32", SOLO, False)
     np.testing.assert_array_equal(first, fresh)
     assert len(list(tmp_path.glob("teacher-*.npy"))) == 1
+    assert not abandoned.exists() and live.read_bytes() == b"partial"
 
     def no_pass(*args, **kwargs):
         raise AssertionError("the teacher ran again")

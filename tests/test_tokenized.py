@@ -108,6 +108,22 @@ def test_an_interrupted_write_leaves_no_cache_file(toy_tokenizer, split, tmp_pat
     assert_same(tokenize_split(toy_tokenizer, split), tokenize_split(toy_tokenizer, split, str(tmp_path)))
 
 
+def test_a_write_removes_the_hour_old_work_folders_of_killed_runs_and_keeps_live_ones(toy_tokenizer, split,
+                                                                                       tmp_path):
+    abandoned, live = tmp_path / f".tokens-{'a' * 32}-k1ll3d_x", tmp_path / f".tokens-{'b' * 32}-wr1t1ng_"
+    for folder in (abandoned, live):
+        folder.mkdir()
+        (folder / "ids.arrow").write_bytes(b"partial")
+    hour_and_a_bit = os.path.getmtime(abandoned) - 3700
+    for item in (abandoned / "ids.arrow", abandoned):
+        os.utime(item, (hour_and_a_bit, hour_and_a_bit))
+    other = tmp_path / ".tokens-not-ours"  # a name _write_cache never makes: left alone, however old
+    other.mkdir()
+    os.utime(other, (hour_and_a_bit, hour_and_a_bit))
+    tokenize_split(toy_tokenizer, split, str(tmp_path))
+    assert not abandoned.exists() and (live / "ids.arrow").read_bytes() == b"partial" and other.is_dir()
+
+
 def test_num_proc_must_be_positive():
     with pytest.raises(UsageError, match="data.num_proc"):
         DataConfig(num_proc=0)

@@ -16,6 +16,7 @@ import itertools
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -28,6 +29,7 @@ import pyarrow.compute as pc
 import torch
 
 from ..errors import UsageError
+from ..files import remove_abandoned
 from .batching import Batch, collate, token_types
 from .splits import Split
 from .tokenization import cut_length, encode, pad_id
@@ -154,16 +156,21 @@ def _encode_rows(batch: dict, tokenizer) -> dict:
             "truncated": [bool(e.overflowing) for e in encodings], "segment": [e.type_ids.count(0) for e in encodings]}
 
 
+WORK_DIRECTORY = re.compile(r"\.tokens-[0-9a-f]{32}-\w{8}")  # _write_cache's temporary folders
+
+
 def _write_cache(file: Path, tokenizer, texts: Sequence[str], num_proc: int) -> None:
     """Tokenize into a private directory beside ``file``, then rename the finished file into place.
 
-    A run killed halfway leaves only a ``.tokens-*`` directory, never a partial ``file``; two processes
-    writing the same file (ranks of one run) each rename a complete one.
+    A run killed halfway leaves only a ``.tokens-*`` directory, never a partial ``file``, and a later write
+    removes it once it is an hour old; two processes writing the same file (ranks of one run) each rename a
+    complete one.
     """
     import datasets
 
     try:
         file.parent.mkdir(parents=True, exist_ok=True)
+        remove_abandoned(file.parent, WORK_DIRECTORY)
         work = Path(tempfile.mkdtemp(prefix=f".{file.stem}-", dir=file.parent))
     except OSError as err:  # a file where the directory should be, or no permission to write there
         raise UsageError(f"data.cache_dir {file.parent}: cannot write the token cache there ({err.strerror}); "

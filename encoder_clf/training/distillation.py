@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import tempfile
 import time
 from collections.abc import Callable
@@ -37,7 +38,7 @@ from ..data.tokenization import load_tokenizer
 from ..data.tokenized import TokenizedSplit, texts_digest, tokenize_split
 from ..errors import UsageError
 from ..export import is_exported
-from ..files import published
+from ..files import published, remove_abandoned
 from ..inference import evaluate_texts, forward_texts, load_classifier, require_classifier, run_precision
 from ..persistence.model_dir import WEIGHTS, read_weights
 from ..settings import check_fields
@@ -248,9 +249,14 @@ def _run_teacher(teacher, tokenizer, texts: list, batch_size: int, precision: st
     return np.concatenate(parts).astype(np.float32)
 
 
+TEMPORARY_OUTPUTS = re.compile(r"\.teacher-[0-9a-f]{32}-\w{8}\.npy")  # _write_npy's temporary files
+
+
 def _write_npy(file: Path, array: np.ndarray) -> None:
-    """Write to a private file beside ``file``, then rename it into place: never a partial cache file."""
+    """Write to a private file beside ``file``, then rename it into place: never a partial cache file (and the
+    hour-old temporaries of killed runs are removed)."""
     file.parent.mkdir(parents=True, exist_ok=True)
+    remove_abandoned(file.parent, TEMPORARY_OUTPUTS)
     handle, temporary = tempfile.mkstemp(prefix=f".{file.stem}-", suffix=".npy", dir=file.parent)
     try:
         with os.fdopen(handle, "wb") as out:
