@@ -47,7 +47,8 @@ def remove_abandoned(directory: Path, name: re.Pattern) -> None:
     """Delete the temporary files and folders of ``directory`` whose names match ``name`` and that nothing has
     written for an hour: what a run killed while writing left behind (a partial token cache or table of teacher
     outputs can be hundreds of megabytes). A live writer's temporaries are younger, since it writes them as it
-    goes; one that vanishes while looked at has just been renamed into place by its writer."""
+    goes; one that vanishes while looked at has just been renamed into place by its writer, and one that cannot be
+    read or removed (another user's, in a shared cache folder) is left as it is: tidying never fails a run."""
     if not directory.is_dir():
         return
     now = time.time()
@@ -57,10 +58,11 @@ def remove_abandoned(directory: Path, name: re.Pattern) -> None:
         try:
             touched = max([entry.stat().st_mtime, *(item.stat().st_mtime for item in entry.rglob("*"))]
                           if entry.is_dir() else [entry.stat().st_mtime])
-        except FileNotFoundError:
-            continue
-        if now - touched > ABANDONED_AFTER_S:
+            if now - touched <= ABANDONED_AFTER_S:
+                continue
             if entry.is_dir():
-                shutil.rmtree(entry, ignore_errors=True)
+                shutil.rmtree(entry)
             else:
-                entry.unlink(missing_ok=True)
+                entry.unlink()
+        except OSError:
+            continue
