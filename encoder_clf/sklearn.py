@@ -17,8 +17,10 @@ The shapes they take:
   as a list of 2-tuples, a two-column array or a two-column DataFrame, which
   trains a pair model (``[CLS] first [SEP] second [SEP]``, with token types).
   ``predict`` wants X in the shape ``fit`` saw (pairs or single texts) and
-  refuses the other with a ``ValueError``. :class:`SentenceEncoder` embeds
-  single texts only.
+  refuses the other with a ``ValueError``. A DataFrame's column names are kept
+  as ``feature_names_in_``; a frame given later with other names, or the same
+  in another order, is refused (a pair model reads its columns by position).
+  :class:`SentenceEncoder` embeds single texts only.
 - ``y`` of :class:`EncoderClassifier`: one label per sample (1-D: a
   single-label model; ``classes_`` the sorted labels; ``predict`` gives labels,
   ``predict_proba`` the softmax ``(n, classes)``), or scikit-learn's multi-label
@@ -126,6 +128,14 @@ def _texts(X) -> list[str]:
     if pairs:
         raise ValueError("X holds pairs of texts (two columns); sentence vectors are made of one text per sample")
     return texts
+
+
+def _column_names(X) -> np.ndarray | None:
+    """A DataFrame's column names, when all of them are strings (scikit-learn's ``feature_names_in_`` rule)."""
+    columns = getattr(X, "columns", None)
+    if columns is None or not all(isinstance(name, str) for name in columns):
+        return None
+    return np.asarray(list(columns), dtype=object)
 
 
 def _require_y(estimator, y, why: str = "pass the labels of X") -> None:
@@ -265,6 +275,11 @@ class _EncoderEstimator(BaseEstimator):
         self.model_, self.tokenizer_ = result.model, result.tokenizer
         self.history_ = result.history
         self.validation_scores_ = result.metrics["validation"]
+        columns = _column_names(X)
+        if columns is None:
+            vars(self).pop("feature_names_in_", None)  # an earlier fit's columns no longer describe X
+        else:
+            self.feature_names_in_ = columns
         return self
 
     def _split(self, texts: list, targets: np.ndarray, seed: int) -> tuple[Split, Split]:
@@ -278,6 +293,7 @@ class _EncoderEstimator(BaseEstimator):
     def _outputs(self, X) -> torch.Tensor:
         """The model's outputs ``(n, outputs)`` for X, which must have the shape fit saw (pairs or single texts)."""
         check_is_fitted(self)
+        self._check_columns(X)
         texts, pairs = _inputs(X)
         if pairs != self.model_.config.text_pairs:
             raise ValueError(f"{type(self).__name__} was fitted on {_shape(self.model_.config.text_pairs)}, and X "
@@ -286,6 +302,18 @@ class _EncoderEstimator(BaseEstimator):
         self.model_.to(device)
         return torch.from_numpy(forward_texts(self.model_, self.tokenizer_, texts, TrainConfig.eval_batch_size,
                                               resolve_precision(self.precision, device)))
+
+    def _check_columns(self, X) -> None:
+        """A DataFrame whose column names differ from fit's is refused: a pair model reads its columns by position,
+        so swapped columns would be scored as the other text in silence (scikit-learn refuses such frames too)."""
+        fitted, given = getattr(self, "feature_names_in_", None), _column_names(X)
+        if fitted is None or given is None or list(given) == list(fitted):
+            return
+        if sorted(given) == sorted(fitted):
+            raise ValueError(f"X's columns are {list(given)} and fit saw {list(fitted)}, in that order; pass "
+                             f"X[{list(fitted)}]")
+        raise ValueError(f"X's columns are {list(given)} and fit saw {list(fitted)}; rename them as fit saw them, "
+                         "or pass the texts without column names (a list, an array)")
 
     def _record(self) -> dict:
         """What ``estimator.json`` keeps beside the parameters and the history."""
@@ -302,6 +330,8 @@ class _EncoderEstimator(BaseEstimator):
         seed = self.random_state if isinstance(self.random_state, (int, np.integer)) else None
         record = {"format": FORMAT, "params": {**params, "random_state": None if seed is None else int(seed)},
                   **self._record(), "history": self.history_, "validation_scores": self.validation_scores_}
+        if hasattr(self, "feature_names_in_"):
+            record["feature_names_in"] = self.feature_names_in_.tolist()
         try:
             text = json.dumps(record, indent=2)
         except TypeError as err:
@@ -335,6 +365,8 @@ class _EncoderEstimator(BaseEstimator):
         estimator.model_, estimator.tokenizer_ = model, tokenizer
         estimator.history_ = [] if record is None else record.get("history", [])
         estimator.validation_scores_ = {} if record is None else record.get("validation_scores", {})
+        if record is not None and "feature_names_in" in record:
+            estimator.feature_names_in_ = np.asarray(record["feature_names_in"], dtype=object)
         estimator._restore(record, str(file))
         return estimator
 
@@ -369,8 +401,9 @@ class EncoderClassifier(ClassifierMixin, _EncoderEstimator):
     training data itself. ``y`` is one label per sample, or a 0/1 indicator
     matrix ``(n, K)`` for multi-label (see the module's docstring for the
     shapes). After ``fit``: ``classes_``, ``model_``, ``tokenizer_``,
-    ``history_`` (the ``log.jsonl`` records) and ``validation_scores_``
-    (metrics on the held-out part).
+    ``history_`` (the ``log.jsonl`` records), ``validation_scores_``
+    (metrics on the held-out part) and, when X was a DataFrame,
+    ``feature_names_in_`` (its column names).
     """
 
     _tasks = ("single_label", "multi_label")
@@ -439,8 +472,8 @@ class EncoderRegressor(RegressorMixin, _EncoderEstimator):
     The parameters are :class:`EncoderClassifier`'s but ``class_weight``; ``fit`` holds out
     ``validation_fraction`` at random. The model learns the standardised target (the train part's mean and
     standard deviation travel in ``model.safetensors``), and ``predict`` gives float64 values in y's own
-    units; ``score`` is R². After ``fit``: ``model_``, ``tokenizer_``, ``history_`` and ``validation_scores_``
-    (pearson, spearman, mse, mae on the held-out part).
+    units; ``score`` is R². After ``fit``: ``model_``, ``tokenizer_``, ``history_``, ``validation_scores_``
+    (pearson, spearman, mse, mae on the held-out part) and, for a DataFrame X, ``feature_names_in_``.
     """
 
     _tasks = ("regression",)

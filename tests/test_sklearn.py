@@ -10,6 +10,7 @@ import functools
 import inspect
 import pickle
 import random
+import re
 from types import SimpleNamespace
 
 import joblib
@@ -249,6 +250,28 @@ def test_predict_refuses_the_other_shape(toys):
         pair_model.predict([("a", "b", "c"), ("d", "e", "f")])
     with pytest.raises(ValueError, match="sentence vectors are made of one text per sample"):
         SentenceEncoder(model=EncoderClassifier(**TINY)).fit(frame, np.zeros(len(frame)))
+
+
+def test_a_pair_frame_is_read_by_its_column_names(toys, tmp_path):
+    """A pair model reads two columns by position: a frame with fit's columns swapped or renamed is refused, as
+    scikit-learn refuses frames whose feature names differ, and the names survive save/load, pickling and refit."""
+    estimator, ((train, y), (frame, _)) = toys.fitted("pairs"), toys.data("pairs")
+    assert estimator.feature_names_in_.dtype == object
+    assert list(estimator.feature_names_in_) == ["premise", "hypothesis"]
+    swapped = re.escape("X's columns are ['hypothesis', 'premise'] and fit saw ['premise', 'hypothesis'], in that "
+                        "order; pass X[['premise', 'hypothesis']]")
+    with pytest.raises(ValueError, match=f"^{swapped}$"):
+        estimator.predict(frame[["hypothesis", "premise"]])
+    with pytest.raises(ValueError, match=re.escape("X's columns are ['a', 'b'] and fit saw ['premise', 'hypothesis']; "
+                                                   "rename them as fit saw them")):
+        estimator.predict_proba(frame.set_axis(["a", "b"], axis=1))
+    estimator.predict(frame.to_numpy())  # without names, the columns are taken as given
+    for copy in (type(estimator).load(estimator.save(tmp_path / "model")), pickle.loads(pickle.dumps(estimator))):
+        assert list(copy.feature_names_in_) == ["premise", "hypothesis"]
+        with pytest.raises(ValueError, match=f"^{swapped}$"):
+            copy.predict(frame[["hypothesis", "premise"]])
+    refitted = copy.fit(list(train.itertuples(index=False, name=None)), y)  # a list has no names
+    assert not hasattr(refitted, "feature_names_in_")
 
 
 def test_regressor_recovers_a_linear_target_in_its_units(toys, tmp_path):
