@@ -143,7 +143,7 @@ def create_app(model_dir: str | Path, config: ServeConfig | None = None):
         from fastapi import FastAPI, HTTPException, Request
         from fastapi.exceptions import RequestValidationError
         from fastapi.responses import HTMLResponse, JSONResponse
-        from pydantic import BaseModel, Field
+        from pydantic import BaseModel, Field, StrictBool, StrictInt
     except ImportError:
         raise UsageError(f"serving needs FastAPI and uvicorn, in the serve extra: {EXTRA_HINT}") from None
     config = config or ServeConfig()
@@ -154,11 +154,12 @@ def create_app(model_dir: str | Path, config: ServeConfig | None = None):
     class PredictRequest(BaseModel):
         texts: list[str] | None = Field(None, description="texts to classify (a model of single texts)")
         pairs: list[tuple[str, str]] | None = Field(None, description="[first, second] pairs (a pair model)")
-        top_k: int | None = Field(None, ge=1, description="keep the k best labels' scores")
+        # strict: pydantic would read `true` as 1 and "3" as 3, and a client's mistake would pass unseen
+        top_k: StrictInt | None = Field(None, ge=1, description="keep the k best labels' scores")
 
     class EmbedRequest(BaseModel):
         texts: list[str] = Field(description="texts to embed")
-        normalize: bool = Field(False, description="scale each vector to unit L2 norm")
+        normalize: StrictBool = Field(False, description="scale each vector to unit L2 norm")
 
     app = FastAPI(title="encoder-clf", version=__version__,
                   description=f"{served.info(config)['kind']} from {served.source}")

@@ -104,6 +104,8 @@ def test_every_endpoint_answers(server, model_dir):
     status, body = call(server.port, "/embed", {"texts": TEXTS[:2], "normalize": True})
     assert status == 200 and body["dim"] == 16 and len(body["vectors"]) == 2
     assert sum(v * v for v in body["vectors"][0]) == pytest.approx(1.0, abs=1e-4)
+    status, body = call(server.port, "/embed", {"texts": TEXTS[:1], "normalize": "yes"})  # strict: not read as true
+    assert (status, body["detail"]) == (422, "normalize: Input should be a valid boolean")
     status, info = call(server.port, "/info")
     assert status == 200 and (info["kind"], info["labels"], info["limits"]["max_texts"]) == ("classifier",
                                                                                            ["neg", "pos"], 8)
@@ -131,6 +133,8 @@ def test_concurrent_requests_share_batches(server):
     ({"texts": [3]}, None, 422, "texts.0: Input should be a valid string"),
     ({"texts": "a film"}, None, 422, "texts: Input should be a valid list"),
     ({"texts": ["a"], "top_k": 0}, None, 422, "top_k: Input should be greater than or equal to 1"),
+    ({"texts": ["a"], "top_k": True}, None, 422, "top_k: Input should be a valid integer"),
+    ({"texts": ["a"], "top_k": "2"}, None, 422, "top_k: Input should be a valid integer"),
     (None, b'{"texts": ["a"', 422, "body: not valid JSON at character 14 (Expecting ',' delimiter)"),
     # a lone surrogate is valid JSON but no text: the tokenizer refused it mid-batch (500 for every request there)
     (None, b'{"texts": ["a", "\\ud800"]}', 422,
