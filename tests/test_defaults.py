@@ -21,7 +21,7 @@ from encoder_clf.settings import with_overrides
 from encoder_clf.training.batches import TrainBatches
 from encoder_clf.training.config import FINETUNE_PRESET, RunConfig, TrainConfig
 from encoder_clf.training.distributed import SOLO
-from encoder_clf.training.linear import STRENGTHS, fit_ngrams, term_matrix
+from encoder_clf.training.linear import LOSS_SHORTLIST, STRENGTHS, fit_ngrams, term_matrix
 from encoder_clf.training.loop import LOSS_TOLERANCE, Plan, decide
 from encoder_clf.training.run import train
 from encoder_clf.training.stacking import stacking_weights
@@ -91,6 +91,39 @@ def test_the_fit_is_scikit_learns_logistic_regression_at_the_c_chosen_on_validat
                                atol=1e-4)
     unseen = part.idf == 0  # n-grams the train split never holds are left out, as a vocabulary's TF-IDF leaves them
     assert unseen.any() and not part.table.weight[unseen].any()
+
+
+def test_c_is_shortlisted_by_the_scaled_validation_loss_and_picked_by_the_metric(toy_tokenizer, tiny_model):
+    """Each C's validation logits are judged at their best scale (the mix rescales the part): the strengths whose
+    log loss, times one factor (with stacking's small penalty on it), is within 1% of the lowest are shortlisted,
+    and of those the best accuracy wins, ties going to the lower loss. Recomputed from scikit-learn's fits."""
+    from scipy.optimize import minimize_scalar
+
+    rng = np.random.default_rng(0)
+    noisy = lambda rows: [(text, 1 - label if rng.random() < 0.1 else label) for text, label in rows]  # noqa: E731
+    train_tokens = _tokens(toy_tokenizer, noisy(toy_rows(200, 0)))
+    validation = _tokens(toy_tokenizer, noisy(toy_rows(60, 1)))
+    model = tiny_model(vocab_size=toy_tokenizer.get_vocab_size(), ngram_buckets=64)
+    fit = fit_ngrams(model, train_tokens, validation, "accuracy")
+    part, y = model.head.parts["ngrams"], validation.labels
+    features, held_out = term_matrix(part, train_tokens), term_matrix(part, validation)
+    def log_loss(scale: float, margin: np.ndarray) -> float:
+        return float(np.mean(np.logaddexp(0, -(2 * y - 1) * scale * margin)))
+
+    losses, accuracies = [], []
+    for strength in STRENGTHS:
+        margin = LogisticRegression(C=strength, fit_intercept=False, solver="liblinear").fit(
+            features, train_tokens.labels).decision_function(held_out)
+        best = minimize_scalar(lambda scale, m=margin: log_loss(scale, m) + 1e-3 * scale ** 2, bounds=(0, 1e3),
+                               method="bounded")
+        losses.append(log_loss(best.x, margin))
+        accuracies.append(np.mean((margin > 0) == y))
+    shortlist = [i for i, loss in enumerate(losses) if loss <= min(losses) * (1 + LOSS_SHORTLIST)]
+    chosen = max(shortlist, key=lambda i: (accuracies[i], -losses[i]))
+    assert STRENGTHS[chosen] == fit.C and fit.validation == pytest.approx(accuracies[chosen])
+    assert fit.loss == pytest.approx(losses[chosen], rel=1e-3)
+    # what accuracy alone would pick (its first best) is not what the loss lets through
+    assert STRENGTHS[int(np.argmax(accuracies))] != fit.C
 
 
 def _plan(per_epoch: int, **settings) -> Plan:
