@@ -30,6 +30,7 @@ Each job runs in its own process (its wall time and peak RSS are its own):
     python benchmarks/defaults.py [--datasets sst2,sst2-2k,sst2-8k,ag_news,goemotions,sst2-docs] [--skip-ours]
     python benchmarks/defaults.py --quick     # sst2-2k and ag_news only (make bench-quick); docs/ left alone
     python benchmarks/defaults.py --datasets ag_news --seeds 0,1,2,3,4   # means over seeds
+    python benchmarks/defaults.py --datasets ag_news,sst2-2k --train-rows 500 --seeds 0,1,2   # small data
 
 ``--seeds``: ours runs once per ``train.seed``; where the validation part is carved from train (AG News), the
 carve follows the seed, so the peers run on each seed's rows too; elsewhere they are deterministic and run once.
@@ -91,7 +92,7 @@ def sampled(lines: list[str], rows: int) -> list[str]:
 def prepare(name: str, root: Path, cap: int) -> Path:
     """The dataset as a directory of split files: the shared one where it is used as is, else one under ``root``.
 
-    ``cap`` (the hidden ``--train-rows``): at most this many training rows, a seeded sample, for smoke tests.
+    ``cap`` (``--train-rows``): at most this many training rows, a seeded sample (small data, smoke tests).
     """
     spec, source = SPECS[name], DATA / SPECS[name]["source"]
     rows = min(r for r in (spec["rows"], cap) if r > 0) if spec["rows"] or cap else 0
@@ -376,7 +377,8 @@ def main() -> None:
     parser.add_argument("--seeds", default=str(SEED), help="comma-separated train.seed values; the table gives "
                         "means over them")
     parser.add_argument("--seed", type=int, default=SEED, help=argparse.SUPPRESS)  # a peer's carve
-    parser.add_argument("--train-rows", type=int, default=0, help=argparse.SUPPRESS)  # smoke tests: cap train
+    parser.add_argument("--train-rows", type=int, default=0, help="at most this many training rows, a seeded "
+                        "sample (small data: AG News then carves 10%% of them for validation); docs/ left alone")
     parser.add_argument("--peer", choices=("tfidf", "fasttext"), help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
