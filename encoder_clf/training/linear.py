@@ -19,9 +19,10 @@ kept; of them, the best by the run's metric wins (ties: the lower loss). A
 loss hears every validation row, where accuracy moves in steps of one: on the
 50 rows that a 500-row file holds out, two points a row, accuracy alone picked
 among the strengths almost at random (AG News, 450 training rows, one seed:
-C=1, and the part 4.7 points below TF-IDF + LR on test). Near its minimum the loss is flat
-(GoEmotions: two strengths 0.06% apart, 0.9 accuracy points apart on 4,548
-rows), and there a large split's metric tells them apart (docs/BENCHMARKS.md).
+C=1, and the part 4.7 points below TF-IDF + LR on test). Near its minimum the
+loss is flat (GoEmotions: two strengths 0.06% apart, 0.9 accuracy points apart
+on 4,548 rows), and there a large split's metric tells them apart
+(docs/BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -85,14 +86,14 @@ def fit_ngrams(model: TextClassifier, train: TokenizedSplit, validation: Tokeniz
         logits = x_val @ weights.T
         fits.append((scaled_loss(model, logits, validation.labels), strength, weights, logits))
     lowest = min(loss for loss, *_ in fits)
-    shortlist = [(selection_score(model, logits, validation.labels, metric), -loss, strength, weights)
+    shortlist = [(selection_score(model, logits, validation.labels, metric), loss, strength, weights)
                  for loss, strength, weights, logits in fits if loss <= lowest * (1 + LOSS_SHORTLIST)]
-    value, negative_loss, strength, weights = max(shortlist, key=lambda entry: entry[:2])
+    value, loss, strength, weights = max(shortlist, key=lambda entry: (entry[0], -entry[1]))
     table = torch.zeros_like(part.table.weight)
     table[torch.from_numpy(seen)] = torch.from_numpy(weights.T).to(table.dtype)
     part.table.weight.data.copy_(table)
     part.strength.fill_(strength)
-    return NgramFit(strength, float(value), -negative_loss, len(seen), round(time.perf_counter() - start, 2))
+    return NgramFit(strength, float(value), loss, len(seen), round(time.perf_counter() - start, 2))
 
 
 def term_matrix(part: NgramLogits, tokens: TokenizedSplit, batch_size: int = 512,
