@@ -85,7 +85,8 @@ def _distill(args: argparse.Namespace) -> None:
     if world.main:
         teacher = metrics["distillation"]
         split = "test" if "teacher_test" in teacher else "validation"
-        print(f"teacher on {split}:\n{format_report(teacher[f'teacher_{split}'], split)}\n\nstudent:")
+        report = format_report(teacher[f"teacher_{split}"], split, f"see {out / 'metrics.json'}")
+        print(f"teacher on {split}:\n{report}\n\nstudent:")
     _print_results(metrics, out, world)
 
 
@@ -108,7 +109,7 @@ def _print_results(metrics: dict, out: Path, world: World = SOLO) -> None:
     print(f"task: {metrics['task']}{', sentence pairs' if metrics['text_pairs'] else ''}")
     for split in ("validation", "test"):
         if split in metrics:
-            print(format_report(metrics[split], split))
+            print(format_report(metrics[split], split, f"see {out / 'report.txt'} and metrics.json"))
             print()
     print(f"model and metrics written to {out}")
 
@@ -120,7 +121,7 @@ def _names(text: str) -> list[str]:
 def _evaluate(args: argparse.Namespace) -> None:
     metrics = evaluate(args.model, args.data, args.split, args.batch_size, args.precision, args.text_column,
                        args.label_column, args.text_columns, args.label_columns, args.label_separator)
-    print(json.dumps(metrics, indent=2) if args.json else format_report(metrics, args.split))
+    print(json.dumps(metrics, indent=2) if args.json else format_report(metrics, args.split, "--json prints it"))
 
 
 def _pretrain(args: argparse.Namespace) -> None:

@@ -116,8 +116,15 @@ def headline(metrics: dict) -> str:
     return "  ".join(f"{NAMES[k]} {metrics[k]:.4f}" for k in keys[metrics.get("task", "single_label")] if k in metrics)
 
 
-def format_report(metrics: dict, title: str) -> str:
-    """A plain-text report: headline scores, then the per-class (per-label) table and confusion matrix."""
+TERMINAL_WIDTH = 120  # a console's confusion matrix wider than this is named, not printed
+
+
+def format_report(metrics: dict, title: str, matrix_elsewhere: str | None = None) -> str:
+    """A plain-text report: headline scores, then the per-class (per-label) table and confusion matrix.
+
+    With ``matrix_elsewhere`` (where the matrix can be read, for a console), a matrix wider than
+    :data:`TERMINAL_WIDTH` is left out for one line saying so: 34 classes wrap into an unreadable block.
+    """
     task = metrics.get("task", "single_label")
     lines = [f"{title}: {headline(metrics)}  (n={metrics['n']})"]
     if task == "regression":
@@ -132,8 +139,13 @@ def format_report(metrics: dict, title: str) -> str:
         lines.append(f"{name:>{width}}  {row['precision']:9.4f}  {row['recall']:6.4f}  {row['f1-score']:8.4f}  "
                      f"{int(row['support']):7d}" + (f"  {thresholds[name]:9.3f}" if thresholds else ""))
     if task == "single_label":
-        lines.append(f"confusion matrix (rows: true, columns: predicted; order: {', '.join(names)})")
-        lines.extend("  " + " ".join(f"{c:6d}" for c in row) for row in metrics["confusion_matrix"])
+        matrix = metrics["confusion_matrix"]
+        cell = max(6, len(str(max(max(row) for row in matrix))))
+        if matrix_elsewhere and 2 + (cell + 1) * len(names) > TERMINAL_WIDTH:
+            lines.append(f"confusion matrix: {len(names)} classes, too wide to print here ({matrix_elsewhere})")
+        else:
+            lines.append(f"confusion matrix (rows: true, columns: predicted; order: {', '.join(names)})")
+            lines.extend("  " + " ".join(f"{c:{cell}d}" for c in row) for row in matrix)
     return "\n".join(lines)
 
 

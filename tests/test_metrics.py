@@ -99,6 +99,17 @@ def test_format_report_names_every_class(label_names):
     assert [[int(c) for c in row.split()] for row in matrix_rows] == metrics["confusion_matrix"]
 
 
+def test_a_console_report_names_a_confusion_matrix_too_wide_to_print():
+    y_true, y_pred = random_labels(17, 200, 0)  # 17 columns of 6 digits and a space: 121 characters
+    metrics = compute_metrics(y_true, y_pred, names(17))
+    console = format_report(metrics, "validation", "see runs/x/report.txt")
+    assert console.splitlines()[-1] == "confusion matrix: 17 classes, too wide to print here (see runs/x/report.txt)"
+    full = format_report(metrics, "validation")  # a file's report keeps every row
+    assert [[int(c) for c in row.split()] for row in full.splitlines()[-17:]] == metrics["confusion_matrix"]
+    narrow = compute_metrics(*random_labels(16, 200, 0), names(16))
+    assert format_report(narrow, "validation", "see runs/x/report.txt") == format_report(narrow, "validation")
+
+
 @pytest.mark.parametrize("k", [2, 7])  # few classes, and enough to rotate the tick labels
 def test_plot_confusion_matrix_writes_a_png(tmp_path, k):
     y_true, y_pred = random_labels(k, 60, k)
