@@ -18,6 +18,7 @@ from pathlib import Path
 
 from . import __version__
 from .data.columns import FLAG_HINTS, pick_texts
+from .data.config import run_data
 from .data.splits import read_texts, text_lines
 from .errors import UsageError
 from .explanations import TOKEN_WEIGHT_MEANINGS, explain_text, layer_index
@@ -154,10 +155,11 @@ def _read_lines(args: argparse.Namespace) -> list[str]:
         path = Path(args.file)
         if not path.is_file():
             raise UsageError(f"--file {path} not found; pass a text file with one text per line")
-        try:
-            return [line for line in text_lines(path.read_text(encoding="utf-8")) if line.strip()]
+        try:  # a BOM (Notepad's) is no text; utf-8-sig would count error offsets from after it
+            text = path.read_text(encoding="utf-8").removeprefix("\ufeff")
         except UnicodeDecodeError as err:
             raise UsageError(f"--file {path} is not UTF-8 (byte {err.start}); re-encode it as UTF-8") from None
+        return [line for line in text_lines(text) if line.strip()]
     if not args.text and not sys.stdin.isatty():
         return [line for line in text_lines(sys.stdin.read()) if line.strip()]
     return []
@@ -176,25 +178,38 @@ def _read_examples(args: argparse.Namespace, pairs: bool) -> list:
     if args.pair and not pairs:
         raise UsageError("the model takes one text per example; drop --pair")
     examples: list = [tuple(args.text)] if args.pair else list(args.text)
+    fields = _own_fields(args.model)
     for number, line in enumerate(_read_lines(args), 1):
-        examples.append(_example(line, pairs, f"{where}, line {number}"))
+        examples.append(_example(line, pairs, f"{where}, line {number}", fields))
     return examples
 
 
-def _example(line: str, pairs: bool, where: str):
-    """One input line as a text or a pair: JSON with the columns' usual names, tab-separated, or plain text."""
+def _own_fields(model_dir: str) -> tuple[str, ...]:
+    """The text column(s) the model's run was told to read (``data.text_columns``, ``data.text_column``), if any:
+    JSON lines may name their fields as the training data did."""
+    run = run_data(model_dir)
+    if run is None:
+        return ()
+    return tuple(run.config.text_columns or ([run.config.text_column] if run.config.text_column else []))
+
+
+def _example(line: str, pairs: bool, where: str, fields: tuple[str, ...]):
+    """One input line as a text or a pair: JSON with the model's own ``fields`` or the columns' usual names,
+    tab-separated, or plain text."""
     if line.lstrip().startswith("{"):
         try:
             row = json.loads(line)
         except json.JSONDecodeError as err:
             raise UsageError(f"{where} is not valid JSON ({err.msg}); write one JSON object per line") from None
         columns = list(row)
+        own = list(fields) if fields and all(name in row for name in fields) else None
         try:
-            names = pick_texts(columns, None, None, where, FLAG_HINTS, pairs)
+            names = pick_texts(columns, own, None, where, FLAG_HINTS, pairs)
         except UsageError:
+            usual = "sentence1 and sentence2 (or text and text_pair)" if pairs else "text"
+            named = f"{' and '.join(fields)}, or {usual}" if fields else usual
             raise UsageError(f"{where}: no {'pair of text fields' if pairs else 'text field'} among "
-                             f"{', '.join(columns)}; name them "
-                             f"{'sentence1 and sentence2 (or text and text_pair)' if pairs else 'text'}") from None
+                             f"{', '.join(columns)}; name {'them' if pairs else 'it'} {named}") from None
         texts = tuple(str(row[name]) for name in names)
         return texts if pairs else texts[0]
     if not pairs:
@@ -220,8 +235,8 @@ def _predict(args: argparse.Namespace) -> None:
         if config.task == "regression":
             print(f"{label:.4f}\t{text}")
         else:
-            values = result.get("probabilities", result.get("scores"))
-            chosen = ",".join(label) if config.task == "multi_label" else label
+            values = result.get("probabilities", result.get("scores"))  # the listed labels, best first
+            chosen = ",".join(name for name in values if name in label) if config.task == "multi_label" else label
             print(f"{chosen or '(none)'}\t{'  '.join(f'{n}={p:.3f}' for n, p in values.items())}\t{text}")
 
 
@@ -448,7 +463,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pair", action="store_true", help="the two TEXT arguments are one sentence pair")
     p.add_argument("--top-k", type=int, metavar="K",
                    help="list the K best labels with their scores (default: every class; for a multi-label "
-                        "model, the labels above their thresholds)")
+                        "model, the labels above their thresholds); a multi-label line starts with those of the K "
+                        "at or above their thresholds")
     p.set_defaults(run=_predict)
 
     p = _command(commands, "explain", "attention heatmap of one text (or sentence pair) and what the prediction "

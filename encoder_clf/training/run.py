@@ -131,7 +131,12 @@ def resume(run_dir: str | Path, progress: bool = True) -> TrainResult:
 
 
 def prepare_output(out_dir: Path, overwrite: bool) -> None:
-    """Refuse a non-empty output directory unless ``overwrite``."""
+    """Refuse a non-empty output directory unless ``overwrite``, and a file where it or a folder above it would be
+    (``overwrite`` reuses a run directory; it never replaces a file)."""
+    existing = next(path for path in (out_dir, *out_dir.parents) if path.exists())  # "." or "/" at the latest
+    if not existing.is_dir():
+        where = "" if existing == out_dir else f": {existing}"
+        raise UsageError(f"--out {out_dir}{where} is a file, not a directory; pass a directory for the run")
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise UsageError(f"output directory {out_dir} already exists and is not empty; "
                          "pick another --out or pass --overwrite")
