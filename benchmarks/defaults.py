@@ -142,12 +142,14 @@ def load(data: Path, seed: int = SEED) -> tuple[dict[str, tuple[list[str], np.nd
     """
     import pandas as pd
 
+    from encoder_clf.data.sources import tsv_quoting
+
     frames = {}
     for split in ("train", "validation", "test"):
         file = split_file(data, split)
         if file is not None:
-            options = {"sep": "\t", "quoting": 3} if file.suffix == ".tsv" else {}
-            frame = pd.read_csv(file, **options)
+            options = {"sep": "\t", "quoting": tsv_quoting(file)} if file.suffix == ".tsv" else {}
+            frame = pd.read_csv(file, keep_default_na=False, na_values=[""], **options)
             text = "sentence" if "sentence" in frame.columns else "text"
             frame = frame[[isinstance(t, str) and bool(t.strip()) for t in frame[text]]]
             frames[split] = (frame[text].tolist(), frame["label"].tolist())

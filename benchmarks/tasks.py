@@ -73,7 +73,10 @@ AIMS = {"mrpc": [("accuracy", 0.84), ("f1", 0.88)], "stsb": [("pearson", 0.87)],
 def read(data: Path, split: str):
     import pandas as pd
 
-    return pd.read_csv(data / f"{split}.tsv", sep="\t", quoting=3, keep_default_na=False)
+    from encoder_clf.data.sources import tsv_quoting
+
+    file = data / f"{split}.tsv"  # read as encoder-clf reads it: GoEmotions' files are quoted, GLUE's are not
+    return pd.read_csv(file, sep="\t", quoting=tsv_quoting(file), keep_default_na=False, na_values=[""])
 
 
 def label_names(frames: dict) -> list[str]:

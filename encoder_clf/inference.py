@@ -8,6 +8,7 @@ predictions and :mod:`encoder_clf.metrics` scores them.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -27,6 +28,8 @@ from .model.classifier import TextClassifier
 from .model.config import ModelConfig
 from .persistence.model_dir import load_model, load_model_config
 from .runtime import autocast, default_device, for_inference, resolve_precision
+
+log = logging.getLogger(__name__)
 
 
 class Forwarded(NamedTuple):
@@ -165,6 +168,10 @@ def evaluate(model_dir: str | Path, data: str, split: str = "test", batch_size: 
         labelled = validation_rows(columns, run.seed, config.labels, config.task, config.text_pairs)
     else:  # a single file other than the run's own is scored whole, whatever the split's name
         whole = not own and Path(data).expanduser().is_file()
+        if whole and split == "validation" and run is not None and run.config.path:
+            log.warning("%s is not the file the run was given (%s, read from here), so it is scored whole; to score "
+                        "the rows the run held out for validation, pass that file from the directory the run started "
+                        "in", data, run.config.path)
         labelled = read_split(data, "train" if whole else split, config.labels, config.task, config.text_pairs,
                               columns)
     return evaluate_texts(model, tokenizer, labelled.texts, labelled.labels, batch_size,

@@ -88,8 +88,20 @@ def case(name: str, root: Path, model_dir: Path) -> tuple[list[str], list[str]]:
         return data(write(root / "train.csv", "words,label\nhi,1\n")), [
             "train.csv: no text column found among words, label", "--set data.text_column=NAME"]
     if name == "missing label column":
-        return data(write(root / "train.csv", "text,stars\nhi,1\n")), [
-            "train.csv: no label column found among text, stars", "--set data.label_column=NAME"]
+        return data(write(root / "train.csv", "text,stars,source\nhi,4,web\n")), [
+            "train.csv: no label column found among text, stars, source", "--set data.label_column=NAME"]
+    if name == "one class":
+        return data(write(root / "train.csv", "text,label\nhi,pos\nho,pos\n")), [
+            "train.csv: label column 'label' holds one class ('pos'); a classifier needs at least 2"]
+    if name == "two files for one split":
+        write(root / "data" / "dev.csv", "text,label\nhi,pos\nho,neg\n")
+        write(root / "data" / "validation.csv", "text,label\nhi,pos\nho,neg\n")
+        write(root / "data" / "train.csv", "text,label\nhi,pos\nho,neg\n")
+        return data(root / "data"), ["dev.csv and validation.csv could both be the validation split; keep one"]
+    if name == "--out is a file":
+        write(root / "afile", "")
+        return ["train", "--data", str(splits(root, GOOD_TRAIN)), "--out", str(root / "afile"), "--quiet"], [
+            "afile is a file, not a directory; pass a directory for the run"]
     if name == "ambiguous text column":
         return data(write(root / "train.csv", "text,sentence,label\na,b,1\nc,d,0\n")), [
             "train.csv: columns 'text' and 'sentence' could both be the text column", "--set data.text_column=NAME"]
@@ -274,7 +286,8 @@ def case(name: str, root: Path, model_dir: Path) -> tuple[list[str], list[str]]:
     raise KeyError(name)
 
 
-CASES = ["missing path", "unsupported extension", "missing text column", "missing label column",
+CASES = ["missing path", "unsupported extension", "missing text column", "missing label column", "one class",
+         "two files for one split", "--out is a file",
          "ambiguous text column", "ambiguous label column", "empty text with --strict", "missing label",
          "label unseen in training", "non-UTF-8 bytes", "invalid value", "invalid choice", "unknown key",
          "invalid checkpoint setting", "config file not JSON", "tokenizer file missing",

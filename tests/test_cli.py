@@ -70,11 +70,12 @@ def test_a_text_file_is_split_at_line_ends_only(trained, tmp_path, capsys):
 def bad_inputs(root):
     (root / "notes.xml").write_text("<a/>")
     write_tsv(root / "empty.tsv", [])
-    (root / "nolabel.csv").write_text("text,stars\nhello,1\n")
+    (root / "nolabel.csv").write_text("text,stars,source\nhello,4,web\n")
     return {
         "missing path": (["--data", str(root / "missing" / "train.tsv")], "does not exist"),
         "unknown file type": (["--data", str(root / "notes.xml")], "unsupported file type '.xml'"),
-        "missing label column": (["--data", str(root / "nolabel.csv")], "no label column found among text, stars"),
+        "missing label column": (["--data", str(root / "nolabel.csv")],
+                                 "no label column found among text, stars, source"),
         "empty split": (["--data", str(root / "empty.tsv")], "the split is empty"),
         "heads": (["--set", "model.n_heads=3"], "model.d_model (256) must be divisible by model.n_heads (3)"),
         "attention rule": (["--set", "model.attention=cosine"],

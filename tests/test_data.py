@@ -106,16 +106,24 @@ def test_explicit_columns_win_over_detection(tmp_path):
                                                       "data.text_column"]),
         ({"label_column": "y2"}, ("text", "label"), ["no label column 'y2'", "columns found: text, label",
                                                      "data.label_column"]),
-        ({}, ("words", "label"), ["no text column found among words, label", "data.text_column"]),
-        ({}, ("text", "stars"), ["no label column found among text, stars", "data.label_column"]),
+        ({}, ("words", "label"), ["no text column found among words, label", "data.text_column",
+                                  "(or --set data.text_columns=FIRST,SECOND for a sentence pair)"]),
+        ({}, ("text", "stars", "source"), ["no label column found among text, stars, source", "data.label_column"]),
     ],
     ids=["explicit-text", "explicit-label", "no-text", "no-label"],
 )
 def test_missing_column_lists_the_columns_found(tmp_path, config, columns, fragments):
-    file = write(tmp_path / "train.csv", frame(text_column=columns[0], label_column=columns[1]))
+    table = frame(text_column=columns[0], label_column=columns[1]).assign(**{name: "web" for name in columns[2:]})
+    file = write(tmp_path / "train.csv", table)
     with pytest.raises(UsageError) as err:
         load_splits(DataConfig(path=str(file), **config))
     assert_message(err, str(file), *fragments)
+
+
+def test_the_one_column_beside_the_text_holds_the_labels_whatever_its_name(tmp_path):
+    file = write(tmp_path / "train.csv", frame(label_column="sentiment"))
+    splits = load_splits(DataConfig(path=str(file), validation_fraction=0.5))
+    assert splits.label_names == ["neg", "pos"] and splits.task == "single_label"
 
 
 # --- labels ------------------------------------------------------------------------------------------------------
@@ -238,6 +246,71 @@ def test_tsv_keeps_quotes_verbatim(tmp_path):
     assert splits.train.texts == texts
     assert splits.validation.texts == texts[:2]
     assert splits.train.labels.tolist() == [i % 2 for i in range(len(texts))]
+
+
+def test_a_tsv_quoted_as_pandas_writes_it_is_read_unquoted(tmp_path):
+    texts = ['he said "hi" twice', '"quoted" at the start', "a text over\ntwo lines", "tab\there", "plain", "NA"]
+    table = frame(texts, text_column="sentence")
+    table.to_csv(tmp_path / "train.tsv", sep="\t", index=False)  # quotes fields holding quotes, tabs or newlines
+    table.to_csv(tmp_path / "dev.tsv", sep="\t", index=False)
+    splits = load_splits(DataConfig(path=str(tmp_path)))
+    assert splits.train.texts == texts and splits.validation.texts == texts
+    assert (tmp_path / "train.tsv").read_text().count('"') > 0  # the file was quoted; the texts are not
+
+
+def test_only_an_empty_cell_is_missing(tmp_path):
+    """pandas reads NA, None, null and nan as missing by default: here they are a class and texts."""
+    file = tmp_path / "train.csv"
+    file.write_text("text,label\nNone,NA\nnull,EU\nnan,NA\nNA,EU\nN/A,NA\nfine,EU\n", encoding="utf-8")
+    splits = load_splits(DataConfig(path=str(file), validation_fraction=0.34))
+    assert splits.label_names == ["EU", "NA"]
+    assert sorted(splits.train.texts + splits.validation.texts) == sorted(["None", "null", "nan", "NA", "N/A", "fine"])
+    file.write_text("text,label\nfine,NA\ngood,\n", encoding="utf-8")
+    with pytest.raises(UsageError) as err:
+        load_splits(DataConfig(path=str(file)))
+    assert_message(err, f"{file}: row 2 has no value in label column 'label'; fill it in or remove the row")
+
+
+@pytest.mark.parametrize(("labels", "message"), [
+    (["Science, Technology", "Sports", "World", "Sports", "World", "Sports"],
+     "labels in column 'label' are split at ',' into several per row (data.label_separator); set "
+     "data.task=single_label if ',' is part of class names"),
+    ([1, 2, 3, 4, 5, 3], "the integers in label column 'label' are taken as 5 classes; set data.task=regression "
+                         "if they are scores"),
+    (["joy|love", "anger", "joy", "anger", "love", "joy"],
+     "label 'joy|love' holds '|'; if rows have several labels joined by it, set data.label_separator=|"),
+], ids=["comma-in-a-name", "integer-ratings", "pipe-joined"])
+def test_a_task_the_data_could_mean_otherwise_is_stated_with_its_setting(tmp_path, caplog, labels, message):
+    file = write(tmp_path / "train.csv", frame(labels=labels))
+    write(tmp_path / "dev.csv", frame(labels=labels))
+    with caplog.at_level(logging.INFO, logger="encoder_clf.data.targets"):
+        load_splits(DataConfig(path=str(tmp_path)))
+    assert f"{file}: {message}" in caplog.messages
+
+
+def test_plain_labels_are_read_without_a_note(tmp_path, caplog):
+    write(tmp_path / "train.csv", frame(labels=[0, 1, 0, 1, 0, 1]))
+    write(tmp_path / "dev.csv", frame(labels=[1, 0, 1, 0, 1, 0]))
+    with caplog.at_level(logging.INFO, logger="encoder_clf.data.targets"):
+        load_splits(DataConfig(path=str(tmp_path)))
+    assert caplog.messages == []
+
+
+def test_integer_labels_scored_against_named_classes_say_which_id_is_which(tmp_path, caplog):
+    file = write(tmp_path / "test.csv", frame(labels=[0, 1, 0, 1, 0, 1]))
+    with caplog.at_level(logging.WARNING, logger="encoder_clf.data.columns"):
+        split = read_split(str(file), "train", ["neg", "pos"])
+    assert split.labels.tolist() == [0, 1, 0, 1, 0, 1]
+    assert caplog.messages == ["integer labels read as the model's classes in order (0 = neg, 1 = pos); if the ids "
+                               "mean other classes, label the rows with the class names"]
+
+
+def test_a_multi_label_balance_line_counts_labels_and_rows_without_one_apart():
+    from encoder_clf.data.targets import describe_balance
+
+    counts = {**{f"l{i}": 10 - i for i in range(10)}, "(no label)": 3}
+    assert describe_balance(counts, 20, "multi_label") == (
+        "l0 50.0%, l1 45.0%, l2 40.0%, l3 35.0%, l4 30.0%, l5 25.0%, l6 20.0%, l7 15.0%, … (2 more); no label 15.0%")
 
 
 # --- carving validation from a single file -----------------------------------------------------------------------

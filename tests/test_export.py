@@ -142,6 +142,11 @@ def test_the_run_data_check_reads_the_run_as_it_read_its_data(tokenizer, tmp_pat
     other = tmp_path / "more.csv"  # another single file: scored whole, under the default split name
     other.write_text(file.read_text(encoding="utf-8"), encoding="utf-8")
     assert evaluate(model_dir, str(other), precision="fp32")["n"] == 200
+    caplog.clear()
+    assert evaluate(model_dir, str(other), "validation", precision="fp32")["n"] == 200  # a copy: not the run's file
+    assert f"{other} is not the file the run was given ({file}, read from here), so it is scored whole; to score " \
+           "the rows the run held out for validation, pass that file from the directory the run started in" \
+           in caplog.messages
     with pytest.raises(UsageError, match=r"^--data .*reviews.csv: no validation split to score the export on; "):
         export(model_dir, tmp_path / "other", data=str(file))
     (run / "run_config.json").write_text(json.dumps({"data": {**data, "path": "moved/reviews.csv"}}))

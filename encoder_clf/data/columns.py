@@ -58,7 +58,8 @@ def pick_column(columns: Sequence[str], requested: str | None, kind: str, where:
                          f"pick one with {hints[kind]}")
     if present:
         return present[0]
-    raise UsageError(f"{where}: no {kind} column found among {', '.join(columns)}; pass {hints[kind]}")
+    pair = f" (or {hints['texts']} for a sentence pair)" if kind == "text" and "texts" in hints else ""
+    raise UsageError(f"{where}: no {kind} column found among {', '.join(columns)}; pass {hints[kind]}{pair}")
 
 
 def known_pair(columns: Sequence[str]) -> tuple[str, str] | None:
@@ -112,7 +113,8 @@ class Columns:
         """Detect the columns (``config`` is a :class:`~encoder_clf.data.config.DataConfig`).
 
         Without a label column by name, a ``table`` whose other columns (two or more) all hold only 0 and 1
-        is multi-label data with one indicator column per label, in the file's order.
+        is multi-label data with one indicator column per label, in the file's order; a table with one
+        column besides its text has its labels there (``sentiment``, ``intent``: any name).
         """
         texts = pick_texts(columns, config.text_columns, config.text_column, where, hints, pairs)
         if config.label_columns:
@@ -121,6 +123,8 @@ class Columns:
             return cls(texts, None, tuple(config.label_columns))
         if config.label_column is None and table is not None and not any(n in columns for n in LABEL_COLUMNS):
             rest = [name for name in columns if name not in texts]
+            if len(rest) == 1:
+                return cls(texts, rest[0], (), _class_names(features, rest[0]))
             zero_one = [name for name in rest if _zero_one(table[name])]
             if len(rest) >= 2 and zero_one == rest:
                 return cls(texts, None, tuple(rest))
@@ -135,8 +139,7 @@ class Columns:
                                  f"for one 0/1 column per label, fix that row or name them with {hints['labels']}; "
                                  f"for one label column, pass {hints['label']}")
         label = pick_column(columns, config.label_column, "label", where, hints)
-        names = getattr((features or {}).get(label), "names", None)
-        return cls(texts, label, (), list(names) if names else None)
+        return cls(texts, label, (), _class_names(features, label))
 
     def found_in(self, table, where: str, first: str, detected: bool = False) -> Columns:
         """These columns (found in the split ``first``) in another split's ``table``, or a one-line error naming
@@ -171,6 +174,12 @@ class Columns:
         if self.class_names and isinstance(value, (int, np.integer)) and 0 <= value < len(self.class_names):
             return self.class_names[value]
         return value
+
+
+def _class_names(features, label: str) -> list[str] | None:
+    """The label column's ``ClassLabel`` names, if it has them."""
+    names = getattr((features or {}).get(label), "names", None)
+    return list(names) if names else None
 
 
 def _zero_one(values: Sequence) -> bool:
@@ -245,6 +254,9 @@ class Classes:
         """A trained model's classes, for a split labelled by their names or by integer ids 0..K-1."""
         seen = sorted(set(values), key=lambda v: (isinstance(v, str), v))
         if _integers_name_ids(seen, names):
+            shown = ", ".join(f"{i} = {name}" for i, name in enumerate(names[:6])) + ", …" * (len(names) > 6)
+            log.warning("integer labels read as the model's classes in order (%s); if the ids mean other classes, "
+                        "label the rows with the class names", shown)
             return cls(list(names), {i: i for i in range(len(names))})
         return cls(list(names), {name: i for i, name in enumerate(names)})
 

@@ -9,11 +9,20 @@ understood. A text file read whole is first checked to be UTF-8, so an encoding
 error names the byte offset in the file rather than in a parser's chunk (a
 stream is not checked up front: that would read it whole every epoch; its rows
 report parse errors as they come).
+
+Only an empty cell is a missing value: pandas' default list (``NA``, ``None``,
+``null``, ``nan``, ...) would turn the class ``NA`` (North America) or the text
+``None`` into a missing label or an empty row. A ``.tsv`` is read without
+quoting (GLUE's files hold unmatched quotes as text) unless it is quoted the
+way ``csv`` and pandas' ``to_csv(sep="\t")`` write it (:func:`tsv_quoting`).
 """
 
 from __future__ import annotations
 
 import codecs
+import csv
+import functools
+import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,9 +30,10 @@ from pathlib import Path
 
 from ..errors import UsageError
 
+TABLE = {"keep_default_na": False, "na_values": [""]}  # only an empty cell is missing
 READERS = {  # suffix -> (datasets builder, builder options)
-    ".csv": ("csv", {}),
-    ".tsv": ("csv", {"delimiter": "\t", "quoting": 3}),  # quoting=3: csv.QUOTE_NONE, quotes are text
+    ".csv": ("csv", TABLE),
+    ".tsv": ("csv", {**TABLE, "delimiter": "\t", "quoting": csv.QUOTE_NONE}),  # unless quoted: tsv_quoting
     ".json": ("json", {}),
     ".jsonl": ("json", {}),
     ".parquet": ("parquet", {}),
@@ -127,10 +137,14 @@ def train_split(sources: dict[str, SplitSource], path: str) -> SplitSource:
 
 
 def split_files(directory: Path) -> dict[str, Path]:
-    """The file of each split found in a directory, by the names in ``SPLIT_NAMES`` (first in name order)."""
+    """The file of each split found in a directory, by the names in ``SPLIT_NAMES``; two for one split are refused
+    (``dev.csv`` beside ``validation.csv``: picking one by name would train or select on the wrong rows)."""
     files = {}
     for split, names in SPLIT_NAMES.items():
         matches = [f for f in sorted(directory.iterdir()) if f.stem.lower() in names and f.suffix.lower() in READERS]
+        if len(matches) > 1:
+            raise UsageError(f"{directory}: {matches[0].name} and {matches[1].name} could both be the {split} split; "
+                             "keep one of them there")
         if matches:
             files[split] = matches[0]
     if not files:
@@ -173,8 +187,13 @@ def _read_file(file: Path, streaming: bool = False):
     builder, options = READERS[suffix]
     if suffix != ".parquet" and not streaming:
         _check_utf8(file)
+    if suffix == ".tsv":
+        options = {**options, "quoting": tsv_quoting(file)}
     datasets.disable_progress_bars()
     datasets.config.HF_UPDATE_DOWNLOAD_COUNTS = False  # a local file: no usage ping (it stalls offline)
+    quiet = logging.getLogger("datasets")  # its reader logs a failure before raising it: the one line is ours
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)
     try:
         return datasets.load_dataset(builder, data_files=str(file), split="train", streaming=streaming, **options)
     except Exception as err:  # datasets wraps parser errors in its own types
@@ -182,6 +201,36 @@ def _read_file(file: Path, streaming: bool = False):
             raise empty_split(str(file)) from None
         raise UsageError(f"{file}: could not be read as {suffix[1:]} ({_cause(err)}); "
                          "check the file's format") from None
+    finally:
+        quiet.setLevel(level)
+
+
+def tsv_quoting(file: Path) -> int:
+    """How a ``.tsv`` quotes: ``csv.QUOTE_MINIMAL`` if it is quoted as ``csv`` writes it, else ``csv.QUOTE_NONE``.
+
+    Quoted means: some field starts with a quote, and the whole file parses under strict CSV quoting
+    (a quoted field ends at its closing quote; ``""`` inside is one quote) into rows as wide as the header.
+    A file with quotes as plain text fails that (``"Yes," he said`` has text after its closing quote).
+    """
+    stat = file.stat()
+    return _tsv_quoting(file.resolve(), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _tsv_quoting(file: Path, size: int, mtime: int) -> int:
+    """:func:`tsv_quoting`, once per version of a file (a stream opens its file every epoch)."""
+    with file.open(newline="", encoding="utf-8", errors="replace") as handle:
+        if not any(line.startswith('"') or '\t"' in line for line in handle):
+            return csv.QUOTE_NONE
+        handle.seek(0)
+        rows = csv.reader(handle, delimiter="\t", strict=True)
+        try:
+            width = len(next(rows, []))
+            if all(len(row) == width for row in rows):
+                return csv.QUOTE_MINIMAL
+        except csv.Error:
+            pass
+    return csv.QUOTE_NONE
 
 
 def _check_utf8(file: Path, chunk_size: int = 1 << 24) -> None:

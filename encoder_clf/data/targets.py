@@ -18,6 +18,7 @@ train split is refused where it first appears.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,7 +29,10 @@ import numpy as np
 from ..errors import UsageError
 from .columns import Classes, Columns
 
+log = logging.getLogger(__name__)
+
 TASKS = ("single_label", "multi_label", "regression")
+OTHER_SEPARATORS = ("|", ";")  # how else several labels are joined in one cell
 
 
 def _number(value: Any) -> bool:
@@ -59,6 +63,8 @@ def detect_task(columns: Columns, values: Sequence, requested: str | None, separ
         found = "multi_label"
     else:
         found = "single_label"
+    if requested is None:
+        _say_how(found, columns, values, separator, where, joined is not None and not several)
     if requested is None or requested == found:
         return found
 
@@ -76,6 +82,23 @@ def detect_task(columns: Columns, values: Sequence, requested: str | None, separ
     if requested in ("single_label", "multi_label") and floats:
         raise contradiction("holds fractional numbers (a regression target)", floats)
     return requested
+
+
+def _say_how(task: str, columns: Columns, values: Sequence, separator: str, where: str, split: bool) -> None:
+    """One line where the detected task could be a misreading, with the setting that reads it otherwise."""
+    if split:
+        log.info("%s: labels in column %s are split at %r into several per row (data.label_separator); set "
+                 "data.task=single_label if %r is part of class names", where, columns.target, separator, separator)
+    elif task == "single_label" and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values) \
+            and len(set(values)) > 2:
+        log.info("%s: the integers in label column %s are taken as %d classes; set data.task=regression if they "
+                 "are scores", where, columns.target, len(set(values)))
+    elif task == "single_label":
+        joined = next((v for v in values if isinstance(v, str) and any(c in v for c in OTHER_SEPARATORS)), None)
+        if joined is not None:
+            mark = next(c for c in OTHER_SEPARATORS if c in joined)
+            log.info("%s: label %r holds %r; if rows have several labels joined by it, set data.label_separator=%s",
+                     where, joined, mark, mark)
 
 
 def _parses(text: str) -> bool:
@@ -221,6 +244,8 @@ def describe_balance(counts: dict, rows: int, task: str) -> str:
     mean ± std and range)."""
     if task == "regression":
         return f"mean {counts['mean']:.3g} ± {counts['std']:.3g}, range {counts['min']:.3g} to {counts['max']:.3g}"
-    ranked = sorted(counts.items(), key=lambda item: -item[1])
-    shown = ", ".join(f"{name} {100 * count / max(rows, 1):.1f}%" for name, count in ranked[:8])
-    return shown + (f", … ({len(ranked) - 8} more)" if len(ranked) > 8 else "")
+    share = lambda count: f"{100 * count / max(rows, 1):.1f}%"  # noqa: E731
+    ranked = sorted(((n, c) for n, c in counts.items() if n != "(no label)"), key=lambda item: -item[1])
+    shown = ", ".join(f"{name} {share(count)}" for name, count in ranked[:8])
+    shown += f", … ({len(ranked) - 8} more)" if len(ranked) > 8 else ""
+    return shown + (f"; no label {share(counts['(no label)'])}" if "(no label)" in counts else "")
