@@ -305,6 +305,20 @@ def test_integer_labels_scored_against_named_classes_say_which_id_is_which(tmp_p
                                "mean other classes, label the rows with the class names"]
 
 
+def test_a_text_column_of_numbers_or_a_json_file_written_by_columns_is_named_not_dropped(tmp_path):
+    numbers = write(tmp_path / "numbers.csv", pd.DataFrame({"text": [3, 1, 4, 1], "label": ["a", "b", "a", "b"]}))
+    with pytest.raises(UsageError) as err:
+        load_splits(DataConfig(path=str(numbers)))
+    assert_message(err, f"{numbers}: row 1: text column 'text' holds 3, not text; if another column holds the "
+                        "texts, name it with data.text_column")
+    by_columns = tmp_path / "columns.json"
+    frame().to_json(by_columns)  # pandas' default orient: one object per column
+    with pytest.raises(UsageError) as err:
+        load_splits(DataConfig(path=str(by_columns)))
+    assert_message(err, f"{by_columns}: row 1: column 'text' holds a dict, not text; write one JSON object per row "
+                        "(pandas: to_json(path, orient='records', lines=True))")
+
+
 def test_a_multi_label_balance_line_counts_labels_and_rows_without_one_apart():
     from encoder_clf.data.targets import describe_balance
 

@@ -201,6 +201,7 @@ def labelled_rows(rows: Iterable[tuple[tuple, Any]], where: str, columns: Column
         if not empty_label_ok and (value is None or (isinstance(value, float) and np.isnan(value))):
             raise UsageError(f"{where}: row {row} has no value in label column {columns.label!r}; "
                              "fill it in or remove the row")
+        _check_texts(texts, columns.texts, where, row)
         empty = [name for name, text in zip(columns.texts, texts) if not (isinstance(text, str) and text.strip())]
         if empty and len(texts) == 2:
             which = "first" if empty[0] == columns.texts[0] else "second"
@@ -215,6 +216,19 @@ def labelled_rows(rows: Iterable[tuple[tuple, Any]], where: str, columns: Column
         yield row, (texts if len(texts) == 2 else texts[0]), value
     if dropped:
         log.warning("%s: dropped %d row(s) with empty text in column %r", where, dropped, columns.texts[0])
+
+
+def _check_texts(texts: tuple, names: tuple[str, ...], where: str, row: int) -> None:
+    """Refuse a text that is a number, list or mapping (a missing one is None or NaN): the wrong column, or a
+    JSON file written by columns, whose rows would all be dropped as empty."""
+    for name, text in zip(names, texts):
+        if text is None or isinstance(text, str) or (isinstance(text, float) and np.isnan(text)):
+            continue
+        if isinstance(text, (dict, list)):
+            raise UsageError(f"{where}: row {row}: column {name!r} holds a {type(text).__name__}, not text; write "
+                             "one JSON object per row (pandas: to_json(path, orient='records', lines=True))")
+        raise UsageError(f"{where}: row {row}: text column {name!r} holds {text!r}, not text; if another column "
+                         "holds the texts, name it with data.text_column")
 
 
 @dataclass(frozen=True)
