@@ -124,6 +124,10 @@ def test_the_one_column_beside_the_text_holds_the_labels_whatever_its_name(tmp_p
     file = write(tmp_path / "train.csv", frame(label_column="sentiment"))
     splits = load_splits(DataConfig(path=str(file), validation_fraction=0.5))
     assert splits.label_names == ["neg", "pos"] and splits.task == "single_label"
+    ids = write(tmp_path / "ids.csv", frame(labels=list(range(100, 106)), label_column="id"))  # one value a row
+    with pytest.raises(UsageError) as err:
+        load_splits(DataConfig(path=str(ids)))
+    assert_message(err, f"{ids}: no label column found among text, id; pass --set data.label_column=NAME")
 
 
 # --- labels ------------------------------------------------------------------------------------------------------

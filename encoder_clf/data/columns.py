@@ -114,7 +114,8 @@ class Columns:
 
         Without a label column by name, a ``table`` whose other columns (two or more) all hold only 0 and 1
         is multi-label data with one indicator column per label, in the file's order; a table with one
-        column besides its text has its labels there (``sentiment``, ``intent``: any name).
+        column besides its text has its labels there (``sentiment``, ``intent``: any name), unless that column
+        tells every row apart (an ``id``).
         """
         texts = pick_texts(columns, config.text_columns, config.text_column, where, hints, pairs)
         if config.label_columns:
@@ -123,7 +124,7 @@ class Columns:
             return cls(texts, None, tuple(config.label_columns))
         if config.label_column is None and table is not None and not any(n in columns for n in LABEL_COLUMNS):
             rest = [name for name in columns if name not in texts]
-            if len(rest) == 1:
+            if len(rest) == 1 and not _identifies_rows(table[rest[0]]):
                 return cls(texts, rest[0], (), _class_names(features, rest[0]))
             zero_one = [name for name in rest if _zero_one(table[name])]
             if len(rest) >= 2 and zero_one == rest:
@@ -180,6 +181,13 @@ def _class_names(features, label: str) -> list[str] | None:
     """The label column's ``ClassLabel`` names, if it has them."""
     names = getattr((features or {}).get(label), "names", None)
     return list(names) if names else None
+
+
+def _identifies_rows(values: Sequence) -> bool:
+    """Whether a column names each row apart (an ``id``, a ``url``), unlike labels: distinct names or whole numbers,
+    one per row (a float target such as 3.7 may well be distinct on every row)."""
+    fractional = any(isinstance(v, float) and not v.is_integer() for v in values)
+    return len(values) > 1 and not fractional and len(set(values)) == len(values)
 
 
 def _zero_one(values: Sequence) -> bool:
