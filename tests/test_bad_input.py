@@ -93,6 +93,11 @@ def case(name: str, root: Path, model_dir: Path) -> tuple[list[str], list[str]]:
     if name == "one class":
         return data(write(root / "train.csv", "text,label\nhi,pos\nho,pos\n")), [
             "train.csv: label column 'label' holds one class ('pos'); a classifier needs at least 2"]
+    if name == "one class in a stream":
+        write(root / "data" / "train.csv", "text,label\nhi,pos\nho,pos\n")
+        write(root / "data" / "validation.csv", "text,label\nhi,pos\nho,pos\n")
+        return data(root / "data") + ["--streaming", "--set", "train.max_steps=2"], [
+            "validation.csv: label column 'label' holds one class ('pos'); a classifier needs at least 2"]
     if name == "two files for one split":
         write(root / "data" / "dev.csv", "text,label\nhi,pos\nho,neg\n")
         write(root / "data" / "validation.csv", "text,label\nhi,pos\nho,neg\n")
@@ -287,7 +292,7 @@ def case(name: str, root: Path, model_dir: Path) -> tuple[list[str], list[str]]:
 
 
 CASES = ["missing path", "unsupported extension", "missing text column", "missing label column", "one class",
-         "two files for one split", "--out is a file",
+         "one class in a stream", "two files for one split", "--out is a file",
          "ambiguous text column", "ambiguous label column", "empty text with --strict", "missing label",
          "label unseen in training", "non-UTF-8 bytes", "invalid value", "invalid choice", "unknown key",
          "invalid checkpoint setting", "config file not JSON", "tokenizer file missing",

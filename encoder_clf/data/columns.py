@@ -271,6 +271,13 @@ class Classes:
                              "add it to data.labels")
         return cls(list(requested), {value: requested.index(text) for text, value in as_text.items()}, **kwargs)
 
+    def at_least_two(self, where: str, column: str) -> Classes:
+        """These classes, or a one-line error if there is one: a classifier of one class has nothing to learn."""
+        if len(self.names) < 2:
+            raise UsageError(f"{where}: label column {column} holds one class ({self.names[0]!r}); a classifier "
+                             "needs at least 2: add rows of the others")
+        return self
+
     @classmethod
     def of_model(cls, names: list[str], values: Sequence) -> Classes:
         """A trained model's classes, for a split labelled by their names or by integer ids 0..K-1."""

@@ -99,9 +99,8 @@ def load_splits(config: DataConfig, seed: int = 0) -> Splits:
     sources = find_splits(config.path)
     train = read_rows(train_split(sources, config.path), config)
     target = target_of(train.task, train.columns, train.values, config.labels, config.label_separator, train.where)
-    if train.task == "single_label" and len(target.names) < 2:
-        raise UsageError(f"{train.where}: label column {train.columns.target} holds one class ({target.names[0]!r}); "
-                         "a classifier needs at least 2: add rows of the others")
+    if train.task == "single_label":
+        target.classes.at_least_two(train.where, train.columns.target)
     labelled = train.labelled(target)
     if "validation" in sources:
         validation = read_rows(sources["validation"], config, like=train).labelled(target)

@@ -70,7 +70,7 @@ def stream_splits(config: DataConfig) -> StreamingSplits:
     unknown = ("is not one of the classes ({known}), which come from data.labels or else the validation split; "
                "pass --set data.labels=NAME,NAME,... listing every class")
     classes = Classes.from_values(validation.values, config.labels or validation.columns.class_names, validation.where,
-                                  unknown=unknown)
+                                  unknown=unknown).at_least_two(validation.where, validation.columns.target)
     target = SingleLabelTarget(classes)
     test = read_rows(sources["test"], config, streamed=True, like=validation).labelled(target) \
         if "test" in sources else None
