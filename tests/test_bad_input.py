@@ -120,6 +120,10 @@ def case(name: str, root: Path, model_dir: Path) -> tuple[list[str], list[str]]:
     if name == "missing label":
         return data(splits(root, "sentence\tlabel\ngood\t1\nbad\t\nfine\t1\n")), [
             "train.tsv: row 2 has no value in label column 'label'", "fill it in or remove the row"]
+    if name == "missing class name":  # perhaps multi-label data with a text of no label: the setting that reads it so
+        return data(write(root / "train.csv", "text,label\nrates rise,economy\nnews,\ngoal,sport\nvote,economy\n")), [
+            "train.csv: row 2 has no value in label column 'label'; fill it in or remove the row; if a text may have "
+            "no label (multi-label data), --set data.task=multi_label"]
     if name == "label unseen in training":
         return data(splits(root, GOOD_TRAIN, "sentence\tlabel\ngood\t1\nodd\t7\n")), [
             "validation.tsv: label 7 (row 2) never occurs in training", "known labels: 0, 1"]
@@ -294,6 +298,7 @@ def case(name: str, root: Path, model_dir: Path) -> tuple[list[str], list[str]]:
 CASES = ["missing path", "unsupported extension", "missing text column", "missing label column", "one class",
          "one class in a stream", "two files for one split", "--out is a file",
          "ambiguous text column", "ambiguous label column", "empty text with --strict", "missing label",
+         "missing class name",
          "label unseen in training", "non-UTF-8 bytes", "invalid value", "invalid choice", "unknown key",
          "invalid checkpoint setting", "config file not JSON", "tokenizer file missing",
          "init model with a mismatched tokenizer", "token cache directory is a file", "existing run directory",

@@ -196,19 +196,21 @@ def _zero_one(values: Sequence) -> bool:
 
 
 def labelled_rows(rows: Iterable[tuple[tuple, Any]], where: str, columns: Columns, strict: bool,
-                  empty_label_ok: bool = False) -> Iterator[tuple[int, str | tuple[str, str], Any]]:
+                  empty_label_ok: bool = False,
+                  empty_label_hint: str = "") -> Iterator[tuple[int, str | tuple[str, str], Any]]:
     """``(row, text, label value)`` of every row that has text, in order; the row rules of the module docstring.
 
     ``rows`` are the raw ``(texts, label)`` of each row, in file order; rows are counted from 1. A pair's
     text is the tuple of its two; either one empty refuses the row (half a pair is no example).
-    ``empty_label_ok``: a missing label is a valid row (a multi-label text with no labels).
+    ``empty_label_ok``: a missing label is a valid row (a multi-label text with no labels); otherwise the error
+    ends with ``empty_label_hint``, where the caller knows another reading of the column.
     """
     dropped = 0
     for row, (texts, value) in enumerate(rows, 1):
         value = columns.label_value(value)
         if not empty_label_ok and (value is None or (isinstance(value, float) and np.isnan(value))):
             raise UsageError(f"{where}: row {row} has no value in label column {columns.label!r}; "
-                             "fill it in or remove the row")
+                             f"fill it in or remove the row{empty_label_hint}")
         _check_texts(texts, columns.texts, where, row)
         empty = [name for name, text in zip(columns.texts, texts) if not (isinstance(text, str) and text.strip())]
         if empty and len(texts) == 2:

@@ -25,6 +25,9 @@ from .targets import Target, detect_task, model_target, target_of
 
 log = logging.getLogger(__name__)
 
+# A class-name column with a missing value may be multi-label data whose texts can have no label.
+MULTI_LABEL_HINT = "; if a text may have no label (multi-label data), --set data.task=multi_label"
+
 
 @dataclass
 class Split:
@@ -83,10 +86,14 @@ def read_rows(source: SplitSource, config: DataConfig, hints: dict[str, str] = S
     else:
         columns = Columns.of(table.column_names, table.features, config, source.where, hints, table, pairs)
     raw = list(columns.rows(table))
+    hint = ""
     if task is None:
         values = [columns.label_value(value) for _, value in raw]
         task = detect_task(columns, values, config.task, config.label_separator, source.where)
-    kept = list(labelled_rows(raw, source.where, columns, config.strict, empty_label_ok=task == "multi_label"))
+        if config.task is None and task == "single_label" and any(isinstance(v, str) for v in values):
+            hint = MULTI_LABEL_HINT
+    kept = list(labelled_rows(raw, source.where, columns, config.strict, empty_label_ok=task == "multi_label",
+                              empty_label_hint=hint))
     if not kept:
         raise empty_split(source.where)
     rows, texts, values = (list(column) for column in zip(*kept))
