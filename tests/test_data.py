@@ -521,9 +521,10 @@ def test_eval_batches_are_sorted_by_length():
 
 
 @pytest.mark.parametrize("pad_id", [0, 7])
-def test_collate_pads_and_masks(pad_id):
+@pytest.mark.parametrize("rows", ["lists", "arrays"])  # arrays: rows of the token cache
+def test_collate_pads_and_masks(pad_id, rows):
     sequences = [[2, 11, 12, 3], [2, 3], [2, 21, 22, 23, 24, 3], [2, 5, 3]]
-    ids, mask = collate(sequences, pad_id)
+    ids, mask = collate(sequences if rows == "lists" else [np.array(s, dtype=np.int32) for s in sequences], pad_id)
     width = max(map(len, sequences))
     assert ids.shape == mask.shape == (len(sequences), width)
     assert ids.dtype == torch.long and mask.dtype == torch.bool

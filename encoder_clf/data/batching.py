@@ -7,6 +7,7 @@ sentence pairs also has token types ``(batch, seq)``, 1 on the second text.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from typing import NamedTuple
 
@@ -64,15 +65,23 @@ def batch_width(longest: int, limit: int | None = None) -> int:
     return max(longest, min(-(-longest // WIDTH_STEP) * WIDTH_STEP, limit))
 
 
-def collate(sequences: list[list[int]], pad_id: int, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def collate(sequences: list[list[int]] | list[np.ndarray], pad_id: int,
+            limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Pad to the longest sequence (see :func:`batch_width`): ids ``(batch, seq)`` and the padding mask
-    (``True`` at padding)."""
-    width = batch_width(max(len(s) for s in sequences), limit)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        ids[row, : len(seq)] = torch.as_tensor(seq, dtype=torch.long)
-    lengths = torch.as_tensor([len(s) for s in sequences])
-    return ids, torch.arange(width)[None, :] >= lengths[:, None]
+    (``True`` at padding).
+
+    The ids are laid out in one scatter of the concatenated sequences: a copy per row cost about 1 ms a batch
+    of 64, 2% of a small model's prediction time.
+    """
+    lengths = np.fromiter(map(len, sequences), dtype=np.int64, count=len(sequences))
+    width = batch_width(int(lengths.max()), limit)
+    real = np.arange(width)[None, :] < lengths[:, None]
+    ids = np.full((len(sequences), width), pad_id, dtype=np.int64)
+    if isinstance(sequences[0], np.ndarray):  # rows of the token cache
+        ids[real] = np.concatenate(sequences)
+    else:
+        ids[real] = np.fromiter(itertools.chain.from_iterable(sequences), dtype=np.int64, count=int(lengths.sum()))
+    return torch.from_numpy(ids), torch.from_numpy(~real)
 
 
 def token_types(segments: np.ndarray | None, mask: torch.Tensor) -> torch.Tensor | None:
