@@ -195,6 +195,24 @@ def test_stacking_never_gives_a_part_a_negative_weight():
         assert min(weights) >= 0 and weights[0] > 10 * weights[1]
 
 
+
+@pytest.mark.parametrize("seed", range(5))
+def test_the_fitted_mix_is_never_worse_than_the_better_part_on_the_rows_it_is_fitted_on(seed):
+    """Two noisy views of the labels, one much louder and no better: the mix's loss is at most that of either part
+    alone at its own best scale (the mix can give the other part a weight of about zero), and it beats both."""
+    generator = torch.Generator().manual_seed(seed)
+    truth = torch.randn(200, 3, generator=generator)
+    labels = truth.argmax(dim=1)
+    parts = torch.stack([30 * (truth + torch.randn(200, 3, generator=generator)),
+                         truth + torch.randn(200, 3, generator=generator)])
+    weights = torch.tensor(stacking_weights(parts, labels), dtype=torch.float64)
+    mixed = torch.nn.functional.cross_entropy(torch.einsum("p,pnc->nc", weights, parts.double()), labels)
+    scales = torch.logspace(-3, 1, 400, dtype=torch.float64)
+    alone = [min(torch.nn.functional.cross_entropy(scale * part.double(), labels) for scale in scales)
+             for part in parts]
+    assert mixed <= min(alone) + 1e-3
+    assert mixed < min(alone) - 0.01  # two independent views: the mix has something to add
+
 def test_a_directory_of_train_and_test_gets_a_stratified_validation_carve_out_and_says_so(tmp_path, caplog):
     from encoder_clf.data.config import DataConfig
     from encoder_clf.data.splits import load_splits
