@@ -18,10 +18,11 @@ from encoder_clf.data.tokenized import tokenize_split
 from encoder_clf.model.ngrams import NgramLogits
 from encoder_clf.persistence.checkpoints import Progress
 from encoder_clf.settings import with_overrides
+from encoder_clf.training import linear
 from encoder_clf.training.batches import TrainBatches
 from encoder_clf.training.config import FINETUNE_PRESET, RunConfig, TrainConfig
 from encoder_clf.training.distributed import SOLO
-from encoder_clf.training.linear import LOSS_SHORTLIST, STRENGTHS, fit_ngrams, term_matrix
+from encoder_clf.training.linear import LOSS_SHORTLIST, SCALINGS, STRENGTHS, fit_ngrams, log_count_ratios, term_matrix
 from encoder_clf.training.loop import LOSS_TOLERANCE, Plan, decide
 from encoder_clf.training.run import train
 from encoder_clf.training.stacking import stacking_weights
@@ -76,27 +77,71 @@ def test_word_terms_are_a_tfidf_of_the_tokens_words_and_word_pairs_as_spelt(toy_
     np.testing.assert_allclose(np.sort(ours, axis=1), np.sort(expected, axis=1), atol=1e-6)
 
 
-def test_the_fit_is_scikit_learns_logistic_regression_at_the_c_chosen_on_validation(toy_tokenizer, tiny_model):
+def _reference_margin(scaling: str, strength: float, features, labels: np.ndarray, held_out) -> np.ndarray:
+    """scikit-learn's binary fit with either scaling, and its margins on ``held_out``: plain TF-IDF, or NB-LR (the
+    features scaled by the classes' log-count ratios, Wang and Manning 2012)."""
+    if scaling == "nb":
+        present = (features > 0).astype(float)
+        positive, negative = 1 + present[labels == 1].sum(axis=0).A1, 1 + present[labels == 0].sum(axis=0).A1
+        ratios = np.log(positive / positive.sum()) - np.log(negative / negative.sum())
+        features, held_out = features.multiply(ratios).tocsr(), held_out.multiply(ratios).tocsr()
+    return LogisticRegression(C=strength, fit_intercept=False, solver="liblinear").fit(
+        features, labels).decision_function(held_out)
+
+
+def test_log_count_ratios_are_the_smoothed_ratios_of_nbsvm():
+    import scipy.sparse as sp
+
+    present = sp.csr_matrix(np.array([[1, 0, 1], [1, 1, 0], [0, 0, 1]], dtype=float))
+    positive = np.array([True, True, False])
+    inside, outside = np.array([3, 2, 2]), np.array([1, 1, 2])  # 1 + how many rows of each side hold the feature
+    expected = np.log(inside / 7) - np.log(outside / 4)
+    np.testing.assert_allclose(log_count_ratios(present, positive), expected)
+
+
+@pytest.mark.parametrize("scaling", SCALINGS)
+def test_the_fit_is_scikit_learns_logistic_regression_at_the_c_chosen_on_validation(scaling, toy_tokenizer, tiny_model,
+                                                                                     monkeypatch):
+    monkeypatch.setattr(linear, "SCALINGS", (scaling,))  # one scaling at a time
     train_rows, validation_rows = toy_rows(200, 0), toy_rows(60, 1)
     train_tokens, validation = _tokens(toy_tokenizer, train_rows), _tokens(toy_tokenizer, validation_rows)
     model = tiny_model(vocab_size=toy_tokenizer.get_vocab_size(), ngram_buckets=64)
     fit = fit_ngrams(model, train_tokens, validation, "accuracy")
     part = model.head.parts["ngrams"]
-    assert fit.C in STRENGTHS and float(part.strength) == fit.C and fit.validation > 0.9
-    features = term_matrix(part, train_tokens)
-    reference = LogisticRegression(C=fit.C, fit_intercept=False, solver="liblinear").fit(features, train_tokens.labels)
+    assert fit.C in STRENGTHS and float(part.strength) == fit.C and fit.validation > 0.9 and fit.scaling == scaling
+    seen = np.unique(term_matrix(part, train_tokens).indices)
+    features, held_out = term_matrix(part, train_tokens)[:, seen], term_matrix(part, validation)[:, seen]
     batch = validation.batch(np.arange(len(validation)))
     logits = part(batch.ids, batch.mask).detach().double().numpy()
-    np.testing.assert_allclose(logits[:, 1] - logits[:, 0], reference.decision_function(term_matrix(part, validation)),
-                               atol=1e-4)
+    np.testing.assert_allclose(logits[:, 1] - logits[:, 0],
+                               _reference_margin(scaling, fit.C, features, train_tokens.labels, held_out), atol=1e-4)
     unseen = part.idf == 0  # n-grams the train split never holds are left out, as a vocabulary's TF-IDF leaves them
     assert unseen.any() and not part.table.weight[unseen].any()
 
 
+def test_nb_features_fit_each_class_against_the_rest(toy_tokenizer, tiny_model, monkeypatch):
+    """Three classes: each class's logits are its own one-against-the-rest NB-LR margins."""
+    monkeypatch.setattr(linear, "SCALINGS", ("nb",))
+    rng = np.random.default_rng(0)
+    rows = [(text, int(rng.integers(3)) if label else 2) for text, label in toy_rows(240, 0)]
+    train_tokens, validation = _tokens(toy_tokenizer, rows[:180]), _tokens(toy_tokenizer, rows[180:])
+    model = tiny_model(vocab_size=toy_tokenizer.get_vocab_size(), ngram_buckets=64, labels=["a", "b", "c"])
+    fit = fit_ngrams(model, train_tokens, validation, "accuracy")
+    part = model.head.parts["ngrams"]
+    seen = np.unique(term_matrix(part, train_tokens).indices)
+    features, held_out = term_matrix(part, train_tokens)[:, seen], term_matrix(part, validation)[:, seen]
+    batch = validation.batch(np.arange(len(validation)))
+    logits = part(batch.ids, batch.mask).detach().double().numpy()
+    for label in range(3):
+        y = (train_tokens.labels == label).astype(int)
+        np.testing.assert_allclose(logits[:, label], _reference_margin("nb", fit.C, features, y, held_out), atol=1e-4)
+
+
 def test_c_is_shortlisted_by_the_scaled_validation_loss_and_picked_by_the_metric(toy_tokenizer, tiny_model):
-    """Each C's validation logits are judged at their best scale (the mix rescales the part): the strengths whose
-    log loss, times one factor (with stacking's small penalty on it), is within 1% of the lowest are shortlisted,
-    and of those the best accuracy wins, ties going to the lower loss. Recomputed from scikit-learn's fits."""
+    """Each fit's validation logits (each scaling of the features at every C) are judged at their best scale (the mix
+    rescales the part): the fits whose log loss, times one factor (with stacking's small penalty on it), is within
+    1% of the lowest are shortlisted, and of those the best accuracy wins, ties going to the lower loss.
+    Recomputed from scikit-learn's fits."""
     from scipy.optimize import minimize_scalar
 
     rng = np.random.default_rng(0)
@@ -106,24 +151,27 @@ def test_c_is_shortlisted_by_the_scaled_validation_loss_and_picked_by_the_metric
     model = tiny_model(vocab_size=toy_tokenizer.get_vocab_size(), ngram_buckets=64)
     fit = fit_ngrams(model, train_tokens, validation, "accuracy")
     part, y = model.head.parts["ngrams"], validation.labels
-    features, held_out = term_matrix(part, train_tokens), term_matrix(part, validation)
+    seen = np.unique(term_matrix(part, train_tokens).indices)
+    features, held_out = term_matrix(part, train_tokens)[:, seen], term_matrix(part, validation)[:, seen]
+
     def log_loss(scale: float, margin: np.ndarray) -> float:
         return float(np.mean(np.logaddexp(0, -(2 * y - 1) * scale * margin)))
 
-    losses, accuracies = [], []
-    for strength in STRENGTHS:
-        margin = LogisticRegression(C=strength, fit_intercept=False, solver="liblinear").fit(
-            features, train_tokens.labels).decision_function(held_out)
-        best = minimize_scalar(lambda scale, m=margin: log_loss(scale, m) + 1e-3 * scale ** 2, bounds=(0, 1e3),
-                               method="bounded")
-        losses.append(log_loss(best.x, margin))
-        accuracies.append(np.mean((margin > 0) == y))
+    fits, losses, accuracies = [], [], []
+    for scaling in SCALINGS:
+        for strength in STRENGTHS:
+            margin = _reference_margin(scaling, strength, features, train_tokens.labels, held_out)
+            best = minimize_scalar(lambda scale, m=margin: log_loss(scale, m) + 1e-3 * scale ** 2, bounds=(0, 1e3),
+                                   method="bounded")
+            fits.append((scaling, strength))
+            losses.append(log_loss(best.x, margin))
+            accuracies.append(np.mean((margin > 0) == y))
     shortlist = [i for i, loss in enumerate(losses) if loss <= min(losses) * (1 + LOSS_SHORTLIST)]
     chosen = max(shortlist, key=lambda i: (accuracies[i], -losses[i]))
-    assert STRENGTHS[chosen] == fit.C and fit.validation == pytest.approx(accuracies[chosen])
+    assert fits[chosen] == (fit.scaling, fit.C) and fit.validation == pytest.approx(accuracies[chosen])
     assert fit.loss == pytest.approx(losses[chosen], rel=1e-3)
     # what accuracy alone would pick (its first best) is not what the loss lets through
-    assert STRENGTHS[int(np.argmax(accuracies))] != fit.C
+    assert fits[int(np.argmax(accuracies))] != fits[chosen]
 
 
 def _plan(per_epoch: int, **settings) -> Plan:
@@ -248,6 +296,8 @@ def test_the_run_reports_its_size_rule_balance_parts_and_fit_and_holds_the_fitte
     assert json.loads((tmp_path / "run" / "run_config.json").read_text())["train"]["epochs"] is None
     assert any(message.startswith("plan: 3 epoch(s) of 25 steps = 75 steps") for message in caplog.messages)
     assert any(message.startswith("train: 400 rows (") for message in caplog.messages)
+    assert any(message.startswith("n-gram part: a linear fit on ") and " and scaling n" in message
+               for message in caplog.messages)
     # the n-gram part was fitted before the encoder's steps, then held: training left its table as fitted
     part = result.model.head.parts["ngrams"]
     trained = part.table.weight.detach().clone()

@@ -398,9 +398,9 @@ def _fitted_ngrams(model: TextClassifier, tokens: dict[str, TokenizedSplit], met
     if checkpoint is None:
         fit = fit_ngrams(model, tokens["train"], tokens["validation"], metric, class_weights)
         if world.main:
-            log.info("n-gram part: a linear fit on %d distinct n-grams in %.1fs, C=%g chosen on validation "
-                     "(%s %.4f, loss at the best scale %.4f)", fit.features, fit.seconds, fit.C, metric,
-                     fit.validation, fit.loss)
+            log.info("n-gram part: a linear fit on %d distinct n-grams in %.1fs, C=%g and scaling %s chosen on "
+                     "validation (%s %.4f, loss at the best scale %.4f)", fit.features, fit.seconds, fit.C, fit.scaling,
+                     metric, fit.validation, fit.loss)
 
 
 def _recorder(out_dir: Path | None, config: RunConfig, checkpoint: Checkpoint | None, world: World) -> Recorder:
