@@ -82,22 +82,24 @@ def fit_ngrams(model: TextClassifier, train: TokenizedSplit, validation: Tokeniz
     counts = term_matrix(part, train, batch_size, weighted=False)
     seen = np.unique(counts.indices)  # the n-grams the train split holds
     # the part's own weighting (NgramLogits.terms), computed from the counts in hand rather than a second pass
-    tfidf = TfidfTransformer(sublinear_tf=True).fit(counts[:, seen])
+    counts = counts[:, seen]
+    tfidf = TfidfTransformer(sublinear_tf=True).fit(counts)
     idf = np.zeros(part.table.num_embeddings)
     idf[seen] = tfidf.idf_
     part.idf.copy_(torch.from_numpy(idf))
-    x_train = tfidf.transform(counts[:, seen])
+    x_train = tfidf.transform(counts)
     x_val = term_matrix(part, validation, batch_size)[:, seen]
-    targets = train.labels
-    if model.config.task == "regression":
+    task, outputs, targets = model.config.task, model.config.num_outputs, train.labels
+    if task == "regression":
         targets = model.task.standardise(torch.as_tensor(targets, dtype=torch.float64)).numpy()
-    present = (counts[:, seen] > 0).astype(np.float64)
-    scalings = SCALINGS[:1] if model.config.task == "regression" else SCALINGS  # NB needs classes
+    scalings = SCALINGS[:1] if task == "regression" else SCALINGS  # NB needs classes
+    ratios = None if task == "regression" else log_count_ratios((counts > 0).astype(np.float64),
+                                                                  _positives(task, targets, outputs))
     fits = []  # (scaled validation loss, strength, scaling, weights, validation logits)
     for scaling in scalings:
         for strength in STRENGTHS:
-            weights = _solve(model.config.task, x_train, targets, strength, class_weights, model.config.num_outputs,
-                             present if scaling == "nb" else None)
+            weights = _solve(task, x_train, targets, strength, class_weights, outputs,
+                             ratios if scaling == "nb" else None)
             logits = x_val @ weights.T
             fits.append((scaled_loss(model, logits, validation.labels), strength, scaling, weights, logits))
     lowest = min(loss for loss, *_ in fits)
@@ -133,19 +135,28 @@ def term_matrix(part: NgramLogits, tokens: TokenizedSplit, batch_size: int = 512
     return matrix
 
 
-def log_count_ratios(present: sp.csr_matrix, positive: np.ndarray) -> np.ndarray:
-    """Each feature's log-count ratio between the ``positive`` rows and the rest (NBSVM's ``r``, smoothed by 1)."""
-    inside = 1 + np.asarray(present[positive].sum(axis=0)).ravel()
-    outside = 1 + np.asarray(present[~positive].sum(axis=0)).ravel()
-    return np.log(inside / inside.sum()) - np.log(outside / outside.sum())
+def log_count_ratios(present: sp.csr_matrix, positives: np.ndarray) -> np.ndarray:
+    """Each feature's log-count ratio ``(outputs, features)`` between each output's positive rows
+    (``positives``, ``(outputs, rows)`` bool) and the rest: NBSVM's ``r``, smoothed by 1."""
+    held = np.asarray(present.T @ positives.T.astype(np.float64)).T  # how many of each output's rows hold each
+    inside, outside = 1 + held, 1 + np.asarray(present.sum(axis=0)).ravel() - held
+    return np.log(inside / inside.sum(axis=1, keepdims=True)) - np.log(outside / outside.sum(axis=1, keepdims=True))
+
+
+def _positives(task: str, targets: np.ndarray, outputs: int) -> np.ndarray:
+    """``(outputs, rows)``: the rows of each class (single-label) or holding each label (multi-label)."""
+    if task == "multi_label":
+        return np.asarray(targets).T == 1
+    return np.arange(outputs)[:, None] == np.asarray(targets)[None, :]
 
 
 def _solve(task: str, x: sp.csr_matrix, targets: np.ndarray, strength: float, class_weights: str | None,
-           outputs: int, present: sp.csr_matrix | None = None) -> np.ndarray:
+           outputs: int, ratios: np.ndarray | None = None) -> np.ndarray:
     """The L2-regularised linear fit's weights ``(outputs, features)``, without intercept (the part has none).
 
-    With ``present`` (which features each row holds), each output is fitted one against the rest on the features
-    scaled by its log-count ratios, as NB-LR does (Wang and Manning, 2012), and the scale folds into its weights.
+    With ``ratios`` (each output's log-count ratios, :func:`log_count_ratios`), each output is fitted one against
+    the rest on the features scaled by its ratios, as NB-LR does (Wang and Manning, 2012), and the scale folds
+    into its weights.
     """
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression, Ridge
@@ -155,12 +166,11 @@ def _solve(task: str, x: sp.csr_matrix, targets: np.ndarray, strength: float, cl
         return LogisticRegression(C=strength, fit_intercept=False, solver=solver, max_iter=1000,
                                   class_weight=class_weights).fit(features, y)
 
-    def binary(positive: np.ndarray) -> np.ndarray:
-        """One weight vector: positive rows against the rest (NB-scaled with ``present``)."""
-        if present is None:
+    def binary(positive: np.ndarray, output: int) -> np.ndarray:
+        """One weight vector: positive rows against the rest (NB-scaled by ``output``'s ratios, if given)."""
+        if ratios is None:
             return logistic(x, positive.astype(int)).coef_[0]
-        ratios = log_count_ratios(present, positive)
-        return logistic(x.multiply(ratios).tocsr(), positive.astype(int)).coef_[0] * ratios
+        return logistic(x.multiply(ratios[output]).tocsr(), positive.astype(int)).coef_[0] * ratios[output]
 
     weights = np.zeros((outputs, x.shape[1]))
     with warnings.catch_warnings():  # a strength past the data's separable point converges slowly, not wrongly
@@ -171,16 +181,16 @@ def _solve(task: str, x: sp.csr_matrix, targets: np.ndarray, strength: float, cl
             for label in range(outputs):
                 y = targets[:, label] == 1
                 if 0 < y.sum() < len(y):  # a label always (or never) present has nothing to fit
-                    weights[label] = binary(y)
+                    weights[label] = binary(y, label)
         else:
             classes = np.unique(targets)
             if len(classes) == 2:  # one weight vector w: logits -w/2 and +w/2 give the same softmax
-                w = binary(targets == classes[1])
+                w = binary(targets == classes[1], classes[1])
                 weights[classes] = np.stack([-w / 2, w / 2])
-            elif present is None:
+            elif ratios is None:
                 weights[classes] = logistic(x, targets).coef_
             else:
-                weights[classes] = np.stack([binary(targets == c) for c in classes])
+                weights[classes] = np.stack([binary(targets == c, c) for c in classes])
     return weights
 
 
