@@ -48,9 +48,8 @@ one- or two-column 2-D array or frame, of strings; so the checks that feed numbe
 to fail, each listed there with its reason, and the data-dependent ones that
 matter for text (fit contract, pickling, classes, multi-label output, order and
 subset invariance, containers) are re-stated on texts. ``check_fit_idempotent``
-holds with a fixed ``random_state`` and a pinned tokenizer
-(``settings=["tokenizer.path=..."]``), because the tokenizers trainers may break
-frequency ties differently from run to run (see the README), which the
+holds with a fixed ``random_state`` (the tokenizer's training is repeatable too,
+:func:`~encoder_clf.data.tokenization.train_tokenizer`), which the
 ``non_deterministic`` tag reports.
 """
 
@@ -240,10 +239,7 @@ class _EncoderEstimator(BaseEstimator):
 
     def __sklearn_tags__(self):
         tags = _text_tags(super().__sklearn_tags__())
-        # The tokenizers trainers may break frequency ties differently between runs: only a pinned
-        # tokenizer (settings=["tokenizer.path=..."]) and a fixed random_state make fits repeatable.
-        pinned = any(s.startswith("tokenizer.path=") for s in self.settings or [])
-        tags.non_deterministic = self.random_state is None or not pinned
+        tags.non_deterministic = self.random_state is None  # a fixed one makes fits repeatable, tokenizer included
         return tags
 
     def run_config(self, seed: int = 0) -> RunConfig:

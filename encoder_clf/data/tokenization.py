@@ -10,8 +10,9 @@ follows the training texts (:func:`fitted_max_length`).
 
 from __future__ import annotations
 
+import itertools
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -25,10 +26,10 @@ PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
 SPECIAL_TOKENS = [PAD, UNK, CLS, SEP, MASK]  # PAD first, so its id is 0
 
 
-def _wordpiece(config: TokenizerConfig):
+def _wordpiece(config: TokenizerConfig, specials: list[str] = SPECIAL_TOKENS, vocab_size: int | None = None):
     model = models.WordPiece(unk_token=UNK, max_input_chars_per_word=100)
-    trainer = trainers.WordPieceTrainer(vocab_size=config.vocab_size, min_frequency=config.min_frequency,
-                                        special_tokens=SPECIAL_TOKENS, show_progress=False)
+    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size or config.vocab_size, min_frequency=config.min_frequency,
+                                        special_tokens=specials, show_progress=False)
     return model, trainer, pre_tokenizers.BertPreTokenizer(), decoders.WordPiece()
 
 
@@ -70,14 +71,19 @@ class TokenizerConfig:
             raise UsageError(f"tokenizer.max_length must be >= 4; got {self.max_length}")
 
 
-def train_tokenizer(texts: Iterable[str], config: TokenizerConfig) -> Tokenizer:
-    """Train the configured tokenizer model on ``texts`` and set truncation to ``config.max_length`` (if set)."""
-    model, trainer, pre_tokenizer, decoder = TOKENIZER_MODELS[config.model](config)
-    tokenizer = Tokenizer(model)
-    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=config.lowercase, strip_accents=None)
-    tokenizer.pre_tokenizer = pre_tokenizer
-    tokenizer.decoder = decoder
-    tokenizer.train_from_iterator(texts, trainer=trainer)
+def train_tokenizer(texts: Iterable[str] | Callable[[], Iterable[str]], config: TokenizerConfig) -> Tokenizer:
+    """Train the configured tokenizer model on ``texts`` and set truncation to ``config.max_length`` (if set).
+
+    ``texts`` may be a function that gives them afresh: WordPiece reads them twice (:func:`_continuing_pieces`), and
+    a one-shot iterator is kept in memory for that, where a stream is read again.
+    """
+    if not callable(texts):
+        kept = list(texts) if iter(texts) is texts else texts
+        texts = lambda: kept  # noqa: E731
+    parts = TOKENIZER_MODELS[config.model](config)
+    if config.model == "wordpiece":
+        parts = _wordpiece(config, SPECIAL_TOKENS + _continuing_pieces(texts(), config))
+    tokenizer = _trained(texts(), config, *parts)
     tokenizer = _canonical_ids(tokenizer)
     cls_id, sep_id = tokenizer.token_to_id(CLS), tokenizer.token_to_id(SEP)
     tokenizer.post_processor = processors.TemplateProcessing(
@@ -87,6 +93,29 @@ def train_tokenizer(texts: Iterable[str], config: TokenizerConfig) -> Tokenizer:
     if config.max_length is not None:
         tokenizer.enable_truncation(config.max_length)
     return tokenizer
+
+
+def _trained(texts: Iterable[str], config: TokenizerConfig, model, trainer, pre_tokenizer, decoder) -> Tokenizer:
+    tokenizer = Tokenizer(model)
+    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=config.lowercase, strip_accents=None)
+    tokenizer.pre_tokenizer = pre_tokenizer
+    tokenizer.decoder = decoder
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    return tokenizer
+
+
+def _continuing_pieces(texts: Iterable[str], config: TokenizerConfig) -> list[str]:
+    """The one-character continuing pieces (``##e``) that WordPiece training makes of ``texts``, sorted.
+
+    The trainer numbers these pieces in the order of a hash map that changes from one process to the next, and
+    breaks ties between equally frequent merges by those numbers, so the same texts gave another vocabulary at
+    every run (``tokenizers`` issue 1794; SST-2 and GoEmotions alike). Found by a training that stops before
+    its first merge, and passed to the real one ahead of its alphabet (as special tokens, which
+    :func:`_canonical_ids` turns back into plain ones), they are numbered in this fixed order.
+    """
+    probe = _trained(texts, config, *_wordpiece(config, vocab_size=1))
+    prefix = probe.model.continuing_subword_prefix
+    return sorted(piece for piece in probe.get_vocab() if piece.startswith(prefix) and len(piece) == len(prefix) + 1)
 
 
 def cut_length(tokenizer: Tokenizer) -> int | None:
@@ -130,12 +159,37 @@ def fitted_max_length(tokenizer: Tokenizer, texts: Sequence[str | tuple[str, str
                                                f"fit in {needed} tokens; {how}")
 
 
+SCORE_DECIMALS = 6  # of a Unigram piece's log-probability: runs differ around the 14th
+FALLBACK_STEP = 1e-4  # between the scores the Unigram trainer gives the characters it keeps without one of their own
+
+
+def _settled_fallbacks(scores: dict[str, float]) -> dict[str, float]:
+    """Unigram scores with the fallback characters' scores dealt in the characters' order.
+
+    The trainer keeps every character of the texts; those its pieces lack get the lowest score, the lowest plus
+    :data:`FALLBACK_STEP`, plus twice that... in the order of a hash set, which changes from run to run. They are
+    the one-character pieces on that ladder from the lowest score up; the same scores go back to them sorted.
+    """
+    learned = {piece: score for piece, score in scores.items() if piece not in SPECIAL_TOKENS}
+    if not learned:
+        return scores
+    lowest = min(learned.values())
+    rungs = {piece: (score - lowest) / FALLBACK_STEP for piece, score in learned.items() if len(piece) == 1}
+    rungs = {piece: round(rung) for piece, rung in rungs.items() if abs(rung - round(rung)) < 0.05}
+    top = next(rung for rung in itertools.count() if rung not in set(rungs.values()))  # the ladder is unbroken
+    ladder = sorted(piece for piece, rung in rungs.items() if rung < top)
+    return {**scores, **dict(zip(ladder, sorted(scores[piece] for piece in ladder)))}
+
+
 def _canonical_ids(tokenizer: Tokenizer) -> Tokenizer:
     """Renumber the learned vocabulary in a fixed order, special tokens first.
 
-    The trainers learn the same tokens on every run but number them in an order
-    that varies between runs (hash-map iteration), which would make two runs with
-    the same seed train different models.
+    The trainers number the tokens they learn in an order that varies between
+    runs (hash-map iteration), and the Unigram trainer's log-probabilities vary in
+    their last digits (sums in another order), which would make two runs with the
+    same seed train different models. The log-probabilities are rounded to
+    :data:`SCORE_DECIMALS` for the same reason. Only our special tokens stay
+    special (the WordPiece trainer was given its one-character pieces as such).
     """
     data = json.loads(tokenizer.to_str())
     vocab = data["model"]["vocab"]
@@ -144,11 +198,12 @@ def _canonical_ids(tokenizer: Tokenizer) -> Tokenizer:
         rest = sorted(t for t in vocab if t not in SPECIAL_TOKENS)
         data["model"]["vocab"] = {token: i for i, token in enumerate(specials + rest)}
     else:  # Unigram: [piece, log-probability] pairs; most probable first, ties by text
-        scores = dict(map(tuple, vocab))
+        scores = _settled_fallbacks({piece: round(score, SCORE_DECIMALS) for piece, score in vocab})
         rest = sorted((p for p in scores if p not in SPECIAL_TOKENS), key=lambda p: (-scores[p], p))
         data["model"]["vocab"] = [[p, scores[p]] for p in specials + rest]
         data["model"]["unk_id"] = specials.index(UNK)
-    for added in data.get("added_tokens", []):
+    data["added_tokens"] = [added for added in data.get("added_tokens", []) if added["content"] in SPECIAL_TOKENS]
+    for added in data["added_tokens"]:
         added["id"] = specials.index(added["content"])
     return Tokenizer.from_str(json.dumps(data))
 

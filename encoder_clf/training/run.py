@@ -287,8 +287,8 @@ def _with_metric(train: TrainConfig, task: str) -> TrainConfig:
 def _trained_once(train_texts: Callable[[], Iterable[str]], config: TokenizerConfig, world: World) -> Tokenizer:
     """A tokenizer trained on rank 0 and sent to the others: every rank must number the vocabulary alike."""
     if world.size == 1:
-        return train_tokenizer(train_texts(), config)
-    text = broadcast_text(train_tokenizer(train_texts(), config).to_str() if world.main else "", world)
+        return train_tokenizer(train_texts, config)
+    text = broadcast_text(train_tokenizer(train_texts, config).to_str() if world.main else "", world)
     return Tokenizer.from_str(text)  # truncation travels in the JSON
 
 
