@@ -174,6 +174,28 @@ def test_c_is_shortlisted_by_the_scaled_validation_loss_and_picked_by_the_metric
     assert fits[int(np.argmax(accuracies))] != fits[chosen]
 
 
+def test_the_fits_side_by_side_give_the_table_of_one_at_a_time(toy_tokenizer, tiny_model):
+    """The grid's fits run in threads, as many as torch's: several labels, both scalings and every C on one thread
+    and on three choose the same fit and fill the same table, bit for bit."""
+    rng = np.random.default_rng(0)
+    rows = [(text, [label, int(rng.integers(2)), 1 - label]) for text, label in toy_rows(240, 0)]
+    train_tokens = _tokens(toy_tokenizer, rows[:180])
+    validation = _tokens(toy_tokenizer, rows[180:])
+    tables, fits = [], []
+    threads = torch.get_num_threads()
+    try:
+        for count in (1, 3):
+            torch.set_num_threads(count)
+            model = tiny_model(vocab_size=toy_tokenizer.get_vocab_size(), ngram_buckets=64, labels=["a", "b", "c"],
+                               task="multi_label")
+            fits.append(fit_ngrams(model, train_tokens, validation, "macro_f1"))
+            tables.append(model.head.parts["ngrams"].table.weight.detach().clone())
+    finally:
+        torch.set_num_threads(threads)
+    assert (fits[0].C, fits[0].scaling, fits[0].validation) == (fits[1].C, fits[1].scaling, fits[1].validation)
+    assert tables[0].any() and torch.equal(tables[0], tables[1])
+
+
 def _plan(per_epoch: int, **settings) -> Plan:
     return Plan.of(TrainBatches(lambda epoch: iter(()), per_epoch, "key", "toy"), TrainConfig(**settings), SOLO)
 

@@ -38,11 +38,13 @@ from __future__ import annotations
 
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
 import torch
+from threadpoolctl import threadpool_limits
 
 from ..data.batching import bucket_batches
 from ..data.tokenized import TokenizedSplit
@@ -75,6 +77,7 @@ def fit_ngrams(model: TextClassifier, train: TokenizedSplit, validation: Tokeniz
 
     N-grams the train split never holds get idf 0: as in a vocabulary's TF-IDF, they are left out of the sum.
     """
+    from sklearn.exceptions import ConvergenceWarning
     from sklearn.feature_extraction.text import TfidfTransformer
 
     start = time.perf_counter()
@@ -95,13 +98,25 @@ def fit_ngrams(model: TextClassifier, train: TokenizedSplit, validation: Tokeniz
     scalings = SCALINGS[:1] if task == "regression" else SCALINGS  # NB needs classes
     ratios = None if task == "regression" else log_count_ratios((counts > 0).astype(np.float64),
                                                                   _positives(task, targets, outputs))
+    grid = [(scaling, strength) for scaling in scalings for strength in STRENGTHS]
+
+    def solved(choice: tuple[str, float]) -> np.ndarray:
+        scaling, strength = choice
+        return _solve(task, x_train, targets, strength, class_weights, outputs, ratios if scaling == "nb" else None)
+
+    # The grid's fits run side by side, one core each: the solvers release the GIL, and their vector products,
+    # which OpenBLAS would spread over every core for no gain (GoEmotions: the same 17 s a fit on 1 thread or 2),
+    # keep to one thread. (The warning filter is set here, once: warnings' filters are the process's, and a
+    # catch_warnings in each thread would race.)
+    workers = max(1, min(len(grid), torch.get_num_threads()))
+    with warnings.catch_warnings(), threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(workers) as pool:
+        # a strength past the data's separable point converges slowly, not wrongly
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        solutions = list(pool.map(solved, grid))
     fits = []  # (scaled validation loss, strength, scaling, weights, validation logits)
-    for scaling in scalings:
-        for strength in STRENGTHS:
-            weights = _solve(task, x_train, targets, strength, class_weights, outputs,
-                             ratios if scaling == "nb" else None)
-            logits = x_val @ weights.T
-            fits.append((scaled_loss(model, logits, validation.labels), strength, scaling, weights, logits))
+    for (scaling, strength), weights in zip(grid, solutions):
+        logits = x_val @ weights.T
+        fits.append((scaled_loss(model, logits, validation.labels), strength, scaling, weights, logits))
     lowest = min(loss for loss, *_ in fits)
     shortlist = [(selection_score(model, logits, validation.labels, metric), loss, strength, scaling, weights)
                  for loss, strength, scaling, weights, logits in fits if loss <= lowest * (1 + LOSS_SHORTLIST)]
@@ -158,7 +173,6 @@ def _solve(task: str, x: sp.csr_matrix, targets: np.ndarray, strength: float, cl
     the rest on the features scaled by its ratios, as NB-LR does (Wang and Manning, 2012), and the scale folds
     into its weights.
     """
-    from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression, Ridge
 
     def logistic(features: sp.csr_matrix, y: np.ndarray) -> LogisticRegression:
@@ -173,24 +187,22 @@ def _solve(task: str, x: sp.csr_matrix, targets: np.ndarray, strength: float, cl
         return logistic(x.multiply(ratios[output]).tocsr(), positive.astype(int)).coef_[0] * ratios[output]
 
     weights = np.zeros((outputs, x.shape[1]))
-    with warnings.catch_warnings():  # a strength past the data's separable point converges slowly, not wrongly
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        if task == "regression":
-            weights[0] = Ridge(alpha=1 / strength, fit_intercept=False).fit(x, targets).coef_
-        elif task == "multi_label":
-            for label in range(outputs):
-                y = targets[:, label] == 1
-                if 0 < y.sum() < len(y):  # a label always (or never) present has nothing to fit
-                    weights[label] = binary(y, label)
+    if task == "regression":
+        weights[0] = Ridge(alpha=1 / strength, fit_intercept=False).fit(x, targets).coef_
+    elif task == "multi_label":
+        for label in range(outputs):
+            y = targets[:, label] == 1
+            if 0 < y.sum() < len(y):  # a label always (or never) present has nothing to fit
+                weights[label] = binary(y, label)
+    else:
+        classes = np.unique(targets)
+        if len(classes) == 2:  # one weight vector w: logits -w/2 and +w/2 give the same softmax
+            w = binary(targets == classes[1], classes[1])
+            weights[classes] = np.stack([-w / 2, w / 2])
+        elif ratios is None:
+            weights[classes] = logistic(x, targets).coef_
         else:
-            classes = np.unique(targets)
-            if len(classes) == 2:  # one weight vector w: logits -w/2 and +w/2 give the same softmax
-                w = binary(targets == classes[1], classes[1])
-                weights[classes] = np.stack([-w / 2, w / 2])
-            elif ratios is None:
-                weights[classes] = logistic(x, targets).coef_
-            else:
-                weights[classes] = np.stack([binary(targets == c, c) for c in classes])
+            weights[classes] = np.stack([binary(targets == c, c) for c in classes])
     return weights
 
 
