@@ -80,9 +80,8 @@ def train_tokenizer(texts: Iterable[str] | Callable[[], Iterable[str]], config: 
     if not callable(texts):
         kept = list(texts) if iter(texts) is texts else texts
         texts = lambda: kept  # noqa: E731
-    parts = TOKENIZER_MODELS[config.model](config)
-    if config.model == "wordpiece":
-        parts = _wordpiece(config, SPECIAL_TOKENS + _continuing_pieces(texts(), config))
+    parts = (_wordpiece(config, SPECIAL_TOKENS + _continuing_pieces(texts(), config)) if config.model == "wordpiece"
+             else TOKENIZER_MODELS[config.model](config))
     tokenizer = _trained(texts(), config, *parts)
     tokenizer = _canonical_ids(tokenizer)
     cls_id, sep_id = tokenizer.token_to_id(CLS), tokenizer.token_to_id(SEP)
@@ -176,7 +175,8 @@ def _settled_fallbacks(scores: dict[str, float]) -> dict[str, float]:
     lowest = min(learned.values())
     rungs = {piece: (score - lowest) / FALLBACK_STEP for piece, score in learned.items() if len(piece) == 1}
     rungs = {piece: round(rung) for piece, rung in rungs.items() if abs(rung - round(rung)) < 0.05}
-    top = next(rung for rung in itertools.count() if rung not in set(rungs.values()))  # the ladder is unbroken
+    taken = set(rungs.values())
+    top = next(rung for rung in itertools.count() if rung not in taken)  # the ladder is unbroken up to here
     ladder = sorted(piece for piece, rung in rungs.items() if rung < top)
     return {**scores, **dict(zip(ladder, sorted(scores[piece] for piece in ladder)))}
 
