@@ -431,7 +431,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="a data file, a directory of splits, or a .txt file")
     p.add_argument("--out", required=True, help="FILE.npy (the matrix) or FILE.parquet (text + embedding)")
     p.add_argument("--split", default="train", help="which split of a directory (default train)")
-    p.add_argument("--text-column", help="the column holding the texts (default: detected by name)")
+    p.add_argument("--text-column",
+                   help="the column holding the texts (default: detected by name, else the one column of free text)")
     p.add_argument("--pooling", choices=FEATURE_POOLINGS,
                    help="default: the model's own (a classifier's pooling; the checkpoint's recommended one)")
     p.add_argument("--normalize", action="store_true", help="scale each vector to unit L2 norm")
@@ -449,7 +450,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = _command(commands, "evaluate", "score a saved model on a labelled split", (common,))
     p.add_argument("--data", required=True)
     p.add_argument("--split", default="test")
-    p.add_argument("--text-column", help="the column holding the texts (default: detected by name)")
+    p.add_argument("--text-column",
+                   help="the column holding the texts (default: detected by name, else the one column of free text)")
     p.add_argument("--label-column", help="the column holding the labels (default: detected by name)")
     p.add_argument("--text-columns", type=_names, metavar="FIRST,SECOND", help="the two text columns of pairs")
     p.add_argument("--label-columns", type=_names, metavar="NAME,...", help="one 0/1 column per label")

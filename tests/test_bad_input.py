@@ -259,7 +259,7 @@ def case(name: str, root: Path, model_dir: Path) -> tuple[list[str], list[str]]:
         return distill(named(), model_dir) + ["--unlabeled", str(root / "more.txt")], [
             "distill.unlabeled: data path", "more.txt does not exist"]
     if name == "distill: unlabeled file without a text column":
-        return distill(named(), model_dir) + ["--unlabeled", str(write(root / "more.csv", "words\nhi there\n"))], [
+        return distill(named(), model_dir) + ["--unlabeled", str(write(root / "more.csv", "words\nhi\n"))], [
             "distill.unlabeled: ", "more.csv: no text column found among words",
             "pass --set distill.unlabeled_column=NAME"]
     predict = ["predict", "--model"]

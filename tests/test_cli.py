@@ -6,13 +6,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from encoder_clf.cli import build_parser, main
 from encoder_clf.data.splits import read_texts
 from encoder_clf.metrics import read_log, records_of
 
-from conftest import TINY, write_tsv
+from conftest import TINY, toy_rows, write_tsv
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +43,29 @@ def test_evaluate_matches_training_metrics(trained, toy_data, capsys):
                  "--precision", "fp32"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["accuracy"] == json.loads((trained / "metrics.json").read_text())["test"]["accuracy"]
+
+
+def test_columns_named_otherwise_are_found_by_train_evaluate_and_embed(tmp_path, capsys):
+    """Data as it often ships (an id, the texts in ``tweet``, the labels in ``sentiment``): every command finds
+    the text by its content and sets the id aside."""
+    data = tmp_path / "data"
+    data.mkdir()
+    for name, n, seed in [("train", 400, 0), ("validation", 60, 1), ("test", 60, 2)]:
+        rows = toy_rows(n, seed)
+        pd.DataFrame({"id": range(n), "tweet": [text for text, _ in rows],
+                      "sentiment": [("neg", "pos")[label] for _, label in rows]}).to_csv(data / f"{name}.csv",
+                                                                                         index=False)
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(data), "--out", str(run), "--quiet", "--precision", "fp32"]
+                + [x for s in TINY for x in ("--set", s)]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["test"]["accuracy"] > 0.9
+    capsys.readouterr()
+    assert main(["evaluate", "--model", str(run / "model"), "--data", str(data), "--json", "--precision", "fp32"]) == 0
+    assert json.loads(capsys.readouterr().out)["accuracy"] == metrics["test"]["accuracy"]
+    assert main(["embed", "--model", str(run / "model"), "--data", str(data / "test.csv"), "--out",
+                 str(tmp_path / "v.npy"), "--quiet"]) == 0
+    assert np.load(tmp_path / "v.npy").shape == (60, 16)
 
 
 def test_predict_arguments_and_json(trained, capsys):

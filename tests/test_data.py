@@ -113,11 +113,44 @@ def test_explicit_columns_win_over_detection(tmp_path):
     ids=["explicit-text", "explicit-label", "no-text", "no-label"],
 )
 def test_missing_column_lists_the_columns_found(tmp_path, config, columns, fragments):
-    table = frame(text_column=columns[0], label_column=columns[1]).assign(**{name: "web" for name in columns[2:]})
+    words = [text.split()[0] for text in TEXTS]  # one word a row: no column holds free text
+    table = frame(words, text_column=columns[0], label_column=columns[1])
+    table = table.assign(**{name: "web" for name in columns[2:]})
     file = write(tmp_path / "train.csv", table)
     with pytest.raises(UsageError) as err:
         load_splits(DataConfig(path=str(file), **config))
     assert_message(err, str(file), *fragments)
+
+
+@pytest.mark.parametrize(
+    ("columns", "task", "labels", "text"),
+    [
+        ({"id": [f"0a{i}f9" for i in range(6)], "comment_text": TEXTS, "toxic": [0, 1, 0, 1, 0, 1],
+          "insult": [0, 0, 0, 1, 0, 1]}, "multi_label", ["toxic", "insult"], TEXTS[0]),
+        ({"id": range(100, 106), "tweet": TEXTS, "sentiment": LABELS}, "single_label", ["neg", "pos"], TEXTS[0]),
+        ({"Text": TEXTS, "Label": LABELS}, "single_label", ["neg", "pos"], TEXTS[0]),
+        ({"id": range(6), "qid1": [1, 3, 5, 7, 9, 11], "question1": TEXTS, "question2": TEXTS[::-1],
+          "is_duplicate": [0, 1, 0, 1, 0, 1]}, "single_label", ["0", "1"], (TEXTS[0], TEXTS[-1])),
+        ({"Premise": TEXTS, "Hypothesis": TEXTS[::-1], "gold_label": LABELS}, "single_label", ["neg", "pos"],
+         (TEXTS[0], TEXTS[-1])),
+    ],
+    ids=["ids-free-text-and-0/1-columns", "ids-free-text-and-a-label", "capitalised", "question-pairs", "nli"],
+)
+def test_columns_are_found_as_datasets_ship_them(tmp_path, columns, task, labels, text):
+    """Text and label columns named otherwise than usual, in any case, beside an id: a free-text column is the
+    text, an id is never a label."""
+    file = write(tmp_path / "train.csv", pd.DataFrame(columns))
+    splits = load_splits(DataConfig(path=str(file), validation_fraction=0.5))
+    assert (splits.task, splits.label_names) == (task, labels)
+    assert text in splits.train.texts + splits.validation.texts
+
+
+def test_two_columns_of_free_text_are_left_to_the_user(tmp_path):
+    file = write(tmp_path / "train.csv", pd.DataFrame({"title": TEXTS, "description": TEXTS[::-1], "label": LABELS}))
+    with pytest.raises(UsageError) as err:
+        load_splits(DataConfig(path=str(file)))
+    assert_message(err, f"{file}: columns 'title' and 'description' both hold free text; pick the text with "
+                        "--set data.text_column=NAME (or --set data.text_columns=FIRST,SECOND for a sentence pair)")
 
 
 def test_the_one_column_beside_the_text_holds_the_labels_whatever_its_name(tmp_path):

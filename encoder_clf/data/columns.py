@@ -4,10 +4,12 @@ One owner for all the paths that read rows (a split in memory, a streamed
 train split, a split scored against a trained model), so that each rule and
 each message exists once:
 
-- Columns are detected by name; when two candidates are both present the choice
-  is left to the user, since picking one silently could train on the wrong column.
+- Columns are detected by name, in any case (``Text``, ``LABEL``); when two candidates are both present the
+  choice is left to the user, since picking one silently could train on the wrong column.
   Two text columns named like a sentence pair (``sentence1``/``sentence2``, ...)
   make each example a pair; 0/1 columns and no label column make multi-label data.
+  Without a text column by name, the one column of free text is the text (``comment_text``, ``tweet``:
+  datasets name it many ways), and a column that tells every row apart (an ``id``) is never a label.
 - A row without a label is refused, naming it (a multi-label row may have no
   labels). A row whose text is empty is dropped, with one warning counting
   them, or refused under ``data.strict``; a pair with an empty text is refused.
@@ -33,8 +35,9 @@ TEXT_COLUMNS = ("text", "sentence", "content", "review", "document", "body")
 # Sentence-pair datasets name their two texts like this (GLUE, SNLI, SICK, QA relevance sets, ...).
 PAIR_COLUMNS = (("sentence1", "sentence2"), ("sentence_A", "sentence_B"), ("premise", "hypothesis"),
                 ("question", "sentence"), ("question", "answer"), ("query", "passage"), ("text_a", "text_b"),
-                ("text", "text_pair"))
-LABEL_COLUMNS = ("label", "labels", "target", "class", "category", "y", "score", "rating")
+                ("text", "text_pair"), ("question1", "question2"))
+LABEL_COLUMNS = ("label", "labels", "target", "class", "category", "y", "score", "rating", "gold_label",
+                 "is_duplicate")
 # How the user of each entry point names a column or a split, for the fix an error message suggests:
 # train and pretrain take settings, evaluate and embed take flags.
 SETTING_HINTS = {"text": "--set data.text_column=NAME", "label": "--set data.label_column=NAME",
@@ -44,34 +47,70 @@ FLAG_HINTS = {"text": "--text-column NAME", "label": "--label-column NAME", "spl
               "texts": "--text-columns FIRST,SECOND", "labels": "--label-columns NAME,NAME,..."}
 
 
+FREE_TEXT_SAMPLE = 1000  # rows read to tell a column of free text from an id or a label column
+
+
+def named(columns: Sequence[str], candidates: Sequence[str]) -> list[str]:
+    """The columns named like ``candidates``, in any case, in the candidates' order."""
+    return [name for candidate in candidates for name in columns if name.lower() == candidate.lower()]
+
+
+def free_text_columns(table, columns: Sequence[str]) -> list[str]:
+    """Those of ``columns`` that hold free text in the first rows of ``table``: strings, most of several words
+    (an id or a code is one), and most of them distinct (a label column repeats its few values)."""
+    sample = table[:FREE_TEXT_SAMPLE]
+    found = []
+    for name in columns:
+        texts = [value for value in sample[name] if isinstance(value, str) and value.strip()]
+        if texts and 2 * sum(len(text.split()) > 1 for text in texts) >= len(sample[name]) \
+                and 2 * len(set(texts)) >= len(texts):
+            found.append(name)
+    return found
+
+
 def pick_column(columns: Sequence[str], requested: str | None, kind: str, where: str,
-                hints: dict[str, str] = SETTING_HINTS) -> str:
-    """The ``kind`` (``text`` or ``label``) column: the requested one, else the one candidate name present."""
+                hints: dict[str, str] = SETTING_HINTS, table=None) -> str:
+    """The ``kind`` (``text`` or ``label``) column: the requested one, else the one candidate name present,
+    else (a text, with the rows of ``table`` at hand) the one column of free text."""
     if requested is not None:
         if requested not in columns:
             raise UsageError(f"{where}: no {kind} column {requested!r}; columns found: {', '.join(columns)}; "
                              f"pass {hints[kind]}")
         return requested
-    present = [name for name in (TEXT_COLUMNS if kind == "text" else LABEL_COLUMNS) if name in columns]
+    present = named(columns, TEXT_COLUMNS if kind == "text" else LABEL_COLUMNS)
     if len(present) > 1:
         raise UsageError(f"{where}: columns {present[0]!r} and {present[1]!r} could both be the {kind} column; "
                          f"pick one with {hints[kind]}")
     if present:
         return present[0]
     pair = f" (or {hints['texts']} for a sentence pair)" if kind == "text" and "texts" in hints else ""
+    free = free_text_columns(table, [name for name in columns if not named([name], LABEL_COLUMNS)]) \
+        if kind == "text" and table is not None else []
+    if len(free) == 1:
+        log.info("%s: text column %r (the one column of free text; name another with %s)", where, free[0],
+                 hints["text"])
+        return free[0]
+    if free:
+        raise UsageError(f"{where}: columns {free[0]!r} and {free[1]!r} both hold free text; pick the text with "
+                         f"{hints['text']}{pair}")
     raise UsageError(f"{where}: no {kind} column found among {', '.join(columns)}; pass {hints[kind]}{pair}")
 
 
 def known_pair(columns: Sequence[str]) -> tuple[str, str] | None:
-    """The first pair of :data:`PAIR_COLUMNS` that ``columns`` hold, else None."""
-    return next((pair for pair in PAIR_COLUMNS if all(name in columns for name in pair)), None)
+    """The columns of the first pair of :data:`PAIR_COLUMNS` that ``columns`` hold (in any case), else None."""
+    for first, second in PAIR_COLUMNS:
+        found = named(columns, [first]), named(columns, [second])
+        if all(found):
+            return found[0][0], found[1][0]
+    return None
 
 
 def pick_texts(columns: Sequence[str], requested: list[str] | None, single: str | None, where: str,
-               hints: dict[str, str] = SETTING_HINTS, pairs: bool | None = None) -> tuple[str, ...]:
+               hints: dict[str, str] = SETTING_HINTS, pairs: bool | None = None, table=None) -> tuple[str, ...]:
     """The text column, or the two of a sentence pair: as requested, else a known pair of names, else one text.
 
-    ``pairs`` True or False asks for two texts or one (a trained model's inputs); None detects.
+    ``pairs`` True or False asks for two texts or one (a trained model's inputs); None detects. ``table``: the
+    rows, where they are at hand, to find a text column that no usual name gives (:func:`pick_column`).
     """
     if requested:
         if len(requested) > 2:
@@ -81,13 +120,13 @@ def pick_texts(columns: Sequence[str], requested: list[str] | None, single: str 
             pick_column(columns, name, "text", where, {**hints, "text": hints["texts"]})
         found = tuple(requested)
     elif single is not None or pairs is False:
-        found = (pick_column(columns, single, "text", where, hints),)
+        found = (pick_column(columns, single, "text", where, hints, table),)
     else:
         found = known_pair(columns)
         if found is None and pairs:
             raise UsageError(f"{where}: the model takes sentence pairs, and no pair of text columns was found among "
                              f"{', '.join(columns)}; pass {hints['texts']}")
-        found = found or (pick_column(columns, None, "text", where, hints),)
+        found = found or (pick_column(columns, None, "text", where, hints, table),)
     if pairs is not None and pairs != (len(found) == 2):
         raise UsageError(f"{where}: the model takes {'two texts' if pairs else 'one text'} per example, and "
                          f"{'one' if pairs else 'two'} text column{'s' * (not pairs)} ({', '.join(found)}) "
@@ -114,19 +153,23 @@ class Columns:
 
         Without a label column by name, a ``table`` whose other columns (two or more) all hold only 0 and 1
         is multi-label data with one indicator column per label, in the file's order; a table with one
-        column besides its text has its labels there (``sentiment``, ``intent``: any name), unless that column
-        tells every row apart (an ``id``).
+        column besides its text has its labels there (``sentiment``, ``intent``: any name). A column that
+        tells every row apart (an ``id``) is set aside first: it is never a label.
         """
-        texts = pick_texts(columns, config.text_columns, config.text_column, where, hints, pairs)
+        texts = pick_texts(columns, config.text_columns, config.text_column, where, hints, pairs, table)
         if config.label_columns:
             for name in config.label_columns:
                 pick_column(columns, name, "label", where, {**hints, "label": hints["labels"]})
             return cls(texts, None, tuple(config.label_columns))
-        if config.label_column is None and table is not None and not any(n in columns for n in LABEL_COLUMNS):
-            rest = [name for name in columns if name not in texts]
-            if len(rest) == 1 and not _identifies_rows(table[rest[0]]):
+        if config.label_column is None and table is not None and not named(columns, LABEL_COLUMNS):
+            others = {name: table[name] for name in columns if name not in texts}
+            zero_one = [name for name, column in others.items() if _zero_one(column)]
+            rest = [name for name, column in others.items() if not _identifies_rows(column) or _mostly_zero_one(column)]
+            if len(rest) < len(others):
+                log.info("%s: set aside as ids (another value on every row), not labels: %s", where,
+                         ", ".join(repr(name) for name in others if name not in rest))
+            if len(rest) == 1:
                 return cls(texts, rest[0], (), _class_names(features, rest[0]))
-            zero_one = [name for name in rest if _zero_one(table[name])]
             if len(rest) >= 2 and zero_one == rest:
                 return cls(texts, None, tuple(rest))
             if len(rest) >= 2 and zero_one:
@@ -188,6 +231,12 @@ def _identifies_rows(values: Sequence) -> bool:
     one per row (a float target such as 3.7 may well be distinct on every row)."""
     fractional = any(isinstance(v, float) and not v.is_integer() for v in values)
     return len(values) > 1 and not fractional and len(set(values)) == len(values)
+
+
+def _mostly_zero_one(values: Sequence) -> bool:
+    """Whether most of a column's values are 0 or 1, as text or numbers: an indicator with a stray value, not an id
+    (which a few rows of ``0``, ``1``, ``yes`` would otherwise look like)."""
+    return 2 * sum(str(value).strip() in ("0", "1") for value in values) > len(values)
 
 
 def _zero_one(values: Sequence) -> bool:

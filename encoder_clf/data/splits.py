@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UsageError
-from .columns import FLAG_HINTS, SETTING_HINTS, TEXT_COLUMNS, Columns, known_pair, labelled_rows, pick_column
+from .columns import FLAG_HINTS, SETTING_HINTS, TEXT_COLUMNS, Columns, known_pair, labelled_rows, named, pick_column
 from .config import DataConfig
 from .sampling import per_class_rows
 from .sources import SplitSource, empty_split, find_splits, train_split
@@ -183,10 +183,10 @@ def read_texts(path: str, split: str = "train", text_column: str | None = None,
     table = source.read()
     names = table.column_names
     pair = known_pair(names)
-    if text_column is None and pair and not any(name in names for name in TEXT_COLUMNS):
+    if text_column is None and pair and not named(names, TEXT_COLUMNS):
         raise UsageError(f"{source.where}: its rows are sentence pairs ({', '.join(pair)}), and one text per row "
                          f"is read here; pass {hints['text'].replace('NAME', pair[0])} (or {pair[1]})")
-    column = pick_column(names, text_column, "text", source.where, hints)
+    column = pick_column(names, text_column, "text", source.where, hints, table)
     return [text if isinstance(text, str) else "" for text in table[column]]
 
 

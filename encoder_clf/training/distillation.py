@@ -55,7 +55,7 @@ class DistillConfig:
 
     teacher: str = ""  # a saved or exported model directory of the same task; "" = no distillation
     unlabeled: str = ""  # more texts for the teacher to label: a .txt file (one per line) or a data file's texts
-    unlabeled_column: str = ""  # the text column of a data file given as ``unlabeled`` ("" = detected by name)
+    unlabeled_column: str = ""  # the text column of a data file given as ``unlabeled`` ("" = detected)
     augment: int = 4  # augmented copies of each train text (distinct ones kept; 0 = none)
     mask_rate: float = 0.1  # per word: replaced by [MASK]
     replace_rate: float = 0.1  # per word: replaced by a word seen in the same context
