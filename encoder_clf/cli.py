@@ -194,8 +194,8 @@ def _own_fields(model_dir: str) -> tuple[str, ...]:
 
 
 def _example(line: str, pairs: bool, where: str, fields: tuple[str, ...]):
-    """One input line as a text or a pair: JSON with the model's own ``fields`` or the columns' usual names,
-    tab-separated, or plain text."""
+    """One input line as a text or a pair: JSON with the model's own ``fields`` or the columns' usual names (for
+    one text, else its one string field, as a data file's one column of free text), tab-separated, or plain text."""
     if line.lstrip().startswith("{"):
         try:
             row = json.loads(line)
@@ -206,6 +206,9 @@ def _example(line: str, pairs: bool, where: str, fields: tuple[str, ...]):
         try:
             names = pick_texts(columns, own, None, where, FLAG_HINTS, pairs)
         except UsageError:
+            strings = [name for name in columns if isinstance(row[name], str)]
+            if not pairs and len(strings) == 1:
+                return row[strings[0]]
             usual = "sentence1 and sentence2 (or text and text_pair)" if pairs else "text"
             named = f"{' and '.join(fields)}, or {usual}" if fields else usual
             raise UsageError(f"{where}: no {'pair of text fields' if pairs else 'text field'} among "

@@ -84,15 +84,16 @@ def test_a_pair_model_refuses_json_without_its_fields_naming_both_kinds_of_names
                               "name them foo and bar, or sentence1 and sentence2 (or text and text_pair)")
 
 
-def test_a_one_text_model_reads_json_lines_with_its_own_column_name(single_model, tmp_path, capsys):
-    (tmp_path / "in.jsonl").write_text('{"comment": "superb cast", "id": 7}\n{"text": "awful plot"}\n',
-                                       encoding="utf-8")
+def test_a_one_text_model_reads_json_lines_with_its_own_column_name_or_the_one_string(single_model, tmp_path,
+                                                                                     capsys):
+    (tmp_path / "in.jsonl").write_text('{"comment": "superb cast", "id": 7}\n{"text": "awful plot"}\n'
+                                       '{"id": 8, "tweet": "fine film", "stars": 4}\n', encoding="utf-8")
     results = _predict_json(single_model, capsys, "--file", str(tmp_path / "in.jsonl"))
-    assert [r["text"] for r in results] == ["superb cast", "awful plot"]
-    (tmp_path / "bad.jsonl").write_text('{"words": "superb cast"}\n', encoding="utf-8")
+    assert [r["text"] for r in results] == ["superb cast", "awful plot", "fine film"]
+    (tmp_path / "bad.jsonl").write_text('{"words": "superb cast", "source": "web"}\n', encoding="utf-8")
     assert main(["predict", "--model", str(single_model), "--file", str(tmp_path / "bad.jsonl")]) == 2
     assert _error(capsys) == (f"encoder-clf: error: --file {tmp_path / 'bad.jsonl'}, line 1: no text field among "
-                              "words; name it comment, or text")
+                              "words, source; name it comment, or text")
 
 
 # --- predict --file with a byte-order mark --------------------------------------------------------------------------
