@@ -295,6 +295,17 @@ def test_a_tsv_quoted_as_pandas_writes_it_is_read_unquoted(tmp_path):
     assert (tmp_path / "train.tsv").read_text().count('"') > 0  # the file was quoted; the texts are not
 
 
+@pytest.mark.parametrize("delimiter", [";", "\t", "|"])
+def test_a_csv_split_at_another_delimiter_is_read_by_its_header(tmp_path, delimiter):
+    """Spreadsheets write CSV with semicolons where the comma is the decimal mark; the texts keep their commas."""
+    texts = [f"{text}, I think" for text in TEXTS]
+    frame(texts).to_csv(tmp_path / "train.csv", sep=delimiter, index=False)
+    frame(texts[:2], LABELS[:2]).to_csv(tmp_path / "validation.csv", sep=delimiter, index=False)
+    splits = load_splits(DataConfig(path=str(tmp_path)))
+    assert splits.train.texts == texts and splits.validation.texts == texts[:2]
+    assert [splits.label_names[i] for i in splits.train.labels] == LABELS
+
+
 def test_only_an_empty_cell_is_missing(tmp_path):
     """pandas reads NA, None, null and nan as missing by default: here they are a class and texts."""
     file = tmp_path / "train.csv"

@@ -14,7 +14,9 @@ Only an empty cell is a missing value: pandas' default list (``NA``, ``None``,
 ``null``, ``nan``, ...) would turn the class ``NA`` (North America) or the text
 ``None`` into a missing label or an empty row. A ``.tsv`` is read without
 quoting (GLUE's files hold unmatched quotes as text) unless it is quoted the
-way ``csv`` and pandas' ``to_csv(sep="\t")`` write it (:func:`tsv_quoting`).
+way ``csv`` and pandas' ``to_csv(sep="\t")`` write it (:func:`tsv_quoting`). A ``.csv`` whose header
+has no comma but semicolons (as spreadsheets write CSV where the comma is the decimal mark), tabs or bars is
+split at those (:func:`csv_delimiter`).
 """
 
 from __future__ import annotations
@@ -189,6 +191,8 @@ def _read_file(file: Path, streaming: bool = False):
         _check_utf8(file)
     if suffix == ".tsv":
         options = {**options, "quoting": tsv_quoting(file)}
+    if suffix == ".csv" and (delimiter := csv_delimiter(file)) != ",":
+        options = {**options, "delimiter": delimiter}
     datasets.disable_progress_bars()
     datasets.config.HF_UPDATE_DOWNLOAD_COUNTS = False  # a local file: no usage ping (it stalls offline)
     quiet = logging.getLogger("datasets")  # its reader logs a failure before raising it: the one line is ours
@@ -203,6 +207,19 @@ def _read_file(file: Path, streaming: bool = False):
                          "check the file's format") from None
     finally:
         quiet.setLevel(level)
+
+
+CSV_DELIMITERS = (";", "\t", "|")  # what a .csv is split at when its header has no comma
+
+
+def csv_delimiter(file: Path) -> str:
+    """What a ``.csv`` file's fields are separated by: a comma, unless its header line has none and holds one of
+    :data:`CSV_DELIMITERS` (the first found in that order)."""
+    with file.open(encoding="utf-8", errors="replace") as handle:
+        header = handle.readline()
+    if "," in header:
+        return ","
+    return next((delimiter for delimiter in CSV_DELIMITERS if delimiter in header), ",")
 
 
 def tsv_quoting(file: Path) -> int:
