@@ -145,6 +145,18 @@ def test_columns_are_found_as_datasets_ship_them(tmp_path, columns, task, labels
     assert text in splits.train.texts + splits.validation.texts
 
 
+def test_a_label_no_training_row_has_is_named_in_a_warning(tmp_path, caplog):
+    columns = {"text": TEXTS, "joy": [1, 0, 1, 0, 0, 1], "fear": [0] * 6, "anger": [0, 1, 0, 1, 1, 0]}
+    write(tmp_path / "train.csv", pd.DataFrame(columns))
+    write(tmp_path / "validation.csv", pd.DataFrame({**columns, "fear": [1, 0, 0, 0, 0, 0]}))
+    with caplog.at_level(logging.WARNING):
+        splits = load_splits(DataConfig(path=str(tmp_path)))
+    assert splits.label_names == ["joy", "fear", "anger"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [f"{tmp_path / 'train.csv'}: no training row has label(s) 'fear': the model cannot learn "
+                        "them; add rows that have them, or leave them out"]
+
+
 def test_two_columns_of_free_text_are_left_to_the_user(tmp_path):
     file = write(tmp_path / "train.csv", pd.DataFrame({"title": TEXTS, "description": TEXTS[::-1], "label": LABELS}))
     with pytest.raises(UsageError) as err:

@@ -119,7 +119,18 @@ def load_splits(config: DataConfig, seed: int = 0) -> Splits:
     test = read_rows(sources["test"], config, like=train).labelled(target) if "test" in sources else None
     if config.per_class:
         labelled = sampled(labelled, target.names, train.task, config.per_class, seed)
+    if train.task == "multi_label":
+        _warn_unseen_labels(labelled, target.names)
     return Splits(labelled, validation, test, target.names, train.task, len(train.columns.texts) == 2)
+
+
+def _warn_unseen_labels(train: Split, names: list[str]) -> None:
+    """Warn of the labels that no training row has (a 0/1 column of zeros, a name only ``data.labels`` gives):
+    the model cannot learn them, and they weigh on macro-F1 as zeros wherever they occur."""
+    unseen = [name for name, count in zip(names, train.labels.sum(axis=0)) if count == 0]
+    if unseen:
+        log.warning("%s: no training row has label(s) %s: the model cannot learn them; add rows that have them, "
+                    "or leave them out", train.source, ", ".join(map(repr, unseen)))
 
 
 def sampled(train: Split, names: list[str], task: str, k: int, seed: int) -> Split:
