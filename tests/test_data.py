@@ -145,6 +145,14 @@ def test_columns_are_found_as_datasets_ship_them(tmp_path, columns, task, labels
     assert text in splits.train.texts + splits.validation.texts
 
 
+@pytest.mark.parametrize("suffix", [".parquet", ".jsonl"])
+def test_a_list_column_of_any_name_holds_multi_label_names(tmp_path, suffix):
+    tags = [["joy"], [], ["joy", "anger"], ["anger"], ["joy"], ["anger"]]
+    file = write(tmp_path / f"train{suffix}", pd.DataFrame({"id": range(6), "text": TEXTS, "tags": tags}))
+    splits = load_splits(DataConfig(path=str(file), validation_fraction=0.5))
+    assert (splits.task, splits.label_names) == ("multi_label", ["anger", "joy"])
+
+
 def test_a_label_no_training_row_has_is_named_in_a_warning(tmp_path, caplog):
     columns = {"text": TEXTS, "joy": [1, 0, 1, 0, 0, 1], "fear": [0] * 6, "anger": [0, 1, 0, 1, 1, 0]}
     write(tmp_path / "train.csv", pd.DataFrame(columns))

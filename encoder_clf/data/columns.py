@@ -229,6 +229,8 @@ def _class_names(features, label: str) -> list[str] | None:
 def _identifies_rows(values: Sequence) -> bool:
     """Whether a column names each row apart (an ``id``, a ``url``), unlike labels: distinct names or whole numbers,
     one per row (a float target such as 3.7 may well be distinct on every row)."""
+    if any(isinstance(v, (list, dict)) for v in values):  # lists of label names (multi-label), not ids
+        return False
     fractional = any(isinstance(v, float) and not v.is_integer() for v in values)
     return len(values) > 1 and not fractional and len(set(values)) == len(values)
 
