@@ -272,6 +272,21 @@ def test_class_names_come_from_a_classlabel_feature(tmp_path):
     assert splits.train.labels.tolist() == [0, 1, 1, 0]
 
 
+def test_a_list_of_classlabel_ids_gives_multi_label_names_in_their_order(tmp_path):
+    """A multi-label column of ``ClassLabel`` ids (the Hub's GoEmotions; ``Dataset.to_parquet`` keeps the feature):
+    the labels are the feature's names, in its order, not the ids."""
+    item = datasets.ClassLabel(names=["joy", "anger", "fear"])
+    features = datasets.Features({"text": datasets.Value("string"), "labels": datasets.Sequence(item)})
+    ids = [[0], [], [0, 1], [1], [0], [1]]
+    table = datasets.Dataset.from_dict({"text": TEXTS, "labels": ids}, features=features)
+    table.to_parquet(str(tmp_path / "t.parquet"))
+    splits = load_splits(DataConfig(path=str(tmp_path / "t.parquet"), validation_fraction=0.5))
+    assert (splits.task, splits.label_names) == ("multi_label", ["joy", "anger", "fear"])
+    by_text = dict(zip(splits.train.texts + splits.validation.texts,
+                       np.concatenate([splits.train.labels, splits.validation.labels]).tolist()))
+    assert [by_text[text] for text in TEXTS] == [[1 if i in row else 0 for i in range(3)] for row in ids]
+
+
 def test_labels_config_reorders_classlabel_names(tmp_path):
     classlabel_parquet(tmp_path, ["neg", "pos"], ["bad", "good", "great", "awful"], [0, 1, 1, 0])
     splits = load_splits(DataConfig(path=str(tmp_path), labels=["pos", "neg"]))

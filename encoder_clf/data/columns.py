@@ -214,15 +214,19 @@ class Columns:
         return zip(texts, values)
 
     def label_value(self, value: Any) -> Any:
-        """A raw label as the user names it: a ``ClassLabel`` id becomes its name."""
+        """A raw label as the user names it: a ``ClassLabel`` id becomes its name, in a list of them too (a
+        multi-label column of ``ClassLabel`` ids, as the Hub's GoEmotions has)."""
+        if isinstance(value, list):
+            return [self.label_value(item) for item in value]
         if self.class_names and isinstance(value, (int, np.integer)) and 0 <= value < len(self.class_names):
             return self.class_names[value]
         return value
 
 
 def _class_names(features, label: str) -> list[str] | None:
-    """The label column's ``ClassLabel`` names, if it has them."""
-    names = getattr((features or {}).get(label), "names", None)
+    """The label column's ``ClassLabel`` names, if it has them (or its lists' items do)."""
+    feature = (features or {}).get(label)
+    names = getattr(feature, "names", None) or getattr(getattr(feature, "feature", None), "names", None)
     return list(names) if names else None
 
 

@@ -199,7 +199,7 @@ def target_of(task: str, columns: Columns, values: Sequence, requested: list[str
         names = [name for value in values for name in label_names(value, separator)]
         if not names:
             raise UsageError(f"{where}: no row has a label in column {columns.target}; add labelled rows")
-        return MultiLabelTarget(Classes.from_values(names, requested, where), separator)
+        return MultiLabelTarget(Classes.from_values(names, requested or columns.class_names, where), separator)
     return SingleLabelTarget(Classes.from_values(values, requested or columns.class_names, where))
 
 
