@@ -287,6 +287,28 @@ def test_a_list_of_classlabel_ids_gives_multi_label_names_in_their_order(tmp_pat
     assert [by_text[text] for text in TEXTS] == [[1 if i in row else 0 for i in range(3)] for row in ids]
 
 
+def test_a_test_split_without_labels_is_not_scored(tmp_path, caplog):
+    """The Hub's GLUE test splits hold -1 for every withheld label, GLUE's own test files no label column: the run
+    goes on without a test split, saying so, and evaluating that split says there is nothing to score."""
+    classlabel_parquet(tmp_path, ["neg", "pos"], ["bad", "good", "great", "awful"], [0, 1, 1, 0])
+    features = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=["neg", "pos"])})
+    datasets.Dataset.from_dict({"text": ["fine", "poor"], "label": [-1, -1]}, features=features).to_parquet(
+        str(tmp_path / "test.parquet"))
+    with caplog.at_level(logging.WARNING):
+        splits = load_splits(DataConfig(path=str(tmp_path)))
+    assert splits.test is None and splits.label_names == ["neg", "pos"]
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [
+        f"{tmp_path / 'test.parquet'}: no labels to score (no label column, or -1 on every row: withheld, as in "
+        "GLUE's test splits); the run reports validation only"]
+    with pytest.raises(UsageError) as err:
+        read_split(str(tmp_path), "test", ["neg", "pos"])
+    assert_message(err, f"{tmp_path / 'test.parquet'}: every label in column 'label' is -1: withheld (as in GLUE's "
+                        "test splits), so there is nothing to score; evaluate another split (--split NAME)")
+    (tmp_path / "test.parquet").unlink()
+    (tmp_path / "test.tsv").write_text("index\ttext\n0\tfine\n1\tpoor\n", encoding="utf-8")
+    assert load_splits(DataConfig(path=str(tmp_path))).test is None
+
+
 def test_labels_config_reorders_classlabel_names(tmp_path):
     classlabel_parquet(tmp_path, ["neg", "pos"], ["bad", "good", "great", "awful"], [0, 1, 1, 0])
     splits = load_splits(DataConfig(path=str(tmp_path), labels=["pos", "neg"]))

@@ -185,6 +185,14 @@ class Columns:
         label = pick_column(columns, config.label_column, "label", where, hints)
         return cls(texts, label, (), _class_names(features, label))
 
+    def withheld(self, table) -> bool:
+        """Whether a split's ``table`` has no labels to score: no label column, or -1 on every row (``datasets``'
+        mark for a withheld label, as in the Hub's GLUE test splits)."""
+        names = [self.label] if self.label else list(self.indicators)
+        if any(name not in table.column_names for name in names):
+            return True
+        return bool(self.label) and len(table) > 0 and all(_is_minus_one(value) for value in table[self.label])
+
     def found_in(self, table, where: str, first: str, detected: bool = False) -> Columns:
         """These columns (found in the split ``first``) in another split's ``table``, or a one-line error naming
         the missing one. ``detected``: the indicators were detected in ``first``, and a further 0/1 column here
@@ -237,6 +245,10 @@ def _identifies_rows(values: Sequence) -> bool:
         return False
     fractional = any(isinstance(v, float) and not v.is_integer() for v in values)
     return len(values) > 1 and not fractional and len(set(values)) == len(values)
+
+
+def _is_minus_one(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) and value == -1
 
 
 def _mostly_zero_one(values: Sequence) -> bool:

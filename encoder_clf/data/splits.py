@@ -73,14 +73,17 @@ class Rows:
 
 def read_rows(source: SplitSource, config: DataConfig, hints: dict[str, str] = SETTING_HINTS,
               streamed: bool = False, like: Rows | None = None, pairs: bool | None = None,
-              task: str | None = None) -> Rows:
+              task: str | None = None, scored: bool = True) -> Rows | None:
     """Read a split whole (``streamed``: through its stream) and apply the row rules; refuse it if nothing is left.
 
     ``like``: the train split's rows, whose columns and task this split must have. Otherwise the columns are
-    detected (``pairs``: a model's inputs, if known) and the task is ``task`` or else detected.
+    detected (``pairs``: a model's inputs, if known) and the task is ``task`` or else detected. ``scored=False``:
+    a split like ``like`` whose labels are withheld (:meth:`Columns.withheld`) gives None instead of an error.
     """
     table = source.read_streamed() if streamed else source.read()
     if like is not None:
+        if not scored and like.columns.withheld(table):
+            return None
         columns = like.columns.found_in(table, source.where, like.where, detected=not config.label_columns)
         task = like.task
     else:
@@ -116,12 +119,23 @@ def load_splits(config: DataConfig, seed: int = 0) -> Splits:
         log.info("%s: no validation split given; %d of its %d rows (data.validation_fraction=%g, seed %d, stratified "
                  "by class where possible) are held out for validation", train.where, len(validation),
                  len(labelled) + len(validation), config.validation_fraction, seed)
-    test = read_rows(sources["test"], config, like=train).labelled(target) if "test" in sources else None
+    test = test_split(read_rows(sources["test"], config, like=train, scored=False), target, sources["test"].where) \
+        if "test" in sources else None
     if config.per_class:
         labelled = sampled(labelled, target.names, train.task, config.per_class, seed)
     if train.task == "multi_label":
         _warn_unseen_labels(labelled, target.names)
     return Splits(labelled, validation, test, target.names, train.task, len(train.columns.texts) == 2)
+
+
+def test_split(rows: Rows | None, target: Target, where: str) -> Split | None:
+    """The test split's examples, or None with a warning where its labels are withheld (read with ``scored=False``):
+    a run is still judged on validation, as with no test file."""
+    if rows is None:
+        log.warning("%s: no labels to score (no label column, or -1 on every row: withheld, as in GLUE's test "
+                    "splits); the run reports validation only", where)
+        return None
+    return rows.labelled(target)
 
 
 def _warn_unseen_labels(train: Split, names: list[str]) -> None:
@@ -155,6 +169,9 @@ def read_split(path: str, split: str, label_names: list[str], task: str = "singl
         if all(label in names for label in label_names):
             config = replace(config, label_columns=list(label_names))
     rows = read_rows(source, config, hints, pairs=text_pairs, task=task)
+    if rows.values and all(isinstance(value, (int, float)) and value == -1 for value in rows.values):
+        raise UsageError(f"{rows.where}: every label in column {rows.columns.label!r} is -1: withheld (as in GLUE's "
+                         f"test splits), so there is nothing to score; evaluate another split ({hints['split']})")
     return rows.labelled(model_target(task, label_names, rows.columns, rows.values, config.label_separator,
                                       rows.where))
 

@@ -25,7 +25,7 @@ from .batching import Batch, bucket_batches, collate
 from .columns import Classes, Columns, labelled_rows, pick_texts
 from .config import DataConfig
 from .sources import READERS, find_splits, train_split
-from .splits import Split, read_rows
+from .splits import Split, read_rows, test_split
 from .targets import SingleLabelTarget
 from .tokenization import cut_length, encode, pad_id
 
@@ -72,8 +72,8 @@ def stream_splits(config: DataConfig) -> StreamingSplits:
     classes = Classes.from_values(validation.values, config.labels or validation.columns.class_names, validation.where,
                                   unknown=unknown).at_least_two(validation.where, validation.columns.target)
     target = SingleLabelTarget(classes)
-    test = read_rows(sources["test"], config, streamed=True, like=validation).labelled(target) \
-        if "test" in sources else None
+    test = test_split(read_rows(sources["test"], config, streamed=True, like=validation, scored=False), target,
+                      sources["test"].where) if "test" in sources else None
     return StreamingSplits(classes, validation.labelled(target), test, train.where)
 
 
