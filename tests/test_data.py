@@ -302,11 +302,23 @@ def test_a_test_split_without_labels_is_not_scored(tmp_path, caplog):
         "GLUE's test splits); the run reports validation only"]
     with pytest.raises(UsageError) as err:
         read_split(str(tmp_path), "test", ["neg", "pos"])
-    assert_message(err, f"{tmp_path / 'test.parquet'}: every label in column 'label' is -1: withheld (as in GLUE's "
-                        "test splits), so there is nothing to score; evaluate another split (--split NAME)")
+    assert_message(err, f"{tmp_path / 'test.parquet'}: every label in column 'label' is -1, the mark of a withheld "
+                        "label (as in GLUE's test splits): there is nothing to learn from or score; label the rows, "
+                        "or pick another split (--split NAME)")
     (tmp_path / "test.parquet").unlink()
     (tmp_path / "test.tsv").write_text("index\ttext\n0\tfine\n1\tpoor\n", encoding="utf-8")
     assert load_splits(DataConfig(path=str(tmp_path))).test is None
+
+
+def test_rows_whose_classlabel_is_minus_one_are_dropped_with_a_warning(tmp_path, caplog):
+    """SNLI marks its pairs without a gold label -1: no label, not a fourth class."""
+    classlabel_parquet(tmp_path, ["neg", "pos"], ["bad", "good", "so so", "great", "awful"], [0, 1, -1, 1, 0])
+    with caplog.at_level(logging.WARNING):
+        splits = load_splits(DataConfig(path=str(tmp_path)))
+    assert splits.label_names == ["neg", "pos"] and splits.train.texts == ["bad", "good", "great", "awful"]
+    assert splits.train.labels.tolist() == [0, 1, 1, 0] and len(splits.test) == 4
+    assert f"{tmp_path / 'train.parquet'}: dropped 1 row(s) whose label is -1, a ClassLabel's mark for no label" in [
+        r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
 
 
 def test_labels_config_reorders_classlabel_names(tmp_path):

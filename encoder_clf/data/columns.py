@@ -14,7 +14,8 @@ each message exists once:
   labels). A row whose text is empty is dropped, with one warning counting
   them, or refused under ``data.strict``; a pair with an empty text is refused.
 - Labels may be strings or integers (or a ``ClassLabel`` feature's ids); they
-  become class ids in a fixed order (:class:`Classes`).
+  become class ids in a fixed order (:class:`Classes`). A ``ClassLabel`` id of -1, its mark for no label,
+  drops the row with one warning counting them; -1 on every row is a split whose labels are withheld.
 """
 
 from __future__ import annotations
@@ -272,8 +273,11 @@ def labelled_rows(rows: Iterable[tuple[tuple, Any]], where: str, columns: Column
     ``empty_label_ok``: a missing label is a valid row (a multi-label text with no labels); otherwise the error
     ends with ``empty_label_hint``, where the caller knows another reading of the column.
     """
-    dropped = 0
+    dropped = unlabelled = 0
     for row, (texts, value) in enumerate(rows, 1):
+        if columns.class_names and _is_minus_one(value):  # a ClassLabel's "no label" (SNLI's pairs without a gold one)
+            unlabelled += 1
+            continue
         value = columns.label_value(value)
         if not empty_label_ok and (value is None or (isinstance(value, float) and np.isnan(value))):
             raise UsageError(f"{where}: row {row} has no value in label column {columns.label!r}; "
@@ -293,6 +297,8 @@ def labelled_rows(rows: Iterable[tuple[tuple, Any]], where: str, columns: Column
         yield row, (texts if len(texts) == 2 else texts[0]), value
     if dropped:
         log.warning("%s: dropped %d row(s) with empty text in column %r", where, dropped, columns.texts[0])
+    if unlabelled:
+        log.warning("%s: dropped %d row(s) whose label is -1, a ClassLabel's mark for no label", where, unlabelled)
 
 
 def _check_texts(texts: tuple, names: tuple[str, ...], where: str, row: int) -> None:

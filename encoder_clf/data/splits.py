@@ -88,6 +88,10 @@ def read_rows(source: SplitSource, config: DataConfig, hints: dict[str, str] = S
         task = like.task
     else:
         columns = Columns.of(table.column_names, table.features, config, source.where, hints, table, pairs)
+    if columns.label and columns.withheld(table):
+        raise UsageError(f"{source.where}: every label in column {columns.label!r} is -1, the mark of a withheld label "
+                         f"(as in GLUE's test splits): there is nothing to learn from or score; label the rows, or "
+                         f"pick another split ({hints['split']})")
     raw = list(columns.rows(table))
     hint = ""
     if task is None:
@@ -169,9 +173,6 @@ def read_split(path: str, split: str, label_names: list[str], task: str = "singl
         if all(label in names for label in label_names):
             config = replace(config, label_columns=list(label_names))
     rows = read_rows(source, config, hints, pairs=text_pairs, task=task)
-    if rows.values and all(isinstance(value, (int, float)) and value == -1 for value in rows.values):
-        raise UsageError(f"{rows.where}: every label in column {rows.columns.label!r} is -1: withheld (as in GLUE's "
-                         f"test splits), so there is nothing to score; evaluate another split ({hints['split']})")
     return rows.labelled(model_target(task, label_names, rows.columns, rows.values, config.label_separator,
                                       rows.where))
 
