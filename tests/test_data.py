@@ -394,15 +394,26 @@ def test_only_an_empty_cell_is_missing(tmp_path):
      "data.task=single_label if ',' is part of class names"),
     ([1, 2, 3, 4, 5, 3], "the integers in label column 'label' are taken as 5 classes; set data.task=regression "
                          "if they are scores"),
+    ([1.0, 2.0, 3.0, 4.0, 5.0, 3.0], "the integers in label column 'label' are taken as 5 classes; set "
+                                     "data.task=regression if they are scores"),
     (["joy|love", "anger", "joy", "anger", "love", "joy"],
      "label 'joy|love' holds '|'; if rows have several labels joined by it, set data.label_separator=|"),
-], ids=["comma-in-a-name", "integer-ratings", "pipe-joined"])
+], ids=["comma-in-a-name", "integer-ratings", "whole-number-floats", "pipe-joined"])
 def test_a_task_the_data_could_mean_otherwise_is_stated_with_its_setting(tmp_path, caplog, labels, message):
     file = write(tmp_path / "train.csv", frame(labels=labels))
     write(tmp_path / "dev.csv", frame(labels=labels))
     with caplog.at_level(logging.INFO, logger="encoder_clf.data.targets"):
         load_splits(DataConfig(path=str(tmp_path)))
     assert f"{file}: {message}" in caplog.messages
+
+
+def test_whole_numbers_stored_as_floats_are_classes_as_scikit_learn_reads_them(tmp_path):
+    """pandas writes an integer column that had a missing value as 1.0, 0.0: classes 0 and 1, not a score."""
+    write(tmp_path / "train.csv", frame(labels=[1.0, 0.0, 1.0, 0.0, 1.0, 0.0]))
+    write(tmp_path / "dev.csv", frame(labels=[0, 1, 0, 1, 0, 1]))
+    splits = load_splits(DataConfig(path=str(tmp_path)))
+    assert (splits.task, splits.label_names) == ("single_label", ["0", "1"])
+    assert splits.train.labels.tolist() == [1, 0, 1, 0, 1, 0] and splits.validation.labels.tolist() == [0, 1] * 3
 
 
 def test_plain_labels_are_read_without_a_note(tmp_path, caplog):

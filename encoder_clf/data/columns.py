@@ -224,9 +224,13 @@ class Columns:
 
     def label_value(self, value: Any) -> Any:
         """A raw label as the user names it: a ``ClassLabel`` id becomes its name, in a list of them too (a
-        multi-label column of ``ClassLabel`` ids, as the Hub's GoEmotions has)."""
+        multi-label column of ``ClassLabel`` ids, as the Hub's GoEmotions has); a whole number stored as a float
+        (``1.0``: pandas writes an integer column that had a missing value so) becomes that integer, as
+        scikit-learn's ``type_of_target`` reads it: classes, unless ``data.task=regression``."""
         if isinstance(value, list):
             return [self.label_value(item) for item in value]
+        if isinstance(value, (float, np.floating)) and float(value).is_integer():
+            value = int(value)
         if self.class_names and isinstance(value, (int, np.integer)) and 0 <= value < len(self.class_names):
             return self.class_names[value]
         return value
