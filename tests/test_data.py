@@ -133,8 +133,11 @@ def test_missing_column_lists_the_columns_found(tmp_path, config, columns, fragm
           "is_duplicate": [0, 1, 0, 1, 0, 1]}, "single_label", ["0", "1"], (TEXTS[0], TEXTS[-1])),
         ({"Premise": TEXTS, "Hypothesis": TEXTS[::-1], "gold_label": LABELS}, "single_label", ["neg", "pos"],
          (TEXTS[0], TEXTS[-1])),
+        ({"question": TEXTS, "passage": TEXTS[::-1], "answer": [True, False] * 3}, "single_label", ["False", "True"],
+         (TEXTS[0], TEXTS[-1])),
     ],
-    ids=["ids-free-text-and-0/1-columns", "ids-free-text-and-a-label", "capitalised", "question-pairs", "nli"],
+    ids=["ids-free-text-and-0/1-columns", "ids-free-text-and-a-label", "capitalised", "question-pairs", "nli",
+         "yes/no-answers-are-labels-not-texts"],
 )
 def test_columns_are_found_as_datasets_ship_them(tmp_path, columns, task, labels, text):
     """Text and label columns named otherwise than usual, in any case, beside an id: a free-text column is the

@@ -36,7 +36,7 @@ TEXT_COLUMNS = ("text", "sentence", "content", "review", "document", "body")
 # Sentence-pair datasets name their two texts like this (GLUE, SNLI, SICK, QA relevance sets, ...).
 PAIR_COLUMNS = (("sentence1", "sentence2"), ("sentence_A", "sentence_B"), ("premise", "hypothesis"),
                 ("question", "sentence"), ("question", "answer"), ("query", "passage"), ("text_a", "text_b"),
-                ("text", "text_pair"), ("question1", "question2"))
+                ("text", "text_pair"), ("question1", "question2"), ("question", "passage"))
 LABEL_COLUMNS = ("label", "labels", "target", "class", "category", "y", "score", "rating", "gold_label",
                  "is_duplicate")
 # How the user of each entry point names a column or a split, for the fix an error message suggests:
@@ -97,13 +97,23 @@ def pick_column(columns: Sequence[str], requested: str | None, kind: str, where:
     raise UsageError(f"{where}: no {kind} column found among {', '.join(columns)}; pass {hints[kind]}{pair}")
 
 
-def known_pair(columns: Sequence[str]) -> tuple[str, str] | None:
-    """The columns of the first pair of :data:`PAIR_COLUMNS` that ``columns`` hold (in any case), else None."""
+def known_pair(columns: Sequence[str], table=None) -> tuple[str, str] | None:
+    """The columns of the first pair of :data:`PAIR_COLUMNS` that ``columns`` hold (in any case), else None.
+
+    With the rows of ``table`` at hand, both must hold text: BoolQ's ``question``/``answer`` is a question and a
+    yes/no label, not a pair."""
+    sample = table[:FREE_TEXT_SAMPLE] if table is not None else None
     for first, second in PAIR_COLUMNS:
         found = named(columns, [first]), named(columns, [second])
-        if all(found):
+        if all(found) and (sample is None or all(_holds_text(sample[names[0]]) for names in found)):
             return found[0][0], found[1][0]
     return None
+
+
+def _holds_text(values: Sequence) -> bool:
+    """Whether most of a column's values (missing ones aside) are strings."""
+    present = [value for value in values if value is not None]
+    return 2 * sum(isinstance(value, str) for value in present) >= len(present) > 0
 
 
 def pick_texts(columns: Sequence[str], requested: list[str] | None, single: str | None, where: str,
@@ -123,7 +133,7 @@ def pick_texts(columns: Sequence[str], requested: list[str] | None, single: str 
     elif single is not None or pairs is False:
         found = (pick_column(columns, single, "text", where, hints, table),)
     else:
-        found = known_pair(columns)
+        found = known_pair(columns, table)
         if found is None and pairs:
             raise UsageError(f"{where}: the model takes sentence pairs, and no pair of text columns was found among "
                              f"{', '.join(columns)}; pass {hints['texts']}")
