@@ -378,6 +378,16 @@ def test_a_csv_split_at_another_delimiter_is_read_by_its_header(tmp_path, delimi
     assert [splits.label_names[i] for i in splits.train.labels] == LABELS
 
 
+def test_spaces_after_a_csv_comma_are_not_part_of_names_or_labels(tmp_path):
+    file = tmp_path / "train.csv"
+    file.write_text("text, label\na fine film, pos\ndull and slow, neg\ngreat acting, pos\nweak plot, neg\n",
+                    encoding="utf-8")
+    splits = load_splits(DataConfig(path=str(file), validation_fraction=0.5))
+    assert splits.label_names == ["neg", "pos"]
+    assert sorted(splits.train.texts + splits.validation.texts) == ["a fine film", "dull and slow", "great acting",
+                                                                    "weak plot"]
+
+
 def test_only_an_empty_cell_is_missing(tmp_path):
     """pandas reads NA, None, null and nan as missing by default: here they are a class and texts."""
     file = tmp_path / "train.csv"

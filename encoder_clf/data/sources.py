@@ -34,7 +34,7 @@ from ..errors import UsageError
 
 TABLE = {"keep_default_na": False, "na_values": [""]}  # only an empty cell is missing
 READERS = {  # suffix -> (datasets builder, builder options)
-    ".csv": ("csv", TABLE),
+    ".csv": ("csv", {**TABLE, "skipinitialspace": True}),  # "text, label" by hand: the label column is 'label'
     ".tsv": ("csv", {**TABLE, "delimiter": "\t", "quoting": csv.QUOTE_NONE}),  # unless quoted: tsv_quoting
     ".json": ("json", {}),
     ".jsonl": ("json", {}),
