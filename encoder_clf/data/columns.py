@@ -102,11 +102,16 @@ def known_pair(columns: Sequence[str], table=None) -> tuple[str, str] | None:
 
     With the rows of ``table`` at hand, both must hold text: BoolQ's ``question``/``answer`` is a question and a
     yes/no label, not a pair."""
-    sample = table[:FREE_TEXT_SAMPLE] if table is not None else None
+    sample = None
     for first, second in PAIR_COLUMNS:
         found = named(columns, [first]), named(columns, [second])
-        if all(found) and (sample is None or all(_holds_text(sample[names[0]]) for names in found)):
-            return found[0][0], found[1][0]
+        if not all(found):
+            continue
+        if table is not None:
+            sample = sample or table[:FREE_TEXT_SAMPLE]  # read only where names match, once
+            if not all(_holds_text(sample[names[0]]) for names in found):
+                continue
+        return found[0][0], found[1][0]
     return None
 
 

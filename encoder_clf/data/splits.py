@@ -82,13 +82,15 @@ def read_rows(source: SplitSource, config: DataConfig, hints: dict[str, str] = S
     """
     table = source.read_streamed() if streamed else source.read()
     if like is not None:
-        if not scored and like.columns.withheld(table):
+        withheld = like.columns.withheld(table)
+        if withheld and not scored:
             return None
         columns = like.columns.found_in(table, source.where, like.where, detected=not config.label_columns)
         task = like.task
     else:
         columns = Columns.of(table.column_names, table.features, config, source.where, hints, table, pairs)
-    if columns.label and columns.withheld(table):
+        withheld = columns.label is not None and columns.withheld(table)
+    if withheld:  # the columns are there (found_in refuses a missing one): every label is -1
         raise UsageError(f"{source.where}: every label in column {columns.label!r} is -1, the mark of a withheld label "
                          f"(as in GLUE's test splits): there is nothing to learn from or score; label the rows, or "
                          f"pick another split ({hints['split']})")
@@ -123,8 +125,7 @@ def load_splits(config: DataConfig, seed: int = 0) -> Splits:
         log.info("%s: no validation split given; %d of its %d rows (data.validation_fraction=%g, seed %d, stratified "
                  "by class where possible) are held out for validation", train.where, len(validation),
                  len(labelled) + len(validation), config.validation_fraction, seed)
-    test = test_split(read_rows(sources["test"], config, like=train, scored=False), target, sources["test"].where) \
-        if "test" in sources else None
+    test = test_split(sources["test"], config, train, target) if "test" in sources else None
     if config.per_class:
         labelled = sampled(labelled, target.names, train.task, config.per_class, seed)
     if train.task == "multi_label":
@@ -132,12 +133,14 @@ def load_splits(config: DataConfig, seed: int = 0) -> Splits:
     return Splits(labelled, validation, test, target.names, train.task, len(train.columns.texts) == 2)
 
 
-def test_split(rows: Rows | None, target: Target, where: str) -> Split | None:
-    """The test split's examples, or None with a warning where its labels are withheld (read with ``scored=False``):
-    a run is still judged on validation, as with no test file."""
+def test_split(source: SplitSource, config: DataConfig, like: Rows, target: Target,
+               streamed: bool = False) -> Split | None:
+    """The test split's examples, read as ``like`` was, or None with a warning where its labels are withheld: a run
+    is still judged on validation, as with no test file."""
+    rows = read_rows(source, config, streamed=streamed, like=like, scored=False)
     if rows is None:
         log.warning("%s: no labels to score (no label column, or -1 on every row: withheld, as in GLUE's test "
-                    "splits); the run reports validation only", where)
+                    "splits); the run reports validation only", source.where)
         return None
     return rows.labelled(target)
 

@@ -72,8 +72,7 @@ def stream_splits(config: DataConfig) -> StreamingSplits:
     classes = Classes.from_values(validation.values, config.labels or validation.columns.class_names, validation.where,
                                   unknown=unknown).at_least_two(validation.where, validation.columns.target)
     target = SingleLabelTarget(classes)
-    test = test_split(read_rows(sources["test"], config, streamed=True, like=validation, scored=False), target,
-                      sources["test"].where) if "test" in sources else None
+    test = test_split(sources["test"], config, validation, target, streamed=True) if "test" in sources else None
     return StreamingSplits(classes, validation.labelled(target), test, train.where)
 
 
